@@ -1,0 +1,38 @@
+-- enqueue.lua: put a new notification on its partition's schedule, at most once per id.
+--
+-- KEYS[1] due    ZSET    member "<seq:016x>:<id>", score = next attempt time (ms)
+-- KEYS[2] spec   HASH    id -> normalized spec JSON (immutable)
+-- KEYS[3] meta   HASH    id -> state JSON {s, m, a, b, st, t, c, n, ...}
+-- KEYS[4] seq    STRING  per-partition counter (member order for ties, fencing tokens)
+-- KEYS[5] stats  HASH    counters
+-- ARGV[1] id
+-- ARGV[2] normalized spec JSON
+-- ARGV[3] first due time (ms)
+-- ARGV[4] now (ms)
+-- ARGV[5] wake channel, published to when this entry becomes the earliest one
+-- Returns: {"created", due_ms} | {"exists", state} | {"conflict", state}
+local id = ARGV[1]
+local existing = redis.call('HGET', KEYS[2], id)
+if existing then
+  local raw = redis.call('HGET', KEYS[3], id)
+  local state = 'unknown'
+  if raw then state = cjson.decode(raw).s end
+  if existing == ARGV[2] then
+    return {'exists', state}
+  end
+  return {'conflict', state}
+end
+local seq = redis.call('INCR', KEYS[4])
+local member = string.format('%016x', seq) .. ':' .. id
+local due = tonumber(ARGV[3])
+redis.call('HSET', KEYS[2], id, ARGV[2])
+redis.call('HSET', KEYS[3], id, cjson.encode({
+  s = 'scheduled', m = member, a = 0, b = 0, st = 0, t = 0, c = tonumber(ARGV[4]), n = due
+}))
+redis.call('ZADD', KEYS[1], due, member)
+redis.call('HINCRBY', KEYS[5], 'enqueued', 1)
+local head = redis.call('ZRANGE', KEYS[1], 0, 0)
+if head[1] == member then
+  redis.call('PUBLISH', ARGV[5], due)
+end
+return {'created', due}

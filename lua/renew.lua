@@ -1,0 +1,25 @@
+-- renew.lua: extend the leases a worker still holds (attempts that outlive a third of a lease).
+--
+-- KEYS[1] due    ZSET   member -> lease expiry (ms)
+-- KEYS[2] meta   HASH   id -> state JSON
+-- ARGV[1] new lease expiry (ms)
+-- then 2 per entry: id, token
+-- Returns: per entry 1 (renewed) or 0 (the lease was lost: token no longer matches)
+local until_ms = tonumber(ARGV[1])
+local out = {}
+for i = 2, #ARGV, 2 do
+  local id = ARGV[i]
+  local raw = redis.call('HGET', KEYS[2], id)
+  local renewed = 0
+  if raw then
+    local m = cjson.decode(raw)
+    if m.s == 'delivering' and tostring(m.t) == ARGV[i + 1] then
+      m.l = until_ms
+      redis.call('ZADD', KEYS[1], 'XX', until_ms, m.m)
+      redis.call('HSET', KEYS[2], id, cjson.encode(m))
+      renewed = 1
+    end
+  end
+  out[#out + 1] = renewed
+end
+return out

@@ -1,0 +1,324 @@
+//! The HTTP API (role `api`): enqueue, inspect, dead-set operations, stats and health.
+//!
+//! Invariant: every `/v1` route requires a configured bearer key, compared in constant time;
+//! every refusal is JSON `{"code", "message"[, "field"]}` with a stable code.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+use crate::config::Config;
+use crate::notification::{self, MAX_DOCUMENT_BYTES};
+use crate::store::{Enqueued, Store, StoreError};
+
+/// Shared state of the API handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    pub config: Arc<Config>,
+    pub store: Store,
+}
+
+/// An API refusal or failure, rendered as JSON.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    Invalid {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+        field: Option<String>,
+    },
+    #[error("redis is unavailable: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Invalid {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Invalid {
+                status,
+                code,
+                message,
+                field,
+            } => {
+                let mut body = json!({"code": code, "message": message});
+                if let Some(f) = field {
+                    body["field"] = Value::String(f);
+                }
+                (status, Json(body)).into_response()
+            }
+            ApiError::Store(e) => {
+                tracing::warn!(error = %e, "request failed on redis");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({"code": "unavailable", "message": format!("redis is unavailable: {e}")})),
+                )
+                    .into_response()
+            }
+        }
+    }
+}
+
+/// Only `/healthz` and `/readyz` (nodes without the `api` role).
+pub fn health_router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(state)
+}
+
+/// The router: health endpoints open, `/v1` behind the API key.
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/notifications", post(enqueue))
+        .route("/v1/notifications/{id}", get(show))
+        .route("/v1/dead", get(dead_list))
+        .route("/v1/dead/replay", post(dead_replay))
+        .route("/v1/dead/{id}/replay", post(dead_replay_one))
+        .route("/v1/stats", get(stats))
+        .layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .merge(v1)
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .with_state(state)
+}
+
+/// True when `presented` equals one of `keys`; every key is compared, in constant time.
+pub fn key_matches(keys: &[String], presented: &str) -> bool {
+    let mut found = subtle::Choice::from(0u8);
+    for key in keys {
+        found |= key.as_bytes().ct_eq(presented.as_bytes());
+    }
+    bool::from(found)
+}
+
+async fn require_key(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(key) if key_matches(&state.config.api_keys, key) => next.run(req).await,
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the API key is not valid",
+        )
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send the API key as `Authorization: Bearer <key>`",
+        )
+        .into_response(),
+    }
+}
+
+async fn ready(State(state): State<ApiState>) -> Response {
+    let ping = async {
+        let mut conn = state.store.conn().await?;
+        let pong: String = redis::cmd("PING").query_async(&mut *conn).await?;
+        Ok::<_, StoreError>(pong)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}\n")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "redis: timed out\n").into_response(),
+    }
+}
+
+async fn enqueue(
+    State(state): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|r| {
+        let status = r.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else {
+            "bad_body"
+        };
+        ApiError::new(
+            status,
+            code,
+            format!("{r} (limit {MAX_DOCUMENT_BYTES} bytes)"),
+        )
+    })?;
+    let now = crate::now_ms();
+    let n = notification::parse(&body, now, crate::new_id).map_err(|e| {
+        let (status, code) = match e {
+            notification::SchemaError::TooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+            }
+            _ => (StatusCode::BAD_REQUEST, "invalid"),
+        };
+        ApiError::Invalid {
+            status,
+            code,
+            message: e.to_string(),
+            field: e.field().map(str::to_string),
+        }
+    })?;
+    Ok(match state.store.enqueue(&n, now).await? {
+        Enqueued::Created { due_ms } => (
+            StatusCode::CREATED,
+            Json(json!({"id": n.id, "state": "scheduled", "next_attempt_at": due_ms, "created": true})),
+        )
+            .into_response(),
+        Enqueued::Exists { state } => (
+            StatusCode::OK,
+            Json(json!({"id": n.id, "state": state, "created": false})),
+        )
+            .into_response(),
+        Enqueued::Conflict { state } => {
+            return Err(ApiError::Invalid {
+                status: StatusCode::CONFLICT,
+                code: "conflict",
+                message: format!("notification {:?} exists ({state}) with different content", n.id),
+                field: Some("id".into()),
+            })
+        }
+    })
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    notification::validate_id(id).map_err(|m| ApiError::Invalid {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid",
+        message: format!("id {m}"),
+        field: Some("id".into()),
+    })
+}
+
+async fn show(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_id(&id)?;
+    state.store.show(&id).await?.map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no notification {id:?}"),
+        )
+    })
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+}
+
+async fn dead_list(
+    State(state): State<ApiState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let dead = state.store.dead_list(limit).await?;
+    Ok(Json(json!({"dead": dead})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    #[serde(default)]
+    ids: Vec<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+async fn dead_replay(
+    State(state): State<ApiState>,
+    body: Result<Json<ReplayBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) =
+        body.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "invalid", r.body_text()))?;
+    let now = crate::now_ms();
+    if body.all {
+        let n = state.store.replay_all(now).await?;
+        return Ok(Json(json!({"replayed": n})));
+    }
+    if body.ids.is_empty() || body.ids.len() > 1000 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "give {\"ids\": [...]} (1 to 1000) or {\"all\": true}",
+        ));
+    }
+    for id in &body.ids {
+        check_id(id)?;
+    }
+    let replayed = state.store.replay(&body.ids, now).await?;
+    Ok(Json(json!({"replayed": replayed.len(), "ids": replayed})))
+}
+
+async fn dead_replay_one(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_id(&id)?;
+    let replayed = state
+        .store
+        .replay(std::slice::from_ref(&id), crate::now_ms())
+        .await?;
+    if replayed.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_dead",
+            format!("{id:?} is not in the dead set"),
+        ));
+    }
+    Ok(Json(json!({"replayed": 1, "ids": replayed})))
+}
+
+async fn stats(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let s = state.store.stats(crate::now_ms()).await?;
+    Ok(Json(serde_json::to_value(s).unwrap_or(Value::Null)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_match_any_configured_key() {
+        let keys = vec!["old-key".to_string(), "new-key".to_string()];
+        assert!(key_matches(&keys, "old-key"));
+        assert!(key_matches(&keys, "new-key"));
+        assert!(!key_matches(&keys, "new-ke"));
+        assert!(!key_matches(&keys, ""));
+        assert!(!key_matches(&[], "anything"));
+    }
+}

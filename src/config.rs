@@ -1,0 +1,145 @@
+//! Validated runtime configuration of a node, built from the CLI (or directly by tests).
+//!
+//! Invariant: a `Config` that exists is usable: durations are positive, limits are at least 1,
+//! secrets parsed. Secrets are kept out of `Debug` output.
+
+use std::time::Duration;
+
+/// The roles a node can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// HTTP API (`/v1/...`).
+    pub api: bool,
+    /// Delivery worker and intake consumer.
+    pub worker: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        api: true,
+        worker: true,
+    };
+
+    /// Parses a comma-separated list such as `api,worker`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut roles = Roles {
+            api: false,
+            worker: false,
+        };
+        for role in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match role {
+                "api" => roles.api = true,
+                "worker" => roles.worker = true,
+                "all" => roles = Roles::ALL,
+                other => return Err(format!("unknown role {other:?}; use api, worker or all")),
+            }
+        }
+        if !roles.api && !roles.worker {
+            return Err("no role given; use api, worker or all".into());
+        }
+        Ok(roles)
+    }
+}
+
+/// Everything a node needs to run.
+#[derive(Clone)]
+pub struct Config {
+    pub redis_url: String,
+    pub prefix: String,
+    pub partitions: u32,
+    pub roles: Roles,
+    pub node_id: String,
+    /// Bearer keys accepted by the HTTP API (several for rotation).
+    pub api_keys: Vec<String>,
+    /// `whsec_` secrets; every attempt carries one signature per secret.
+    pub signing_secrets: Vec<String>,
+    pub allow_private_targets: bool,
+    pub lease: Duration,
+    pub max_stalls: u32,
+    pub retention: Duration,
+    pub dead_retention: Duration,
+    pub per_destination_concurrency: usize,
+    pub max_in_flight: usize,
+    pub claim_batch: usize,
+    pub shutdown_grace: Duration,
+    pub redis_pool_size: usize,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("prefix", &self.prefix)
+            .field("partitions", &self.partitions)
+            .field("roles", &self.roles)
+            .field("node_id", &self.node_id)
+            .field("api_keys", &format!("{} configured", self.api_keys.len()))
+            .field(
+                "signing_secrets",
+                &format!("{} configured", self.signing_secrets.len()),
+            )
+            .field("allow_private_targets", &self.allow_private_targets)
+            .field("lease", &self.lease)
+            .field("max_stalls", &self.max_stalls)
+            .field("retention", &self.retention)
+            .field("dead_retention", &self.dead_retention)
+            .field(
+                "per_destination_concurrency",
+                &self.per_destination_concurrency,
+            )
+            .field("max_in_flight", &self.max_in_flight)
+            .field("claim_batch", &self.claim_batch)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Defaults suitable for tests and `dev`: every role, private targets allowed.
+    pub fn for_redis(redis_url: &str) -> Self {
+        Self {
+            redis_url: redis_url.to_string(),
+            prefix: "paynotify".into(),
+            partitions: 1,
+            roles: Roles::ALL,
+            node_id: default_node_id(),
+            api_keys: Vec::new(),
+            signing_secrets: Vec::new(),
+            allow_private_targets: true,
+            lease: Duration::from_secs(30),
+            max_stalls: 3,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            dead_retention: Duration::from_secs(30 * 24 * 3600),
+            per_destination_concurrency: 32,
+            max_in_flight: 1024,
+            claim_batch: 256,
+            shutdown_grace: Duration::from_secs(20),
+            redis_pool_size: 32,
+        }
+    }
+}
+
+/// `hostname-pid-xxxx`, unique per process.
+pub fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+/// A Redis URL with any password replaced by `***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

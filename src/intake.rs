@@ -1,0 +1,232 @@
+//! The intake stream: app servers `XADD <prefix>:intake * notification <json>` from any Redis
+//! client, and this consumer moves each entry onto the schedule.
+//!
+//! Invariant: an entry is acknowledged (and deleted) only after it is on the schedule, or after
+//! it has been copied to the rejected stream with its reason; nothing is dropped silently. An
+//! entry without an id gets `intake-<entry id>` so a redelivered entry is enqueued once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply,
+};
+use redis::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::notification;
+use crate::store::{Enqueued, Store};
+
+/// Most entries read per call.
+const READ_COUNT: usize = 256;
+/// Most rejected entries kept (the stream is trimmed approximately to this length).
+const REJECTED_MAXLEN: usize = 100_000;
+
+/// Why an intake entry was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("entry has no `notification` field (fields: {0})")]
+    NoNotification(String),
+    #[error("`notification` field is not UTF-8 text")]
+    NotText,
+    #[error("{0}")]
+    Schema(#[from] notification::SchemaError),
+    #[error("id {id:?} exists with different content (state {state})")]
+    Conflict { id: String, state: String },
+}
+
+/// Decodes one intake entry into a notification (the field layout an app server writes).
+pub fn decode_entry(
+    entry_id: &str,
+    fields: &[(String, Vec<u8>)],
+    now_ms: i64,
+) -> Result<notification::NewNotification, IntakeError> {
+    let Some((_, raw)) = fields.iter().find(|(k, _)| k == "notification") else {
+        let names: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+        return Err(IntakeError::NoNotification(names.join(", ")));
+    };
+    if std::str::from_utf8(raw).is_err() {
+        return Err(IntakeError::NotText);
+    }
+    Ok(notification::parse(raw, now_ms, || {
+        format!("intake-{entry_id}")
+    })?)
+}
+
+/// Consumes the intake stream until `shutdown`.
+pub async fn run(config: Arc<Config>, store: Store, shutdown: CancellationToken) {
+    let keys = store.keys().clone();
+    let stream = keys.intake();
+    let group = keys.intake_group();
+    let consumer = config.node_id.clone();
+    let mut failures = 0u32;
+    let mut group_ready = false;
+    let mut last_autoclaim = tokio::time::Instant::now();
+    info!(%stream, "intake consumer started");
+    while !shutdown.is_cancelled() {
+        let step = async {
+            let mut conn = store.conn().await?;
+            if !group_ready {
+                let created: redis::RedisResult<Value> = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&stream)
+                    .arg(group)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async(&mut *conn)
+                    .await;
+                match created {
+                    Ok(_) => info!("created intake consumer group"),
+                    Err(e) if e.code() == Some("BUSYGROUP") => {}
+                    Err(e) => return Err(e.into()),
+                }
+                group_ready = true;
+            }
+            // Entries a crashed node read but never acknowledged.
+            if last_autoclaim.elapsed() >= config.lease {
+                last_autoclaim = tokio::time::Instant::now();
+                let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                    .arg(&stream)
+                    .arg(group)
+                    .arg(&consumer)
+                    .arg(config.lease.as_millis() as u64)
+                    .arg("0")
+                    .arg("COUNT")
+                    .arg(READ_COUNT)
+                    .query_async(&mut *conn)
+                    .await?;
+                let _ = StreamAutoClaimOptions::default();
+                let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = reply
+                    .claimed
+                    .into_iter()
+                    .map(|e| (e.id, fields_of(e.map)))
+                    .collect();
+                if !entries.is_empty() {
+                    info!(
+                        count = entries.len(),
+                        "reclaimed intake entries from a stalled consumer"
+                    );
+                    process(&store, &entries).await?;
+                }
+            }
+            drop(conn);
+            // A dedicated connection for the blocking read, so it never holds a pooled one.
+            let client = redis::Client::open(config.redis_url.as_str())?;
+            let mut blocking = client
+                .get_multiplexed_async_connection_with_config(
+                    &redis::AsyncConnectionConfig::new()
+                        .set_response_timeout(Some(Duration::from_secs(10))),
+                )
+                .await?;
+            let opts = StreamReadOptions::default()
+                .group(group, &consumer)
+                .count(READ_COUNT)
+                .block(2000);
+            loop {
+                let reply: StreamReadReply =
+                    redis::AsyncCommands::xread_options(&mut blocking, &[&stream], &[">"], &opts)
+                        .await?;
+                let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = reply
+                    .keys
+                    .into_iter()
+                    .flat_map(|k| k.ids)
+                    .map(|e| (e.id, fields_of(e.map)))
+                    .collect();
+                if !entries.is_empty() {
+                    process(&store, &entries).await?;
+                }
+                if shutdown.is_cancelled() || last_autoclaim.elapsed() >= config.lease {
+                    return Ok::<(), crate::store::StoreError>(());
+                }
+            }
+        };
+        let result = tokio::select! {
+            r = step => r,
+            _ = shutdown.cancelled() => break,
+        };
+        match result {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                if e.to_string().contains("NOGROUP") {
+                    warn!("intake consumer group is gone (Redis restarted empty?); recreating");
+                    group_ready = false;
+                } else {
+                    warn!(error = %e, "intake read failed; retrying");
+                }
+                failures += 1;
+                let backoff = Duration::from_millis((100u64 << failures.min(5)).min(3000));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {},
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+    info!("intake consumer stopped");
+}
+
+fn fields_of(map: std::collections::HashMap<String, Value>) -> Vec<(String, Vec<u8>)> {
+    map.into_iter()
+        .map(|(k, v)| {
+            let bytes = match v {
+                Value::BulkString(b) => b,
+                Value::SimpleString(s) => s.into_bytes(),
+                other => format!("{other:?}").into_bytes(),
+            };
+            (k, bytes)
+        })
+        .collect()
+}
+
+/// Enqueues (or rejects) a batch of entries, then acknowledges them all.
+async fn process(
+    store: &Store,
+    entries: &[(String, Vec<(String, Vec<u8>)>)],
+) -> Result<(), crate::store::StoreError> {
+    let now = crate::now_ms();
+    let results = futures::future::join_all(entries.iter().map(|(entry_id, fields)| async move {
+        match decode_entry(entry_id, fields, now) {
+            Ok(n) => match store.enqueue(&n, now).await? {
+                Enqueued::Created { .. } | Enqueued::Exists { .. } => {
+                    Ok::<_, crate::store::StoreError>(None)
+                }
+                Enqueued::Conflict { state } => Ok(Some(IntakeError::Conflict { id: n.id, state })),
+            },
+            Err(e) => Ok(Some(e)),
+        }
+    }))
+    .await;
+    let mut conn = store.conn().await?;
+    let mut ack = Vec::with_capacity(entries.len());
+    for ((entry_id, fields), result) in entries.iter().zip(results) {
+        match result {
+            Ok(None) => ack.push(entry_id.clone()),
+            Ok(Some(reason)) => {
+                warn!(entry = %entry_id, %reason, "intake entry rejected");
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(store.keys().rejected())
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(REJECTED_MAXLEN)
+                    .arg("*")
+                    .arg("reason")
+                    .arg(reason.to_string())
+                    .arg("entry_id")
+                    .arg(entry_id);
+                for (k, v) in fields {
+                    cmd.arg(k).arg(v.as_slice());
+                }
+                let _: Value = cmd.query_async(&mut *conn).await?;
+                ack.push(entry_id.clone());
+            }
+            Err(e) => {
+                // Not acknowledged: the entry stays pending and is retried (XAUTOCLAIM).
+                warn!(entry = %entry_id, error = %e, "intake entry not enqueued; will retry");
+            }
+        }
+    }
+    drop(conn);
+    store.intake_ack(&ack).await
+}

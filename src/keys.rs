@@ -1,0 +1,122 @@
+//! Every Redis key and channel name paynotify uses, built in one place.
+//!
+//! Invariant: all keys of one partition share the hash tag `{pN}` (after the configurable
+//! prefix), so every script's keys hash to one slot and the scripts run unchanged on Redis
+//! Cluster. The intake and rejected streams are the documented names app servers write to.
+
+/// Key builder for one prefix and partition count.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    partitions: u32,
+}
+
+/// The keys of one partition.
+#[derive(Debug, Clone)]
+pub struct PartitionKeys {
+    /// ZSET: member `<seq:016x>:<id>` scored by next attempt time or lease expiry (ms).
+    pub due: String,
+    /// HASH: id -> normalized spec JSON.
+    pub spec: String,
+    /// HASH: id -> state JSON.
+    pub meta: String,
+    /// HASH: id -> attempt records joined by `,`.
+    pub log: String,
+    /// ZSET: id -> delivered at (ms); drives retention.
+    pub done: String,
+    /// ZSET: id -> died at (ms).
+    pub dead: String,
+    /// STRING: counter for member order and fencing tokens.
+    pub seq: String,
+    /// HASH: counters (enqueued, delivering, delivered, dead, attempts).
+    pub stats: String,
+}
+
+impl Keys {
+    /// Keys under `prefix`, notifications spread over `partitions` (at least 1).
+    pub fn new(prefix: &str, partitions: u32) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            partitions: partitions.max(1),
+        }
+    }
+
+    /// Number of partitions.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The partition an id lives in: FNV-1a of the id, so it is stable across processes.
+    pub fn partition_of(&self, id: &str) -> u32 {
+        let mut hash: u32 = 0x811c_9dc5;
+        for byte in id.as_bytes() {
+            hash ^= u32::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+        hash % self.partitions
+    }
+
+    /// The keys of partition `p`.
+    pub fn partition(&self, p: u32) -> PartitionKeys {
+        let base = format!("{}:{{p{}}}", self.prefix, p);
+        let k = |name: &str| format!("{base}:{name}");
+        PartitionKeys {
+            due: k("due"),
+            spec: k("spec"),
+            meta: k("meta"),
+            log: k("log"),
+            done: k("done"),
+            dead: k("dead"),
+            seq: k("seq"),
+            stats: k("stats"),
+        }
+    }
+
+    /// Stream app servers `XADD` notifications to.
+    pub fn intake(&self) -> String {
+        format!("{}:intake", self.prefix)
+    }
+
+    /// Stream of intake entries that could not be accepted, each with its reason.
+    pub fn rejected(&self) -> String {
+        format!("{}:rejected", self.prefix)
+    }
+
+    /// Pub/sub channel that wakes idle workers when an entry becomes the earliest due.
+    pub fn wake_channel(&self) -> String {
+        format!("{}:wake", self.prefix)
+    }
+
+    /// Consumer group name on the intake stream.
+    pub fn intake_group(&self) -> &'static str {
+        "paynotify"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_keys_share_one_hash_tag() {
+        let keys = Keys::new("paynotify", 4);
+        let p = keys.partition(3);
+        for key in [
+            &p.due, &p.spec, &p.meta, &p.log, &p.done, &p.dead, &p.seq, &p.stats,
+        ] {
+            assert!(key.starts_with("paynotify:{p3}:"), "{key}");
+        }
+    }
+
+    #[test]
+    fn partition_of_is_stable_and_in_range() {
+        let keys = Keys::new("x", 7);
+        for i in 0..1000 {
+            let id = format!("order-{i}");
+            let p = keys.partition_of(&id);
+            assert!(p < 7);
+            assert_eq!(p, keys.partition_of(&id));
+        }
+        assert_eq!(Keys::new("x", 1).partition_of("anything"), 0);
+    }
+}

@@ -1,0 +1,116 @@
+//! paynotify: tells the world a payment happened, reliably, at scale.
+//!
+//! The library behind the `paynotify` binary. [`run`] starts one node with the roles of its
+//! [`Config`] on a bound listener and stops when the shutdown token is cancelled; tests call the
+//! same function. See ARCHITECTURE.md for the code map.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod deliver;
+pub mod dev;
+pub mod intake;
+pub mod keys;
+pub mod notification;
+pub mod redis_child;
+pub mod scripts;
+pub mod shutdown;
+pub mod signing;
+pub mod store;
+pub mod worker;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, Instrument};
+
+pub use config::Config;
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Deliver(#[from] deliver::DeliverError),
+    #[error(transparent)]
+    Signing(#[from] signing::SigningError),
+    #[error("http server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A new notification id: a UUIDv7, so generated ids sort by creation time.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Runs one node until `shutdown` is cancelled, then drains and returns.
+///
+/// The listener always serves `/healthz` and `/readyz`; the `/v1` API only with the `api` role.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    run_with(config, listener, shutdown, axum::Router::new()).await
+}
+
+/// [`run`] with extra routes merged into the HTTP server (used by `dev` for its demo sink).
+pub async fn run_with(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    extra: axum::Router,
+) -> Result<(), RunError> {
+    let config = Arc::new(config);
+    let keys = keys::Keys::new(&config.prefix, config.partitions);
+    let store = store::Store::connect(&config.redis_url, keys, config.redis_pool_size)?;
+    store.load_scripts().await?;
+    info!(node = %config.node_id, redis = %config::redact_url(&config.redis_url), roles = ?config.roles, "node starting");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if config.roles.worker {
+        let signer = signing::Signer::new(&config.signing_secrets)?;
+        let deliverer = deliver::Deliverer::new(signer, config.allow_private_targets)?;
+        tasks.spawn(
+            worker::run(config.clone(), store.clone(), deliverer, shutdown.clone())
+                .instrument(info_span!("worker")),
+        );
+        tasks.spawn(
+            intake::run(config.clone(), store.clone(), shutdown.clone())
+                .instrument(info_span!("intake")),
+        );
+    }
+    let state = api::ApiState {
+        config: config.clone(),
+        store: store.clone(),
+    };
+    let app = if config.roles.api {
+        api::router(state)
+    } else {
+        api::health_router(state)
+    }
+    .merge(extra);
+    let http_shutdown = shutdown.clone();
+    let http = std::future::IntoFuture::into_future(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await }),
+    )
+    .instrument(info_span!("http"));
+    let http_result = http.await;
+    // The HTTP server only returns on shutdown (or a listener failure): stop everything.
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    info!("node stopped");
+    Ok(http_result?)
+}

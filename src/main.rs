@@ -1,0 +1,60 @@
+//! The `paynotify` binary: parses the command line, installs logging, hands over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use paynotify::cli::{Cli, Command, LogFormat, EXIT_CONFIG};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter =
+        EnvFilter::try_from_env("PAYNOTIFY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let shutdown = CancellationToken::new();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = match args.to_config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let listener = match tokio::net::TcpListener::bind(&args.listen).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: --listen {}: {e}", args.listen);
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            tokio::spawn(paynotify::shutdown::cancel_on_signal(shutdown.clone()));
+            match paynotify::run(config, listener, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Dev(args) => {
+            tokio::spawn(paynotify::shutdown::cancel_on_signal(shutdown.clone()));
+            match paynotify::dev::run(args, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        command => paynotify::cli::operate(command).await,
+    }
+}

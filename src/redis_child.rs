@@ -1,0 +1,157 @@
+//! A private `redis-server` child process: used by `paynotify dev` and by the test suite.
+//!
+//! Invariant: the child lives in its own temp dir on a free port and is killed and reaped when
+//! the handle is dropped; `restart` reuses the port and dir so clients can reconnect.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Starting or stopping the child failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisChildError {
+    #[error("cannot start {binary}: {source} (install it with `apt-get install redis-server`, or give a Redis URL)")]
+    Spawn {
+        binary: String,
+        source: std::io::Error,
+    },
+    #[error("redis-server did not accept connections within 10 s; its log:\n{0}")]
+    NotReady(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running `redis-server` child.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    persistent: bool,
+}
+
+impl RedisServer {
+    /// Starts a throwaway server (nothing written to disk).
+    pub fn start() -> Result<Self, RedisChildError> {
+        Self::start_with(false)
+    }
+
+    /// Starts a server; with `persistent`, it keeps an append-only file (fsync always) in its
+    /// temp dir so a [`restart`](Self::restart) keeps the data.
+    pub fn start_with(persistent: bool) -> Result<Self, RedisChildError> {
+        let dir = tempfile::Builder::new()
+            .prefix("paynotify-redis-")
+            .tempdir()?;
+        let port = free_port()?;
+        let mut server = Self {
+            child: None,
+            port,
+            dir,
+            persistent,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn binary() -> String {
+        std::env::var("PAYNOTIFY_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+    }
+
+    fn spawn(&mut self) -> Result<(), RedisChildError> {
+        let binary = Self::binary();
+        let mut cmd = Command::new(&binary);
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.log_path())
+            .arg("--save")
+            .arg("")
+            .arg("--protected-mode")
+            .arg("yes")
+            .arg("--maxmemory-policy")
+            .arg("noeviction");
+        if self.persistent {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|source| RedisChildError::Spawn { binary, source })?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&self) -> Result<(), RedisChildError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut buf = [0u8; 64];
+                if s.write_all(b"PING\r\n").is_ok() {
+                    if let Ok(n) = s.read(&mut buf) {
+                        if buf[..n].starts_with(b"+PONG") {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(RedisChildError::NotReady(self.log()))
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Kills the server (SIGKILL) and reaps it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and dir (empty unless persistent).
+    pub fn restart(&mut self) -> Result<(), RedisChildError> {
+        self.stop();
+        self.spawn()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

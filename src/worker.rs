@@ -1,0 +1,532 @@
+//! The delivery worker: claims due notifications in batches, delivers them, settles results.
+//!
+//! Invariant: this node holds a notification only between a successful claim and the settle
+//! (or release) of that claim; everything it holds is listed in `held`, so shutdown can hand it
+//! back and the renewer can keep its leases alive. No fixed-interval polling: the scheduler
+//! sleeps until the earliest due time it knows of, woken early by the wake channel, with a
+//! watchdog bound so a lost wake-up (e.g. across a Redis reconnect) cannot stop it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::config::Config;
+use crate::deliver::{Deliverer, Verdict};
+use crate::notification::Spec;
+use crate::store::{Claimed, Settlement, Store};
+
+/// Longest the scheduler sleeps without looking at Redis, whatever it was told.
+const WATCHDOG: Duration = Duration::from_secs(5);
+/// How long an entry is put back when its destination is at its concurrency limit.
+const DEFER_MS: i64 = 1000;
+/// Most outcomes settled in one script call.
+const SETTLE_BATCH: usize = 512;
+
+/// What a finished delivery task reports.
+enum Report {
+    Settle(u32, Settlement),
+    Release(u32, String, i64, i64),
+}
+
+struct Held {
+    token: i64,
+    since: Instant,
+}
+
+struct Shared {
+    config: Arc<Config>,
+    store: Store,
+    deliverer: Deliverer,
+    held: Mutex<HashMap<(u32, String), Held>>,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    slots: Arc<Semaphore>,
+    slot_freed: Notify,
+    wake: Notify,
+}
+
+/// Runs the worker until `shutdown` is cancelled, then drains: in-flight attempts get
+/// `config.shutdown_grace` to finish; whatever is left is handed back to the due set at once.
+pub async fn run(
+    config: Arc<Config>,
+    store: Store,
+    deliverer: Deliverer,
+    shutdown: CancellationToken,
+) {
+    let shared = Arc::new(Shared {
+        slots: Arc::new(Semaphore::new(config.max_in_flight)),
+        config,
+        store,
+        deliverer,
+        held: Mutex::new(HashMap::new()),
+        hosts: Mutex::new(HashMap::new()),
+        slot_freed: Notify::new(),
+        wake: Notify::new(),
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    let stop_helpers = CancellationToken::new();
+    let mut helpers = JoinSet::new();
+    helpers.spawn(
+        wake_listener(shared.clone(), stop_helpers.clone()).instrument(info_span!("wake_listener")),
+    );
+    helpers.spawn(renewer(shared.clone(), stop_helpers.clone()).instrument(info_span!("renewer")));
+    let settler_task = tokio::spawn(settler(shared.clone(), rx).instrument(info_span!("settler")));
+
+    let mut deliveries = scheduler(shared.clone(), tx, shutdown.clone())
+        .instrument(info_span!("scheduler"))
+        .await;
+
+    // Drain: let attempts finish within the grace period, then hand back the rest.
+    let grace = shared.config.shutdown_grace;
+    let in_flight = deliveries.len();
+    if in_flight > 0 {
+        info!(
+            in_flight,
+            grace_s = grace.as_secs_f64(),
+            "draining in-flight deliveries"
+        );
+    }
+    let drained = tokio::time::timeout(grace, async {
+        while deliveries.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            left = deliveries.len(),
+            "grace period over; aborting the remaining attempts"
+        );
+        deliveries.abort_all();
+        while deliveries.join_next().await.is_some() {}
+    }
+    // Every sender is gone now; the settler flushes what it has and stops.
+    let _ = settler_task.await;
+    hand_back_everything(&shared).await;
+    stop_helpers.cancel();
+    while helpers.join_next().await.is_some() {}
+    info!("worker stopped");
+}
+
+async fn scheduler(
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Report>,
+    shutdown: CancellationToken,
+) -> JoinSet<()> {
+    let config = &shared.config;
+    let partitions = shared.store.keys().partitions();
+    let mut deliveries = JoinSet::new();
+    let mut start = 0u32;
+    let mut failures = 0u32;
+    info!(node = %config.node_id, partitions, "worker started");
+    while !shutdown.is_cancelled() {
+        while deliveries.try_join_next().is_some() {}
+        let mut free = shared.slots.available_permits();
+        if free == 0 {
+            tokio::select! {
+                _ = shared.slot_freed.notified() => continue,
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        let mut head: Option<i64> = None;
+        let mut full = false;
+        let mut error = false;
+        for i in 0..partitions {
+            let p = (start + i) % partitions;
+            let limit = free.min(config.claim_batch);
+            if limit == 0 {
+                full = true;
+                break;
+            }
+            let now = crate::now_ms();
+            match shared
+                .store
+                .claim(
+                    p,
+                    now,
+                    config.lease.as_millis() as u64,
+                    limit,
+                    &config.node_id,
+                    config.max_stalls,
+                )
+                .await
+            {
+                Ok((h, claimed)) => {
+                    failures = 0;
+                    if claimed.len() == limit {
+                        full = true;
+                    }
+                    free -= claimed.len();
+                    if let Some(h) = h {
+                        head = Some(head.map_or(h, |x| x.min(h)));
+                    }
+                    for c in claimed {
+                        dispatch(&shared, &tx, &mut deliveries, c);
+                    }
+                }
+                Err(e) => {
+                    error = true;
+                    failures += 1;
+                    warn!(error = %e, partition = p, "claim failed; backing off");
+                }
+            }
+        }
+        start = start.wrapping_add(1);
+        if error {
+            let backoff = Duration::from_millis((100u64 << failures.min(5)).min(3000));
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {},
+                _ = shutdown.cancelled() => break,
+            }
+            continue;
+        }
+        if full {
+            continue;
+        }
+        let now = crate::now_ms();
+        let wait = match head {
+            Some(h) if h <= now => continue,
+            Some(h) => Duration::from_millis((h - now) as u64).min(WATCHDOG),
+            None => WATCHDOG,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {},
+            _ = shared.wake.notified() => {},
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    info!("scheduler stopped claiming");
+    deliveries
+}
+
+fn dispatch(
+    shared: &Arc<Shared>,
+    tx: &mpsc::UnboundedSender<Report>,
+    deliveries: &mut JoinSet<()>,
+    c: Claimed,
+) {
+    let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+        // Cannot happen: claims are bounded by free slots and only this task claims. Hand it
+        // back rather than hold it.
+        let _ = tx.send(Report::Release(c.partition, c.id, c.token, crate::now_ms()));
+        return;
+    };
+    if let Ok(mut held) = shared.held.lock() {
+        held.insert(
+            (c.partition, c.id.clone()),
+            Held {
+                token: c.token,
+                since: Instant::now(),
+            },
+        );
+    }
+    let shared = shared.clone();
+    let tx = tx.clone();
+    let span =
+        info_span!("delivery", id = %c.id, attempt = c.attempt, host = tracing::field::Empty);
+    deliveries.spawn(
+        async move {
+            let report = deliver_one(&shared, c).await;
+            let _ = tx.send(report);
+            drop(permit);
+            shared.slot_freed.notify_one();
+        }
+        .instrument(span),
+    );
+}
+
+async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
+    let spec: Spec = match serde_json::from_str(&c.spec) {
+        Ok(s) => s,
+        Err(e) => {
+            let reason = format!("stored spec is unreadable: {e}");
+            return Report::Settle(
+                c.partition,
+                settlement(&c, "dead", 0, &reason, record(&c, None, &reason)),
+            );
+        }
+    };
+    let host = url::Url::parse(&spec.url)
+        .ok()
+        .map(|u| {
+            format!(
+                "{}:{}",
+                u.host_str().unwrap_or(""),
+                u.port_or_known_default().unwrap_or(0)
+            )
+        })
+        .unwrap_or_default();
+    tracing::Span::current().record("host", host.as_str());
+    let host_permit = {
+        let sem = match shared.hosts.lock() {
+            Ok(mut hosts) => hosts
+                .entry(host.clone())
+                .or_insert_with(|| {
+                    Arc::new(Semaphore::new(shared.config.per_destination_concurrency))
+                })
+                .clone(),
+            Err(_) => Arc::new(Semaphore::new(1)),
+        };
+        sem.try_acquire_owned()
+    };
+    let Ok(_host_permit) = host_permit else {
+        debug!("destination at its concurrency limit; deferring");
+        return Report::Release(c.partition, c.id, c.token, crate::now_ms() + DEFER_MS);
+    };
+    let result = shared.deliverer.attempt(&c.id, &spec).await;
+    let rec = json!({
+        "attempt": c.attempt,
+        "started_at": result.started_ms,
+        "due_at": c.due_ms,
+        "status": result.status,
+        "latency_ms": result.latency_ms,
+        "error": result.error,
+        "response": result.excerpt,
+        "node": shared.config.node_id,
+    })
+    .to_string();
+    let finished = result.started_ms + result.latency_ms as i64;
+    let (verdict, next_ms, reason) = match result.verdict {
+        Verdict::Delivered => {
+            debug!(
+                status = result.status,
+                latency_ms = result.latency_ms,
+                "delivered"
+            );
+            ("delivered", 0, String::new())
+        }
+        Verdict::Dead(reason) => {
+            info!(%reason, "notification is dead");
+            ("dead", 0, reason)
+        }
+        Verdict::Retry { retry_after_ms } => match spec.delay_after(c.round_index as usize) {
+            Some(delay) => {
+                let delay = retry_after_ms.map_or(delay, |ra| delay.max(ra));
+                debug!(error = ?result.error, delay_ms = delay, "attempt failed; retry scheduled");
+                ("retry", finished + delay as i64, String::new())
+            }
+            None => {
+                let reason = format!(
+                    "attempts exhausted after {} tries; last: {}",
+                    c.round_index + 1,
+                    result.error.as_deref().unwrap_or("failed")
+                );
+                info!(%reason, "notification is dead");
+                ("dead", 0, reason)
+            }
+        },
+    };
+    Report::Settle(c.partition, settlement(&c, verdict, next_ms, &reason, rec))
+}
+
+fn record(c: &Claimed, status: Option<u16>, error: &str) -> String {
+    json!({"attempt": c.attempt, "started_at": crate::now_ms(), "due_at": c.due_ms, "status": status, "error": error})
+        .to_string()
+}
+
+fn settlement(
+    c: &Claimed,
+    verdict: &'static str,
+    next_ms: i64,
+    reason: &str,
+    record: String,
+) -> Settlement {
+    Settlement {
+        id: c.id.clone(),
+        token: c.token,
+        verdict,
+        next_ms,
+        reason: reason.to_string(),
+        record,
+    }
+}
+
+/// Batches reports and settles them, one script call per partition per batch.
+async fn settler(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < SETTLE_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut settles: HashMap<u32, Vec<Settlement>> = HashMap::new();
+        let mut releases: HashMap<u32, Vec<(String, i64, i64)>> = HashMap::new();
+        for report in batch {
+            match report {
+                Report::Settle(p, s) => settles.entry(p).or_default().push(s),
+                Report::Release(p, id, token, at) => {
+                    releases.entry(p).or_default().push((id, token, at))
+                }
+            }
+        }
+        for (p, outcomes) in settles {
+            let mut tries = 0;
+            loop {
+                match shared.store.settle(p, crate::now_ms(), &outcomes).await {
+                    Ok((head, applied)) => {
+                        let fenced = applied.iter().filter(|a| !**a).count();
+                        if fenced > 0 {
+                            warn!(fenced, "outcomes ignored: their leases were lost");
+                        }
+                        if head.is_some_and(|h| h <= crate::now_ms() + WATCHDOG.as_millis() as i64)
+                        {
+                            shared.wake.notify_one();
+                        }
+                        break;
+                    }
+                    Err(e) if tries < 5 => {
+                        tries += 1;
+                        warn!(error = %e, tries, "settle failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, count = outcomes.len(), "settle failed; the leases will expire and the entries come back");
+                        break;
+                    }
+                }
+            }
+            forget(&shared, p, outcomes.iter().map(|o| &o.id));
+        }
+        for (p, entries) in releases {
+            if let Err(e) = shared.store.release(p, &entries).await {
+                warn!(error = %e, count = entries.len(), "release failed; the leases will expire and the entries come back");
+            }
+            forget(&shared, p, entries.iter().map(|e| &e.0));
+        }
+    }
+}
+
+fn forget<'a>(shared: &Shared, p: u32, ids: impl Iterator<Item = &'a String>) {
+    if let Ok(mut held) = shared.held.lock() {
+        for id in ids {
+            held.remove(&(p, id.clone()));
+        }
+    }
+}
+
+/// On shutdown: give back whatever is still held (attempts aborted after the grace period).
+async fn hand_back_everything(shared: &Shared) {
+    let entries: Vec<((u32, String), i64)> = match shared.held.lock() {
+        Ok(mut held) => held.drain().map(|(k, h)| (k, h.token)).collect(),
+        Err(_) => return,
+    };
+    if entries.is_empty() {
+        return;
+    }
+    let now = crate::now_ms();
+    let mut by_partition: HashMap<u32, Vec<(String, i64, i64)>> = HashMap::new();
+    for ((p, id), token) in entries {
+        by_partition.entry(p).or_default().push((id, token, now));
+    }
+    for (p, entries) in by_partition {
+        match shared.store.release(p, &entries).await {
+            Ok(n) => info!(released = n, partition = p, "handed back to the due set"),
+            Err(e) => {
+                warn!(error = %e, "hand-back failed; the leases will expire and the entries come back")
+            }
+        }
+    }
+}
+
+/// Keeps leases alive for attempts that run long, sweeps retention, prunes idle host limits.
+async fn renewer(shared: Arc<Shared>, stop: CancellationToken) {
+    let lease = shared.config.lease;
+    let every = lease / 3;
+    let mut last_sweep = Instant::now() - Duration::from_secs(3600);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {},
+            _ = stop.cancelled() => return,
+        }
+        let due: Vec<(u32, String, i64)> = match shared.held.lock() {
+            Ok(held) => held
+                .iter()
+                .filter(|(_, h)| h.since.elapsed() >= every)
+                .map(|((p, id), h)| (*p, id.clone(), h.token))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut by_partition: HashMap<u32, Vec<(String, i64)>> = HashMap::new();
+        for (p, id, token) in due {
+            by_partition.entry(p).or_default().push((id, token));
+        }
+        let until = crate::now_ms() + lease.as_millis() as i64;
+        for (p, entries) in by_partition {
+            match shared.store.renew(p, until, &entries).await {
+                Ok(renewed) => {
+                    let lost = renewed.iter().filter(|r| !**r).count();
+                    if lost > 0 {
+                        warn!(
+                            lost,
+                            "leases lost before the attempt finished; its outcome will be ignored"
+                        );
+                    }
+                }
+                Err(e) => warn!(error = %e, "lease renewal failed"),
+            }
+        }
+        if let Ok(mut hosts) = shared.hosts.lock() {
+            let limit = shared.config.per_destination_concurrency;
+            hosts.retain(|_, sem| sem.available_permits() < limit);
+        }
+        if last_sweep.elapsed() >= Duration::from_secs(60) {
+            last_sweep = Instant::now();
+            let now = crate::now_ms();
+            let done_cutoff = now - shared.config.retention.as_millis() as i64;
+            let dead_cutoff = now - shared.config.dead_retention.as_millis() as i64;
+            match shared.store.sweep(done_cutoff, dead_cutoff, 1000).await {
+                Ok(0) => {}
+                Ok(n) => info!(removed = n, "retention sweep"),
+                Err(e) => warn!(error = %e, "retention sweep failed"),
+            }
+        }
+    }
+}
+
+/// Subscribes to the wake channel and pokes the scheduler on every message, and after every
+/// (re)connect, since wake-ups sent while disconnected are lost.
+async fn wake_listener(shared: Arc<Shared>, stop: CancellationToken) {
+    let channel = shared.store.keys().wake_channel();
+    let mut failures = 0u32;
+    while !stop.is_cancelled() {
+        let connected = async {
+            let client = redis::Client::open(shared.config.redis_url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        }
+        .await;
+        match connected {
+            Ok(pubsub) => {
+                failures = 0;
+                shared.wake.notify_one();
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    tokio::select! {
+                        msg = messages.next() => match msg {
+                            Some(_) => shared.wake.notify_one(),
+                            None => { warn!("wake channel closed; reconnecting"); break }
+                        },
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                warn!(error = %e, "wake channel subscribe failed; retrying");
+            }
+        }
+        let backoff = Duration::from_millis((100u64 << failures.min(5)).min(3000));
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {},
+            _ = stop.cancelled() => return,
+        }
+    }
+}
