@@ -3,6 +3,7 @@
 -- A claim moves the entry's score to now + lease, so an entry whose worker dies comes back
 -- by itself when the lease runs out. Re-claiming an expired lease is a stall, not a merchant
 -- failure: it bumps the stall counter and, past the limit, moves the entry to the dead set.
+-- Reads and writes are batched (one HMGET/HSET/ZADD per batch, not per entry).
 --
 -- KEYS[1] due    ZSET    member "<seq>:<id>" -> next attempt / lease expiry (ms)
 -- KEYS[2] spec   HASH    id -> spec JSON
@@ -12,65 +13,83 @@
 -- KEYS[6] stats  HASH    counters
 -- ARGV[1] now (ms)
 -- ARGV[2] lease (ms)
--- ARGV[3] maximum number of entries to claim
+-- ARGV[3] maximum number of entries to claim (at most 1000)
 -- ARGV[4] owner (node id)
 -- ARGV[5] maximum stalls before an entry goes to the dead set
 -- Returns: {head_ms or -1, then per claimed entry: id, token, attempt, round_index, due_ms, spec}
 --   head_ms is the earliest score left in the due set after the claim.
+-- Times in the state JSON are kept as strings: formatting and parsing large numbers is the
+-- most expensive thing a script can do per entry.
 local now = tonumber(ARGV[1])
-local lease_until = now + tonumber(ARGV[2])
+local lease_until = string.format('%d', now + tonumber(ARGV[2]))
 local max_stalls = tonumber(ARGV[5])
-local entries = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
+local entries = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
 local out = {-1}
-for i = 1, #entries, 2 do
-  local member = entries[i]
-  local score = tonumber(entries[i + 1])
-  local id = string.sub(member, 18)
-  local raw = redis.call('HGET', KEYS[3], id)
-  local spec = redis.call('HGET', KEYS[2], id)
-  if not raw or not spec then
-    redis.call('ZREM', KEYS[1], member)
-  else
-    local m = cjson.decode(raw)
-    local claim = true
-    if m.s == 'delivering' then
-      m.st = m.st + 1
-      if m.st > max_stalls then
-        claim = false
-        redis.call('ZREM', KEYS[1], member)
-        redis.call('ZADD', KEYS[5], now, id)
-        m.s = 'dead'
-        m.r = 'stalled: the lease expired ' .. m.st .. ' times without a result (worker crashed or hung)'
-        m.f = now
-        m.o = nil
-        m.l = nil
-        redis.call('HSET', KEYS[3], id, cjson.encode(m))
-        redis.call('HINCRBY', KEYS[6], 'delivering', -1)
-        redis.call('HINCRBY', KEYS[6], 'dead', 1)
-      end
-    elseif m.s == 'scheduled' then
-      redis.call('HINCRBY', KEYS[6], 'delivering', 1)
+local n = #entries / 2
+if n > 0 then
+  local ids = {}
+  for i = 1, n do ids[i] = string.sub(entries[2 * i - 1], 18) end
+  local metas = redis.call('HMGET', KEYS[3], unpack(ids))
+  local specs = redis.call('HMGET', KEYS[2], unpack(ids))
+  local last_token = redis.call('INCRBY', KEYS[4], n)
+  local meta_set, lease_add, due_rem, dead_add = {}, {}, {}, {}
+  local started, died = 0, 0
+  for i = 1, n do
+    local id, member, score = ids[i], entries[2 * i - 1], entries[2 * i]
+    local raw, spec = metas[i], specs[i]
+    if not raw or not spec then
+      due_rem[#due_rem + 1] = member
     else
-      claim = false
-      redis.call('ZREM', KEYS[1], member)
-    end
-    if claim then
-      local token = redis.call('INCR', KEYS[4])
-      m.s = 'delivering'
-      m.t = token
-      m.o = ARGV[4]
-      m.l = lease_until
-      m.d = score
-      redis.call('HSET', KEYS[3], id, cjson.encode(m))
-      redis.call('ZADD', KEYS[1], lease_until, member)
-      out[#out + 1] = id
-      out[#out + 1] = token
-      out[#out + 1] = m.a + 1
-      out[#out + 1] = m.a - m.b
-      out[#out + 1] = score
-      out[#out + 1] = spec
+      local m = cjson.decode(raw)
+      local claim = true
+      if m.s == 'delivering' then
+        m.st = m.st + 1
+        if m.st > max_stalls then
+          claim = false
+          due_rem[#due_rem + 1] = member
+          dead_add[#dead_add + 1] = ARGV[1]
+          dead_add[#dead_add + 1] = id
+          m.s = 'dead'
+          m.r = 'stalled: the lease expired ' .. m.st .. ' times without a result (worker crashed or hung)'
+          m.f = ARGV[1]
+          m.o = nil
+          m.l = nil
+          meta_set[#meta_set + 1] = id
+          meta_set[#meta_set + 1] = cjson.encode(m)
+          died = died + 1
+        end
+      elseif m.s == 'scheduled' then
+        started = started + 1
+      else
+        claim = false
+        due_rem[#due_rem + 1] = member
+      end
+      if claim then
+        local token = last_token - n + i
+        m.s = 'delivering'
+        m.t = string.format('%d', token)
+        m.o = ARGV[4]
+        m.l = lease_until
+        m.d = score
+        meta_set[#meta_set + 1] = id
+        meta_set[#meta_set + 1] = cjson.encode(m)
+        lease_add[#lease_add + 1] = lease_until
+        lease_add[#lease_add + 1] = member
+        out[#out + 1] = id
+        out[#out + 1] = token
+        out[#out + 1] = m.a + 1
+        out[#out + 1] = m.a - m.b
+        out[#out + 1] = score
+        out[#out + 1] = spec
+      end
     end
   end
+  if #meta_set > 0 then redis.call('HSET', KEYS[3], unpack(meta_set)) end
+  if #lease_add > 0 then redis.call('ZADD', KEYS[1], unpack(lease_add)) end
+  if #due_rem > 0 then redis.call('ZREM', KEYS[1], unpack(due_rem)) end
+  if #dead_add > 0 then redis.call('ZADD', KEYS[5], unpack(dead_add)) end
+  if started ~= died then redis.call('HINCRBY', KEYS[6], 'delivering', started - died) end
+  if died > 0 then redis.call('HINCRBY', KEYS[6], 'dead', died) end
 end
 local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if head[2] then out[1] = tonumber(head[2]) end

@@ -24,10 +24,11 @@ if existing then
 end
 local seq = redis.call('INCR', KEYS[4])
 local member = string.format('%016x', seq) .. ':' .. id
-local due = tonumber(ARGV[3])
+-- Times and tokens in the state JSON are strings (see claim.lua).
+local due = ARGV[3]
 redis.call('HSET', KEYS[2], id, ARGV[2])
 redis.call('HSET', KEYS[3], id, cjson.encode({
-  s = 'scheduled', m = member, a = 0, b = 0, st = 0, t = 0, c = tonumber(ARGV[4]), n = due
+  s = 'scheduled', m = member, a = 0, b = 0, st = 0, t = '0', c = ARGV[4], n = due
 }))
 redis.call('ZADD', KEYS[1], due, member)
 redis.call('HINCRBY', KEYS[5], 'enqueued', 1)

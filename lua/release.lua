@@ -14,13 +14,13 @@ for i = 2, #ARGV, 3 do
   local raw = redis.call('HGET', KEYS[2], id)
   if raw then
     local m = cjson.decode(raw)
-    if m.s == 'delivering' and tostring(m.t) == ARGV[i + 1] then
+    if m.s == 'delivering' and m.t == ARGV[i + 1] then
       local at = tonumber(ARGV[i + 2])
       m.s = 'scheduled'
-      m.n = at
+      m.n = ARGV[i + 2]
       m.o = nil
       m.l = nil
-      redis.call('ZADD', KEYS[1], at, m.m)
+      redis.call('ZADD', KEYS[1], ARGV[i + 2], m.m)
       redis.call('HSET', KEYS[2], id, cjson.encode(m))
       redis.call('HINCRBY', KEYS[3], 'delivering', -1)
       released = released + 1

@@ -5,7 +5,6 @@
 -- ARGV[1] new lease expiry (ms)
 -- then 2 per entry: id, token
 -- Returns: per entry 1 (renewed) or 0 (the lease was lost: token no longer matches)
-local until_ms = tonumber(ARGV[1])
 local out = {}
 for i = 2, #ARGV, 2 do
   local id = ARGV[i]
@@ -13,9 +12,9 @@ for i = 2, #ARGV, 2 do
   local renewed = 0
   if raw then
     local m = cjson.decode(raw)
-    if m.s == 'delivering' and tostring(m.t) == ARGV[i + 1] then
-      m.l = until_ms
-      redis.call('ZADD', KEYS[1], 'XX', until_ms, m.m)
+    if m.s == 'delivering' and m.t == ARGV[i + 1] then
+      m.l = ARGV[1]
+      redis.call('ZADD', KEYS[1], 'XX', ARGV[1], m.m)
       redis.call('HSET', KEYS[2], id, cjson.encode(m))
       renewed = 1
     end

@@ -7,7 +7,6 @@
 -- ARGV[2] wake channel
 -- ARGV[3] "ids" followed by ids, or "oldest" followed by a count (replays the oldest dead entries)
 -- Returns: the ids replayed
-local now = tonumber(ARGV[1])
 local ids = {}
 if ARGV[3] == 'oldest' then
   ids = redis.call('ZRANGE', KEYS[3], 0, tonumber(ARGV[4]) - 1)
@@ -22,13 +21,13 @@ for _, id in ipairs(ids) do
     m.s = 'scheduled'
     m.b = m.a
     m.st = 0
-    m.n = now
+    m.n = ARGV[1]
     m.r = nil
     m.f = nil
-    redis.call('ZADD', KEYS[1], now, m.m)
+    redis.call('ZADD', KEYS[1], ARGV[1], m.m)
     redis.call('HSET', KEYS[2], id, cjson.encode(m))
     out[#out + 1] = id
   end
 end
-if #out > 0 then redis.call('PUBLISH', ARGV[2], now) end
+if #out > 0 then redis.call('PUBLISH', ARGV[2], ARGV[1]) end
 return out

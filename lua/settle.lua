@@ -2,7 +2,7 @@
 --
 -- An outcome whose token no longer matches (the lease expired and someone else claimed the
 -- entry, or it was settled already) changes nothing: a worker that lost its lease can never
--- overwrite the state.
+-- overwrite the state. Reads and writes are batched (one HMGET/HSET/ZADD per batch).
 --
 -- KEYS[1] due    ZSET   member -> next attempt (ms)
 -- KEYS[2] meta   HASH   id -> state JSON
@@ -11,55 +11,81 @@
 -- KEYS[5] dead   ZSET   id -> died at (ms)
 -- KEYS[6] stats  HASH   counters
 -- ARGV[1] now (ms)
--- then 6 per outcome:
+-- then 6 per outcome (at most 1000 outcomes):
 --   id, token, verdict ("delivered" | "retry" | "dead"), next attempt ms (retry), reason, attempt JSON
 -- Returns: {head_ms or -1, then 1 (applied) or 0 (fenced off) per outcome}
-local now = tonumber(ARGV[1])
+local n = (#ARGV - 1) / 6
 local out = {-1}
-for i = 2, #ARGV, 6 do
-  local id = ARGV[i]
-  local raw = redis.call('HGET', KEYS[2], id)
-  local applied = 0
-  if raw then
-    local m = cjson.decode(raw)
-    if m.s == 'delivering' and tostring(m.t) == ARGV[i + 1] then
-      applied = 1
-      local verdict = ARGV[i + 2]
-      local log = redis.call('HGET', KEYS[3], id)
-      if log then
-        redis.call('HSET', KEYS[3], id, log .. ',' .. ARGV[i + 5])
-      else
-        redis.call('HSET', KEYS[3], id, ARGV[i + 5])
-      end
-      m.a = m.a + 1
-      m.o = nil
-      m.l = nil
-      redis.call('HINCRBY', KEYS[6], 'delivering', -1)
-      redis.call('HINCRBY', KEYS[6], 'attempts', 1)
-      if verdict == 'retry' then
-        local next_at = tonumber(ARGV[i + 3])
-        m.s = 'scheduled'
-        m.n = next_at
-        redis.call('ZADD', KEYS[1], next_at, m.m)
-      else
-        redis.call('ZREM', KEYS[1], m.m)
-        m.f = now
-        m.n = nil
-        if verdict == 'delivered' then
-          m.s = 'delivered'
-          redis.call('ZADD', KEYS[4], now, id)
-          redis.call('HINCRBY', KEYS[6], 'delivered', 1)
+if n > 0 then
+  local ids = {}
+  for i = 1, n do ids[i] = ARGV[2 + (i - 1) * 6] end
+  local metas = redis.call('HMGET', KEYS[2], unpack(ids))
+  local logs = redis.call('HMGET', KEYS[3], unpack(ids))
+  local meta_set, log_set, due_add, due_rem, done_add, dead_add = {}, {}, {}, {}, {}, {}
+  local seen = {}
+  local applied_count, delivered, died = 0, 0, 0
+  for i = 1, n do
+    local base = 2 + (i - 1) * 6
+    local id = ids[i]
+    local raw = metas[i]
+    local applied = 0
+    if raw and not seen[id] then
+      local m = cjson.decode(raw)
+      if m.s == 'delivering' and m.t == ARGV[base + 1] then
+        seen[id] = true
+        applied = 1
+        applied_count = applied_count + 1
+        local verdict = ARGV[base + 2]
+        log_set[#log_set + 1] = id
+        if logs[i] then
+          log_set[#log_set + 1] = logs[i] .. ',' .. ARGV[base + 5]
         else
-          m.s = 'dead'
-          m.r = ARGV[i + 4]
-          redis.call('ZADD', KEYS[5], now, id)
-          redis.call('HINCRBY', KEYS[6], 'dead', 1)
+          log_set[#log_set + 1] = ARGV[base + 5]
         end
+        m.a = m.a + 1
+        m.o = nil
+        m.l = nil
+        if verdict == 'retry' then
+          local next_at = ARGV[base + 3]
+          m.s = 'scheduled'
+          m.n = next_at
+          due_add[#due_add + 1] = next_at
+          due_add[#due_add + 1] = m.m
+        else
+          due_rem[#due_rem + 1] = m.m
+          m.f = ARGV[1]
+          m.n = nil
+          if verdict == 'delivered' then
+            m.s = 'delivered'
+            done_add[#done_add + 1] = ARGV[1]
+            done_add[#done_add + 1] = id
+            delivered = delivered + 1
+          else
+            m.s = 'dead'
+            m.r = ARGV[base + 4]
+            dead_add[#dead_add + 1] = ARGV[1]
+            dead_add[#dead_add + 1] = id
+            died = died + 1
+          end
+        end
+        meta_set[#meta_set + 1] = id
+        meta_set[#meta_set + 1] = cjson.encode(m)
       end
-      redis.call('HSET', KEYS[2], id, cjson.encode(m))
     end
+    out[#out + 1] = applied
   end
-  out[#out + 1] = applied
+  if #meta_set > 0 then redis.call('HSET', KEYS[2], unpack(meta_set)) end
+  if #log_set > 0 then redis.call('HSET', KEYS[3], unpack(log_set)) end
+  if #due_add > 0 then redis.call('ZADD', KEYS[1], unpack(due_add)) end
+  if #due_rem > 0 then redis.call('ZREM', KEYS[1], unpack(due_rem)) end
+  if #done_add > 0 then redis.call('ZADD', KEYS[4], unpack(done_add)) end
+  if #dead_add > 0 then redis.call('ZADD', KEYS[5], unpack(dead_add)) end
+  if applied_count > 0 then
+    redis.call('HINCRBY', KEYS[6], 'delivering', -applied_count)
+    redis.call('HINCRBY', KEYS[6], 'attempts', applied_count)
+  end
+  if delivered > 0 then redis.call('HINCRBY', KEYS[6], 'delivered', delivered) end
+  if died > 0 then redis.call('HINCRBY', KEYS[6], 'dead', died) end
 end
 local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if head[2] then out[1] = tonumber(head[2]) end

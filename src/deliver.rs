@@ -156,12 +156,16 @@ pub struct Deliverer {
 
 impl Deliverer {
     /// A pooled client; `signer` adds Standard Webhooks headers to every attempt.
-    pub fn new(signer: Option<Signer>, allow_private: bool) -> Result<Self, DeliverError> {
+    pub fn new(
+        signer: Option<Signer>,
+        allow_private: bool,
+        idle_per_host: usize,
+    ) -> Result<Self, DeliverError> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(GuardedResolver { allow_private }))
             .user_agent(concat!("paynotify/", env!("CARGO_PKG_VERSION")))
-            .pool_max_idle_per_host(64)
+            .pool_max_idle_per_host(idle_per_host)
             .pool_idle_timeout(Duration::from_secs(60))
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true)

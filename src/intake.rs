@@ -19,6 +19,9 @@ use crate::config::Config;
 use crate::notification;
 use crate::store::{Enqueued, Store};
 
+/// A stream entry: its id and its fields.
+type Entry = (String, Vec<(String, Vec<u8>)>);
+
 /// Most entries read per call.
 const READ_COUNT: usize = 256;
 /// Most rejected entries kept (the stream is trimmed approximately to this length).
@@ -98,7 +101,7 @@ pub async fn run(config: Arc<Config>, store: Store, shutdown: CancellationToken)
                     .query_async(&mut *conn)
                     .await?;
                 let _ = StreamAutoClaimOptions::default();
-                let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = reply
+                let entries: Vec<Entry> = reply
                     .claimed
                     .into_iter()
                     .map(|e| (e.id, fields_of(e.map)))
@@ -128,7 +131,7 @@ pub async fn run(config: Arc<Config>, store: Store, shutdown: CancellationToken)
                 let reply: StreamReadReply =
                     redis::AsyncCommands::xread_options(&mut blocking, &[&stream], &[">"], &opts)
                         .await?;
-                let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = reply
+                let entries: Vec<Entry> = reply
                     .keys
                     .into_iter()
                     .flat_map(|k| k.ids)
@@ -181,10 +184,7 @@ fn fields_of(map: std::collections::HashMap<String, Value>) -> Vec<(String, Vec<
 }
 
 /// Enqueues (or rejects) a batch of entries, then acknowledges them all.
-async fn process(
-    store: &Store,
-    entries: &[(String, Vec<(String, Vec<u8>)>)],
-) -> Result<(), crate::store::StoreError> {
+async fn process(store: &Store, entries: &[Entry]) -> Result<(), crate::store::StoreError> {
     let now = crate::now_ms();
     let results = futures::future::join_all(entries.iter().map(|(entry_id, fields)| async move {
         match decode_entry(entry_id, fields, now) {

@@ -81,7 +81,11 @@ pub async fn run_with(
     let mut tasks = tokio::task::JoinSet::new();
     if config.roles.worker {
         let signer = signing::Signer::new(&config.signing_secrets)?;
-        let deliverer = deliver::Deliverer::new(signer, config.allow_private_targets)?;
+        let deliverer = deliver::Deliverer::new(
+            signer,
+            config.allow_private_targets,
+            config.per_destination_concurrency,
+        )?;
         tasks.spawn(
             worker::run(config.clone(), store.clone(), deliverer, shutdown.clone())
                 .instrument(info_span!("worker")),

@@ -510,26 +510,34 @@ fn render(id: &str, spec: &str, meta: &str, log: Option<&str>) -> Json {
         .and_then(|l| serde_json::from_str(&format!("[{l}]")).ok())
         .unwrap_or_else(|| json!([]));
     let state = meta.get("s").and_then(Json::as_str).unwrap_or("unknown");
+    // Times are stored as strings (cheaper for the scripts); the API shows numbers.
+    let time = |k: &str| -> Json {
+        match meta.get(k) {
+            Some(Json::String(s)) => s.parse::<i64>().map(Json::from).unwrap_or(Json::Null),
+            Some(v) => v.clone(),
+            None => Json::Null,
+        }
+    };
     let mut out = json!({
         "id": id,
         "state": state,
         "url": spec.get("url"),
-        "created_at": meta.get("c"),
-        "next_attempt_at": if state == "scheduled" { meta.get("n").cloned() } else { None },
+        "created_at": time("c"),
+        "next_attempt_at": if state == "scheduled" { time("n") } else { Json::Null },
         "attempts": attempts,
         "stalls": meta.get("st"),
         "spec": spec,
     });
     if state == "delivering" {
-        out["lease_until"] = meta.get("l").cloned().unwrap_or(Json::Null);
+        out["lease_until"] = time("l");
         out["owner"] = meta.get("o").cloned().unwrap_or(Json::Null);
     }
-    if let Some(f) = meta.get("f") {
+    if meta.get("f").is_some() {
         out[if state == "dead" {
             "died_at"
         } else {
             "delivered_at"
-        }] = f.clone();
+        }] = time("f");
     }
     if let Some(r) = meta.get("r") {
         out["reason"] = r.clone();

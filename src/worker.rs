@@ -28,7 +28,7 @@ const WATCHDOG: Duration = Duration::from_secs(5);
 /// How long an entry is put back when its destination is at its concurrency limit.
 const DEFER_MS: i64 = 1000;
 /// Most outcomes settled in one script call.
-const SETTLE_BATCH: usize = 512;
+const SETTLE_BATCH: usize = 1000;
 
 /// What a finished delivery task reports.
 enum Report {
@@ -41,12 +41,50 @@ struct Held {
     since: Instant,
 }
 
+/// Concurrency limit for one destination: `limit` attempts at once, and as many again waiting
+/// in line (holding node slots); anything beyond is handed back for later, so one slow merchant
+/// can take at most twice its limit of this node's slots.
+struct HostLimit {
+    limit: usize,
+    running: Arc<Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl HostLimit {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            running: Arc::new(Semaphore::new(limit)),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    async fn acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        use std::sync::atomic::Ordering;
+        if let Ok(p) = self.running.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let permit = self.running.clone().acquire_owned().await.ok();
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        permit
+    }
+
+    fn idle(&self) -> bool {
+        self.running.available_permits() == self.limit
+            && self.waiting.load(std::sync::atomic::Ordering::Acquire) == 0
+    }
+}
+
 struct Shared {
     config: Arc<Config>,
     store: Store,
     deliverer: Deliverer,
     held: Mutex<HashMap<(u32, String), Held>>,
-    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    hosts: Mutex<HashMap<String, Arc<HostLimit>>>,
     slots: Arc<Semaphore>,
     slot_freed: Notify,
     wake: Notify,
@@ -123,11 +161,15 @@ async fn scheduler(
     let mut deliveries = JoinSet::new();
     let mut start = 0u32;
     let mut failures = 0u32;
+    let low_water = config.claim_batch.min(config.max_in_flight / 4).max(1);
     info!(node = %config.node_id, partitions, "worker started");
     while !shutdown.is_cancelled() {
         while deliveries.try_join_next().is_some() {}
         let mut free = shared.slots.available_permits();
-        if free == 0 {
+        // Claim in batches: with attempts in flight, wait until a worthwhile number of slots
+        // is free rather than claiming one entry per finished attempt.
+        let in_flight = config.max_in_flight - free;
+        if free == 0 || (in_flight > 0 && free < low_water) {
             tokio::select! {
                 _ = shared.slot_freed.notified() => continue,
                 _ = shutdown.cancelled() => break,
@@ -262,20 +304,18 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
         })
         .unwrap_or_default();
     tracing::Span::current().record("host", host.as_str());
-    let host_permit = {
-        let sem = match shared.hosts.lock() {
+    let host_limit = {
+        let limit = shared.config.per_destination_concurrency;
+        match shared.hosts.lock() {
             Ok(mut hosts) => hosts
                 .entry(host.clone())
-                .or_insert_with(|| {
-                    Arc::new(Semaphore::new(shared.config.per_destination_concurrency))
-                })
+                .or_insert_with(|| Arc::new(HostLimit::new(limit)))
                 .clone(),
-            Err(_) => Arc::new(Semaphore::new(1)),
-        };
-        sem.try_acquire_owned()
+            Err(_) => Arc::new(HostLimit::new(limit)),
+        }
     };
-    let Ok(_host_permit) = host_permit else {
-        debug!("destination at its concurrency limit; deferring");
+    let Some(_host_permit) = host_limit.acquire().await else {
+        debug!("destination at its concurrency limit with a full queue; deferring");
         return Report::Release(c.partition, c.id, c.token, crate::now_ms() + DEFER_MS);
     };
     let result = shared.deliverer.attempt(&c.id, &spec).await;
@@ -473,8 +513,7 @@ async fn renewer(shared: Arc<Shared>, stop: CancellationToken) {
             }
         }
         if let Ok(mut hosts) = shared.hosts.lock() {
-            let limit = shared.config.per_destination_concurrency;
-            hosts.retain(|_, sem| sem.available_permits() < limit);
+            hosts.retain(|_, h| !h.idle());
         }
         if last_sweep.elapsed() >= Duration::from_secs(60) {
             last_sweep = Instant::now();

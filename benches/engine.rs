@@ -1,0 +1,339 @@
+//! Delivery engine benchmark (not a test): `cargo bench --bench engine -- [drain|steady|all]`.
+//!
+//! Starts a private redis-server, a local HTTP sink in this process and `paynotify serve`
+//! worker processes (the release binary), then measures:
+//! - drain: N notifications (default 50,000) fall due at the same instant; time until the sink
+//!   has every one (rate = N / time);
+//! - steady: notifications fall due at a steady R/s (default 5,000) for S seconds; lateness
+//!   = attempt start minus due time, from paynotify's own attempt records, and sink receipt
+//!   minus due time as seen by the merchant.
+//!
+//! Environment: BENCH_N, BENCH_RATE, BENCH_SECONDS, BENCH_WORKERS, BENCH_PARTITIONS.
+
+// A benchmark harness: a failed setup step should stop it loudly.
+#![allow(clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::routing::post;
+use paynotify::keys::Keys;
+use paynotify::redis_child::RedisServer;
+use paynotify::store::Store;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct SinkStats {
+    received: AtomicU64,
+    lateness: Mutex<Vec<i64>>,
+}
+
+async fn start_sink(stats: Arc<SinkStats>) -> std::net::SocketAddr {
+    let app = axum::Router::new().route(
+        "/notify",
+        post(move |body: Bytes| {
+            let stats = stats.clone();
+            async move {
+                let now = paynotify::now_ms();
+                // body: "<due ms>:<id>"
+                if let Some(due) = std::str::from_utf8(&body)
+                    .ok()
+                    .and_then(|s| s.split(':').next())
+                    .and_then(|d| d.parse::<i64>().ok())
+                {
+                    stats.lateness.lock().unwrap().push(now - due);
+                }
+                stats.received.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, Infallible>("success")
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    addr
+}
+
+fn workers(redis: &RedisServer, count: u64, partitions: u64) -> Vec<std::process::Child> {
+    let bin = std::env::var("PAYNOTIFY_BIN").unwrap_or_else(|_| "target/release/paynotify".into());
+    (0..count)
+        .map(|i| {
+            std::process::Command::new(&bin)
+                .args(["serve", "--roles", "worker", "--redis-url", &redis.url()])
+                .args(["--listen", "127.0.0.1:0", "--allow-private-targets"])
+                .args(["--partitions", &partitions.to_string()])
+                .args([
+                    "--per-destination-concurrency",
+                    "512",
+                    "--max-in-flight",
+                    "1024",
+                ])
+                .args(["--node-id", &format!("bench-{i}")])
+                .env("PAYNOTIFY_LOG", "warn")
+                .spawn()
+                .expect("build the release binary first: cargo build --release")
+        })
+        .collect()
+}
+
+fn pct(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn summary(name: &str, mut v: Vec<i64>) {
+    v.sort_unstable();
+    println!(
+        "  {name}: n={} p50={} ms p90={} ms p99={} ms p99.9={} ms max={} ms",
+        v.len(),
+        pct(&v, 0.5),
+        pct(&v, 0.9),
+        pct(&v, 0.99),
+        pct(&v, 0.999),
+        v.last().copied().unwrap_or(0)
+    );
+}
+
+async fn enqueue_all(store: &Store, url: &str, dues: &[i64]) {
+    let now = paynotify::now_ms();
+    let started = Instant::now();
+    let mut done = 0;
+    for chunk in dues.chunks(2000) {
+        let base = done;
+        let futs = chunk.iter().enumerate().map(|(j, due)| {
+            let id = format!("b{}", base + j);
+            let doc = serde_json::json!({
+                "id": id, "url": url, "body": format!("{due}:{id}"), "deliver_at": due,
+                "schedule": [0, 5, 5], "success": {"body": "success"}
+            })
+            .to_string();
+            let n = paynotify::notification::parse(doc.as_bytes(), now, || unreachable!()).unwrap();
+            async move { store.enqueue(&n, now).await.unwrap() }
+        });
+        futures::future::join_all(futs).await;
+        done += chunk.len();
+    }
+    eprintln!("  enqueued {} in {:.2?}", dues.len(), started.elapsed());
+}
+
+/// Commands Redis executed, counting calls made inside scripts, and script calls alone.
+async fn redis_commands(url: &str) -> (u64, u64) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut total = 0;
+    let mut scripts = 0;
+    for line in info.lines() {
+        let Some((name, rest)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let calls: u64 = rest
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("calls="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        total += calls;
+        if name == "evalsha" || name == "eval" {
+            scripts += calls;
+        }
+    }
+    (total, scripts)
+}
+
+async fn attempt_lateness(store: &Store, ids: impl Iterator<Item = String>) -> Vec<i64> {
+    let mut out = Vec::new();
+    for id in ids {
+        if let Ok(Some(v)) = store.show(&id).await {
+            if let Some(a) = v["attempts"].get(0) {
+                out.push(a["started_at"].as_i64().unwrap_or(0) - a["due_at"].as_i64().unwrap_or(0));
+            }
+        }
+    }
+    out
+}
+
+async fn drain(n: u64, worker_count: u64, partitions: u64) {
+    println!("drain: {n} notifications due at one instant, {worker_count} worker process(es), {partitions} partition(s)");
+    let redis = RedisServer::start().unwrap();
+    let stats = Arc::new(SinkStats {
+        received: AtomicU64::new(0),
+        lateness: Mutex::new(Vec::new()),
+    });
+    let sink = start_sink(stats.clone()).await;
+    let store =
+        Store::connect(&redis.url(), Keys::new("paynotify", partitions as u32), 16).unwrap();
+    store.load_scripts().await.unwrap();
+    let due = paynotify::now_ms() + 60_000;
+    let dues = vec![due; n as usize];
+    enqueue_all(&store, &format!("http://{sink}/notify"), &dues).await;
+    // Workers start after enqueue; the batch is due 2 s after they are ready.
+    let mut procs = workers(&redis, worker_count, partitions);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let due = paynotify::now_ms() + 1000;
+    // Move every entry to the same due instant (setup only, outside the measured path).
+    let key = Keys::new("paynotify", partitions as u32);
+    for p in 0..partitions as u32 {
+        let k = key.partition(p).due;
+        let _: () = redis::cmd("EVAL")
+            .arg("local m = redis.call('ZRANGE', KEYS[1], 0, -1) for _, x in ipairs(m) do redis.call('ZADD', KEYS[1], ARGV[1], x) end")
+            .arg(1).arg(&k).arg(due)
+            .query_async(&mut conn).await.unwrap();
+    }
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("paynotify:wake")
+        .arg(due)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let cpu_before = cpu_times(&redis, &procs);
+    let cmds_before: (u64, u64) = redis_commands(&redis.url()).await;
+    let wait = Duration::from_millis((due - paynotify::now_ms()).max(0) as u64);
+    tokio::time::sleep(wait).await;
+    let start = Instant::now();
+    let mut last_report = Instant::now();
+    while stats.received.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if last_report.elapsed() > Duration::from_secs(1) {
+            eprintln!("  ... {} received", stats.received.load(Ordering::Relaxed));
+            last_report = Instant::now();
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            println!("  gave up after 120 s");
+            break;
+        }
+    }
+    let elapsed = start.elapsed();
+    let cmds_after = redis_commands(&redis.url()).await;
+    let (cmds, scripts) = (cmds_after.0 - cmds_before.0, cmds_after.1 - cmds_before.1);
+    let got = stats.received.load(Ordering::Relaxed);
+    println!(
+        "  drained {got} in {:.3} s = {:.0} notifications/s; per notification: {:.2} redis commands incl. those inside scripts, {:.3} script calls",
+        elapsed.as_secs_f64(),
+        got as f64 / elapsed.as_secs_f64(),
+        cmds as f64 / got.max(1) as f64,
+        scripts as f64 / got.max(1) as f64
+    );
+    report_cpu(cpu_before, cpu_times(&redis, &procs), elapsed);
+    for p in &mut procs {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+}
+
+/// CPU seconds used so far by: redis-server, the worker processes, this process (sink + harness).
+fn cpu_times(redis: &RedisServer, procs: &[std::process::Child]) -> [f64; 3] {
+    let ticks = |pid: u32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (t(11) + t(12)) / 100.0
+    };
+    [
+        redis.pid().map(ticks).unwrap_or(0.0),
+        procs.iter().map(|p| ticks(p.id())).sum(),
+        ticks(std::process::id()),
+    ]
+}
+
+fn report_cpu(before: [f64; 3], after: [f64; 3], elapsed: Duration) {
+    let secs = elapsed.as_secs_f64();
+    println!(
+        "  CPU during the run (cores busy): redis-server {:.2}, paynotify workers {:.2}, sink+harness {:.2}",
+        (after[0] - before[0]) / secs,
+        (after[1] - before[1]) / secs,
+        (after[2] - before[2]) / secs
+    );
+}
+
+async fn steady(rate: u64, seconds: u64, worker_count: u64, partitions: u64) {
+    println!("steady: {rate}/s falling due for {seconds} s, {worker_count} worker process(es), {partitions} partition(s)");
+    let redis = RedisServer::start().unwrap();
+    let stats = Arc::new(SinkStats {
+        received: AtomicU64::new(0),
+        lateness: Mutex::new(Vec::new()),
+    });
+    let sink = start_sink(stats.clone()).await;
+    let store =
+        Store::connect(&redis.url(), Keys::new("paynotify", partitions as u32), 16).unwrap();
+    store.load_scripts().await.unwrap();
+    let total = rate * seconds;
+    let mut procs = workers(&redis, worker_count, partitions);
+    let t0 = paynotify::now_ms() + 5000 + total as i64 / 20; // room to enqueue first
+    let dues: Vec<i64> = (0..total).map(|i| t0 + (i * 1000 / rate) as i64).collect();
+    enqueue_all(&store, &format!("http://{sink}/notify"), &dues).await;
+    let lead = t0 - paynotify::now_ms();
+    assert!(
+        lead > 500,
+        "enqueue took too long; lower BENCH_RATE or BENCH_SECONDS"
+    );
+    tokio::time::sleep(Duration::from_millis(lead as u64)).await;
+    while stats.received.load(Ordering::Relaxed) < total {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if paynotify::now_ms() > dues[dues.len() - 1] + 30_000 {
+            println!("  gave up");
+            break;
+        }
+    }
+    println!("  received {}", stats.received.load(Ordering::Relaxed));
+    let sink_late = stats.lateness.lock().unwrap().clone();
+    summary("sink receipt - due", sink_late);
+    let sample = (0..total)
+        .step_by((total / 20_000).max(1) as usize)
+        .map(|i| format!("b{i}"));
+    summary(
+        "attempt start - due (paynotify records)",
+        attempt_lateness(&store, sample).await,
+    );
+    for p in &mut procs {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+}
+
+fn main() {
+    let mode = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .unwrap_or_else(|| "all".into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let workers = env("BENCH_WORKERS", 1);
+    let partitions = env("BENCH_PARTITIONS", 1);
+    rt.block_on(async {
+        if mode == "drain" || mode == "all" {
+            drain(env("BENCH_N", 50_000), workers, partitions).await;
+        }
+        if mode == "steady" || mode == "all" {
+            steady(
+                env("BENCH_RATE", 5_000),
+                env("BENCH_SECONDS", 30),
+                workers,
+                partitions,
+            )
+            .await;
+        }
+    });
+}

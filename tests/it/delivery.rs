@@ -1,0 +1,414 @@
+//! Delivery semantics: schedules, success rules, failures, dead set, replay, signatures,
+//! outbound safety, per-destination limits, lease fencing.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::*;
+
+fn gaps(times: &[i64]) -> Vec<i64> {
+    times.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+#[tokio::test]
+async fn explicit_sub_second_schedule_is_followed_then_dead() {
+    let redis = RedisServer::start().unwrap();
+    let sink = Sink::start().await;
+    let node = Node::start(config(&redis)).await;
+    let (s, _) = post_json(
+        &node,
+        json!({"id": "s1", "url": sink.url("/status/500"), "body": "s1", "schedule": [0.1, 0.2, 0.3]}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let v = wait_state(&node, "s1", "dead", Duration::from_secs(10)).await;
+    let times: Vec<i64> = sink.received().iter().map(|r| r.at_ms).collect();
+    assert_eq!(times.len(), 3);
+    let g = gaps(&times);
+    assert!(g[0] >= 200 && g[0] < 1500, "{g:?}");
+    assert!(g[1] >= 300 && g[1] < 1500, "{g:?}");
+    let attempts = v["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3);
+    assert!(attempts.iter().all(|a| a["status"] == 500));
+    // The first attempt waited for its first delay (100 ms from enqueue).
+    assert!(attempts[0]["started_at"].as_i64().unwrap() - v["created_at"].as_i64().unwrap() >= 100);
+    assert!(
+        v["reason"].as_str().unwrap().contains("attempts exhausted"),
+        "{v}"
+    );
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn success_body_rule_redirects_timeouts_gone_and_retry_after() {
+    let redis = RedisServer::start().unwrap();
+    let sink = Sink::start().await;
+    let node = Node::start(config(&redis)).await;
+    let docs = [
+        json!({"id": "ok-body", "url": sink.url("/body/success"), "body": "a", "success": {"body": "success"}}),
+        json!({"id": "bad-body", "url": sink.url("/body/fail"), "body": "b", "success": {"body": "success"}, "schedule": [0, 0.05]}),
+        json!({"id": "plain-2xx", "url": sink.url("/body/anything"), "body": "c"}),
+        json!({"id": "redirect", "url": sink.url("/redirect"), "body": "d", "schedule": [0]}),
+        json!({"id": "timeout", "url": sink.url("/sleep/3000"), "body": "e", "schedule": [0], "timeout_ms": 200}),
+        json!({"id": "gone", "url": sink.url("/status/410"), "body": "f", "schedule": [0, 0.05, 0.05]}),
+        json!({"id": "flaky", "url": sink.url("/flaky/2"), "body": "g", "schedule": [0, 0.05, 0.05, 0.05]}),
+        json!({"id": "later", "url": sink.url("/retry-after/1"), "body": "h", "schedule": [0, 0.05]}),
+    ];
+    for d in docs {
+        assert_eq!(post_json(&node, d).await.0, 201);
+    }
+    let t = Duration::from_secs(10);
+    assert_eq!(
+        wait_state(&node, "ok-body", "delivered", t).await["attempts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        wait_state(&node, "plain-2xx", "delivered", t).await["attempts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let v = wait_state(&node, "bad-body", "dead", t).await;
+    assert_eq!(v["attempts"].as_array().unwrap().len(), 2);
+    assert!(
+        v["attempts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("success rule"),
+        "{v}"
+    );
+    assert_eq!(v["attempts"][0]["response"], "fail");
+    let v = wait_state(&node, "redirect", "dead", t).await;
+    assert_eq!(v["attempts"][0]["status"], 302);
+    assert!(
+        sink.received().iter().all(|r| r.path != "/ok/"),
+        "a redirect was followed"
+    );
+    let v = wait_state(&node, "timeout", "dead", t).await;
+    assert!(
+        v["attempts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{v}"
+    );
+    assert!(v["attempts"][0]["latency_ms"].as_u64().unwrap() < 2000);
+    let v = wait_state(&node, "gone", "dead", t).await;
+    assert_eq!(
+        v["attempts"].as_array().unwrap().len(),
+        1,
+        "410 must stop retries"
+    );
+    assert!(v["reason"].as_str().unwrap().contains("410"));
+    let v = wait_state(&node, "flaky", "delivered", t).await;
+    assert_eq!(v["attempts"].as_array().unwrap().len(), 3);
+    let v = wait_state(&node, "later", "dead", t).await;
+    let a = v["attempts"].as_array().unwrap();
+    let gap = a[1]["started_at"].as_i64().unwrap() - a[0]["started_at"].as_i64().unwrap();
+    assert!(gap >= 1000, "Retry-After: 1 not honoured: {gap} ms");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn dead_list_and_replay_over_http_and_cli() {
+    let redis = RedisServer::start().unwrap();
+    let sink = Sink::start().await;
+    let node = Node::start(config(&redis)).await;
+    for id in ["d1", "d2", "d3"] {
+        post_json(
+            &node,
+            json!({"id": id, "url": sink.url("/flaky/1"), "body": id, "schedule": [0]}),
+        )
+        .await;
+    }
+    for id in ["d1", "d2", "d3"] {
+        wait_state(&node, id, "dead", Duration::from_secs(10)).await;
+    }
+    let list: serde_json::Value = api()
+        .get(node.url("/v1/dead"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["dead"].as_array().unwrap().len(), 3, "{list}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
+        .args(["dead", "list", "--redis-url", &redis.url()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"d2\""));
+
+    let r = api()
+        .post(node.url("/v1/dead/d1/replay"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v = wait_state(&node, "d1", "delivered", Duration::from_secs(10)).await;
+    assert_eq!(v["attempts"].as_array().unwrap().len(), 2);
+    let r = api()
+        .post(node.url("/v1/dead/d1/replay"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "a delivered notification is not replayable"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
+        .args(["dead", "replay", "--redis-url", &redis.url(), "--all"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"replayed\": 2"));
+    wait_state(&node, "d2", "delivered", Duration::from_secs(10)).await;
+    wait_state(&node, "d3", "delivered", Duration::from_secs(10)).await;
+    let stats: serde_json::Value = api()
+        .get(node.url("/v1/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["delivered"], 3, "{stats}");
+    assert_eq!(stats["dead"], 0, "{stats}");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn signatures_verify_with_the_standardwebhooks_crate_and_bodies_go_out_unchanged() {
+    let redis = RedisServer::start().unwrap();
+    let sink = Sink::start().await;
+    let old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let new = paynotify::signing::generate_secret();
+    let mut c = config(&redis);
+    c.signing_secrets = vec![old.to_string(), new.clone()];
+    let node = Node::start(c).await;
+    let form = "charset=utf-8&notify_id=abc&out_trade_no=o-1&sign=Qx%2Bz9%2F%3D%3D&sign_type=RSA2&trade_status=TRADE_SUCCESS";
+    post_json(
+        &node,
+        json!({"id": "signed-1", "url": sink.url("/ok"), "body": form,
+               "headers": {"Content-Type": "application/x-www-form-urlencoded"}}),
+    )
+    .await;
+    post_json(
+        &node,
+        json!({"id": "signed-2", "url": sink.url("/ok"), "body": {"paid": true, "amount": "9.99"}}),
+    )
+    .await;
+    wait_state(&node, "signed-1", "delivered", Duration::from_secs(10)).await;
+    wait_state(&node, "signed-2", "delivered", Duration::from_secs(10)).await;
+    let got = sink.received();
+    assert_eq!(got.len(), 2);
+    for r in &got {
+        for secret in [old, new.as_str()] {
+            standardwebhooks::Webhook::new(secret)
+                .unwrap()
+                .verify(&r.body, &r.headers)
+                .unwrap_or_else(|e| panic!("signature with {secret} did not verify: {e:?}"));
+        }
+        assert!(
+            standardwebhooks::Webhook::new("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+                .unwrap()
+                .verify(&r.body, &r.headers)
+                .is_err()
+        );
+    }
+    let form_req = got
+        .iter()
+        .find(|r| r.headers["webhook-id"] == "signed-1")
+        .unwrap();
+    assert_eq!(&form_req.body[..], form.as_bytes());
+    assert_eq!(
+        form_req.headers["content-type"],
+        "application/x-www-form-urlencoded"
+    );
+    let json_req = got
+        .iter()
+        .find(|r| r.headers["webhook-id"] == "signed-2")
+        .unwrap();
+    assert_eq!(json_req.headers["content-type"], "application/json");
+    let v: serde_json::Value = serde_json::from_slice(&json_req.body).unwrap();
+    assert_eq!(v["amount"], "9.99");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn private_targets_are_refused_unless_allowed() {
+    let redis = RedisServer::start().unwrap();
+    let sink = Sink::start().await;
+    let mut c = config(&redis);
+    c.allow_private_targets = false;
+    let node = Node::start(c).await;
+    let port = sink.addr.port();
+    let targets = [
+        ("literal", format!("http://127.0.0.1:{port}/ok")),
+        ("dns", format!("http://localhost:{port}/ok")),
+        ("v6", format!("http://[::ffff:127.0.0.1]:{port}/ok")),
+        (
+            "metadata",
+            "http://169.254.169.254/latest/meta-data/".to_string(),
+        ),
+    ];
+    for (id, url) in &targets {
+        post_json(&node, json!({"id": id, "url": url, "body": id})).await;
+    }
+    for (id, _) in &targets {
+        let v = wait_state(&node, id, "dead", Duration::from_secs(10)).await;
+        assert!(
+            v["reason"]
+                .as_str()
+                .unwrap()
+                .contains("private target refused"),
+            "{v}"
+        );
+        assert_eq!(
+            v["attempts"].as_array().unwrap().len(),
+            1,
+            "refusal is final: {v}"
+        );
+    }
+    assert_eq!(sink.count(), 0, "a private target was contacted");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_destination_does_not_hold_up_others() {
+    let redis = RedisServer::start().unwrap();
+    let slow = Sink::start().await;
+    let fast = Sink::start().await;
+    let mut c = config(&redis);
+    c.per_destination_concurrency = 4;
+    let node = Node::start(c).await;
+    for i in 0..40 {
+        post_json(&node, json!({"id": format!("slow-{i}"), "url": slow.url("/sleep/2000"), "body": format!("slow-{i}")})).await;
+    }
+    for i in 0..40 {
+        post_json(
+            &node,
+            json!({"id": format!("fast-{i}"), "url": fast.url("/ok"), "body": format!("fast-{i}")}),
+        )
+        .await;
+    }
+    wait_until(Duration::from_secs(10), || async { fast.count() == 40 }).await;
+    // The slow destination never had more than its limit at once, and is still being worked.
+    assert!(
+        slow.count() <= 8,
+        "slow destination got {} requests",
+        slow.count()
+    );
+    let stats: serde_json::Value = api()
+        .get(node.url("/v1/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(stats["delivered"].as_i64().unwrap() >= 40, "{stats}");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_lost_lease_cannot_overwrite_state_and_stalls_end_in_dead() {
+    let redis = RedisServer::start().unwrap();
+    let store = store(&redis);
+    store.load_scripts().await.unwrap();
+    let now = paynotify::now_ms();
+    let n = paynotify::notification::parse(
+        br#"{"id":"fenced","url":"http://m.example/","schedule":[0,1]}"#,
+        now,
+        || unreachable!(),
+    )
+    .unwrap();
+    store.enqueue(&n, now).await.unwrap();
+    let (_, first) = store.claim(0, now, 100, 10, "worker-a", 1).await.unwrap();
+    assert_eq!(first.len(), 1);
+    // Nothing else is due while the lease runs.
+    let (head, none) = store
+        .claim(0, now + 50, 100, 10, "worker-b", 1)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    assert_eq!(head, Some(now + 100));
+    // The lease expires; worker-b takes over (a stall, not an attempt).
+    let (_, second) = store
+        .claim(0, now + 150, 100, 10, "worker-b", 1)
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].attempt, 1, "a stall is not counted as an attempt");
+    let stale = paynotify::store::Settlement {
+        id: "fenced".into(),
+        token: first[0].token,
+        verdict: "delivered",
+        next_ms: 0,
+        reason: String::new(),
+        record: "{}".into(),
+    };
+    let (_, applied) = store.settle(0, now + 160, &[stale]).await.unwrap();
+    assert_eq!(applied, vec![false], "the old token must be fenced off");
+    let renewed = store
+        .renew(0, now + 10_000, &[("fenced".into(), first[0].token)])
+        .await
+        .unwrap();
+    assert_eq!(renewed, vec![false]);
+    let shown = store.show("fenced").await.unwrap().unwrap();
+    assert_eq!(shown["state"], "delivering");
+    assert_eq!(shown["owner"], "worker-b");
+    assert_eq!(shown["stalls"], 1);
+    // A second expiry passes max_stalls = 1: dead, with the reason.
+    let (_, third) = store
+        .claim(0, now + 300, 100, 10, "worker-c", 1)
+        .await
+        .unwrap();
+    assert!(third.is_empty());
+    let shown = store.show("fenced").await.unwrap().unwrap();
+    assert_eq!(shown["state"], "dead");
+    assert!(
+        shown["reason"].as_str().unwrap().contains("stalled"),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn retention_sweep_forgets_old_delivered_notifications() {
+    let redis = RedisServer::start().unwrap();
+    let sink = Sink::start().await;
+    let node = Node::start(config(&redis)).await;
+    post_json(
+        &node,
+        json!({"id": "old", "url": sink.url("/ok"), "body": "old"}),
+    )
+    .await;
+    wait_state(&node, "old", "delivered", Duration::from_secs(10)).await;
+    let store = store(&redis);
+    let future = paynotify::now_ms() + 1000;
+    assert_eq!(store.sweep(future, 0, 100).await.unwrap(), 1);
+    assert!(store.show("old").await.unwrap().is_none());
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for key in [
+        "paynotify:{p0}:spec",
+        "paynotify:{p0}:meta",
+        "paynotify:{p0}:log",
+        "paynotify:{p0}:done",
+    ] {
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{key} still holds data");
+    }
+    node.stop().await;
+}

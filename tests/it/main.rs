@@ -1,0 +1,7 @@
+//! Integration tests: real redis-server processes, real HTTP, real sockets.
+#![allow(clippy::unwrap_used)]
+
+mod delivery;
+mod enqueue;
+mod replicas;
+mod support;

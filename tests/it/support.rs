@@ -1,0 +1,365 @@
+//! Test harness: private redis-server processes, a recording HTTP sink, in-process nodes and
+//! `paynotify serve` child processes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+pub use paynotify::redis_child::RedisServer;
+use paynotify::Config;
+use tokio_util::sync::CancellationToken;
+
+pub const API_KEY: &str = "test-api-key-0123456789";
+
+/// One request the sink received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at_ms: i64,
+}
+
+#[derive(Default)]
+struct SinkState {
+    received: Mutex<Vec<Received>>,
+    per_body: Mutex<HashMap<Bytes, u32>>,
+}
+
+/// A recording HTTP server. Its paths choose the answer:
+/// `/ok`, `/status/{code}`, `/body/{text}`, `/sleep/{ms}`, `/redirect`,
+/// `/flaky/{n}` (500 for the first n requests with a given body, then 200),
+/// `/retry-after/{secs}` (503 with Retry-After).
+#[derive(Clone)]
+pub struct Sink {
+    pub addr: SocketAddr,
+    state: Arc<SinkState>,
+    _stop: Arc<StopOnDrop>,
+}
+
+struct StopOnDrop(CancellationToken);
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+impl Sink {
+    pub async fn start() -> Sink {
+        let state = Arc::new(SinkState::default());
+        let app = Router::new()
+            .route("/{kind}", post(handle_plain))
+            .route("/{kind}/{arg}", post(handle))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { s.cancelled().await })
+                .await
+                .ok();
+        });
+        Sink {
+            addr,
+            state,
+            _stop: Arc::new(StopOnDrop(stop)),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Requests received per body.
+    pub fn counts(&self) -> HashMap<Bytes, u32> {
+        self.state.per_body.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.received.lock().unwrap().len()
+    }
+}
+
+async fn handle_plain(
+    State(state): State<Arc<SinkState>>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    respond(state, kind, String::new(), headers, body).await
+}
+
+async fn handle(
+    State(state): State<Arc<SinkState>>,
+    Path((kind, arg)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    respond(state, kind, arg, headers, body).await
+}
+
+async fn respond(
+    state: Arc<SinkState>,
+    kind: String,
+    arg: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let at_ms = paynotify::now_ms();
+    let seen = {
+        let mut per = state.per_body.lock().unwrap();
+        let n = per.entry(body.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    state.received.lock().unwrap().push(Received {
+        path: format!("/{kind}/{arg}"),
+        headers,
+        body,
+        at_ms,
+    });
+    match kind.as_str() {
+        "ok" => "ok".into_response(),
+        "status" => StatusCode::from_u16(arg.parse().unwrap_or(500))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            .into_response(),
+        "body" => arg.into_response(),
+        "sleep" => {
+            tokio::time::sleep(Duration::from_millis(arg.parse().unwrap_or(1000))).await;
+            "ok".into_response()
+        }
+        "redirect" => (StatusCode::FOUND, [("location", "/ok")]).into_response(),
+        "flaky" => {
+            if seen <= arg.parse().unwrap_or(1) {
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            } else {
+                "ok".into_response()
+            }
+        }
+        "retry-after" => (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", arg)]).into_response(),
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// A node run in-process with [`paynotify::run`].
+pub struct Node {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<Result<(), paynotify::RunError>>>,
+}
+
+impl Node {
+    pub async fn start(config: Config) -> Node {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(paynotify::run(config, listener, shutdown.clone()));
+        let node = Node {
+            addr,
+            shutdown,
+            handle: Some(handle),
+        };
+        node.wait_ready().await;
+        node
+    }
+
+    async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let url = format!("http://{}/readyz", self.addr);
+        wait_until(Duration::from_secs(10), || {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                client
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A test config: the given Redis, a unique prefix, an API key, short lease.
+pub fn config(redis: &RedisServer) -> Config {
+    let mut c = Config::for_redis(&redis.url());
+    c.api_keys = vec![API_KEY.to_string()];
+    c.lease = Duration::from_secs(5);
+    c.shutdown_grace = Duration::from_secs(5);
+    c
+}
+
+/// An authenticated API client.
+pub fn api() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {API_KEY}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+/// Polls `check` every 20 ms until it is true; panics after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A store on the given Redis with the default prefix.
+pub fn store(redis: &RedisServer) -> paynotify::store::Store {
+    paynotify::store::Store::connect(&redis.url(), paynotify::keys::Keys::new("paynotify", 1), 4)
+        .unwrap()
+}
+
+/// Enqueues a document over HTTP and returns (status, body).
+pub async fn post_json(node: &Node, doc: serde_json::Value) -> (u16, serde_json::Value) {
+    let r = api()
+        .post(node.url("/v1/notifications"))
+        .json(&doc)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+/// GET /v1/notifications/{id}.
+pub async fn show(node: &Node, id: &str) -> serde_json::Value {
+    api()
+        .get(node.url(&format!("/v1/notifications/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits until notification `id` is in `state` and returns its record.
+pub async fn wait_state(
+    node: &Node,
+    id: &str,
+    state: &str,
+    timeout: Duration,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = show(node, id).await;
+        if v["state"] == state {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} not {state} within {timeout:?}: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `paynotify serve` child process.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Proc {
+    pub fn serve(redis_url: &str, extra: &[&str]) -> Proc {
+        let port = paynotify::redis_child::free_port().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
+            .arg("serve")
+            .args([
+                "--redis-url",
+                redis_url,
+                "--listen",
+                &addr.to_string(),
+                "--api-key",
+                API_KEY,
+            ])
+            .arg("--allow-private-targets")
+            .args(extra)
+            .env("PAYNOTIFY_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Proc { child, addr }
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.addr);
+        wait_until(Duration::from_secs(20), || {
+            let url = url.clone();
+            async move {
+                reqwest::get(&url)
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn sigterm(&mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
