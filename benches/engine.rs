@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::routing::post;
 use paynotify::keys::Keys;
 use paynotify::redis_child::RedisServer;
 use paynotify::store::Store;
@@ -37,28 +36,49 @@ struct SinkStats {
 }
 
 async fn start_sink(stats: Arc<SinkStats>) -> std::net::SocketAddr {
-    let app = axum::Router::new().route(
-        "/notify",
-        post(move |body: Bytes| {
-            let stats = stats.clone();
-            async move {
-                let now = paynotify::now_ms();
-                // body: "<due ms>:<id>"
-                if let Some(due) = std::str::from_utf8(&body)
-                    .ok()
-                    .and_then(|s| s.split(':').next())
-                    .and_then(|d| d.parse::<i64>().ok())
-                {
-                    stats.lateness.lock().unwrap().push(now - due);
-                }
-                stats.received.fetch_add(1, Ordering::Relaxed);
-                Ok::<_, Infallible>("success")
-            }
-        }),
-    );
+    use http_body_util::BodyExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let stats = stats.clone();
+                        async move {
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let now = paynotify::now_ms();
+                            // body: "<due ms>:<id>"
+                            if let Some(due) = std::str::from_utf8(&body)
+                                .ok()
+                                .and_then(|s| s.split(':').next())
+                                .and_then(|d| d.parse::<i64>().ok())
+                            {
+                                stats.lateness.lock().unwrap().push(now - due);
+                            }
+                            stats.received.fetch_add(1, Ordering::Relaxed);
+                            Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
+                                Bytes::from_static(b"success"),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
     addr
 }
 
@@ -205,6 +225,11 @@ async fn drain(n: u64, worker_count: u64, partitions: u64) {
         .await
         .unwrap();
     let cpu_before = cpu_times(&redis, &procs);
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let cmds_before: (u64, u64) = redis_commands(&redis.url()).await;
     let wait = Duration::from_millis((due - paynotify::now_ms()).max(0) as u64);
     tokio::time::sleep(wait).await;
@@ -233,6 +258,16 @@ async fn drain(n: u64, worker_count: u64, partitions: u64) {
         scripts as f64 / got.max(1) as f64
     );
     report_cpu(cpu_before, cpu_times(&redis, &procs), elapsed);
+    if std::env::var("BENCH_VERBOSE").is_ok() {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for line in info.lines().filter(|l| l.starts_with("cmdstat_")) {
+            println!("  {line}");
+        }
+    }
     for p in &mut procs {
         let _ = p.kill();
         let _ = p.wait();
@@ -310,7 +345,73 @@ async fn steady(rate: u64, seconds: u64, worker_count: u64, partitions: u64) {
     }
 }
 
+/// The HTTP ceiling: reqwest alone (1024 in flight) posting from a separate process to the same
+/// sink, no Redis. Shows how much of the drain rate the HTTP hop itself allows on this machine.
+async fn http_ceiling(n: u64) {
+    println!(
+        "http-ceiling: {n} POSTs from a separate process with reqwest (1024 in flight) to the sink"
+    );
+    let stats = Arc::new(SinkStats {
+        received: AtomicU64::new(0),
+        lateness: Mutex::new(Vec::new()),
+    });
+    let sink = start_sink(stats.clone()).await;
+    let exe = std::env::current_exe().unwrap();
+    let start = Instant::now();
+    let status = std::process::Command::new(exe)
+        .args([
+            "http-client",
+            &format!("http://{sink}/notify"),
+            &n.to_string(),
+        ])
+        .status()
+        .unwrap();
+    let elapsed = start.elapsed();
+    assert!(status.success());
+    println!(
+        "  {} requests in {:.3} s = {:.0}/s",
+        stats.received.load(Ordering::Relaxed),
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64()
+    );
+}
+
+async fn http_client(url: String, n: u64) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(1024)
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
+    let sem = Arc::new(tokio::sync::Semaphore::new(1024));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let client = client.clone();
+        let url = url.clone();
+        set.spawn(async move {
+            let r = client
+                .post(&url)
+                .timeout(Duration::from_secs(10))
+                .body(format!("0:{i}"))
+                .send()
+                .await
+                .unwrap();
+            let _ = r.bytes().await;
+            drop(permit);
+        });
+        while set.try_join_next().is_some() {}
+    }
+    while set.join_next().await.is_some() {}
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("http-client") {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(http_client(args[2].clone(), args[3].parse().unwrap()));
+        return;
+    }
     let mode = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with("--"))
@@ -325,6 +426,9 @@ fn main() {
     rt.block_on(async {
         if mode == "drain" || mode == "all" {
             drain(env("BENCH_N", 50_000), workers, partitions).await;
+        }
+        if mode == "http-ceiling" {
+            http_ceiling(env("BENCH_N", 50_000)).await;
         }
         if mode == "steady" || mode == "all" {
             steady(

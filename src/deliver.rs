@@ -177,8 +177,9 @@ impl Deliverer {
         })
     }
 
-    /// Makes one attempt. Never fails: every problem is an [`AttemptResult`] with a verdict.
-    pub async fn attempt(&self, id: &str, spec: &Spec) -> AttemptResult {
+    /// Makes one attempt at `url` (the parsed `spec.url`). Never fails: every problem is an
+    /// [`AttemptResult`] with a verdict.
+    pub async fn attempt(&self, id: &str, spec: &Spec, url: url::Url) -> AttemptResult {
         let started_ms = crate::now_ms();
         let started = Instant::now();
         let done = |status, error: Option<String>, excerpt, verdict| AttemptResult {
@@ -189,13 +190,13 @@ impl Deliverer {
             excerpt,
             verdict,
         };
-        if let Some(reason) = self.literal_refusal(&spec.url) {
+        if let Some(reason) = self.literal_refusal(&url) {
             return done(None, Some(reason.clone()), None, Verdict::Dead(reason));
         }
         let headers = self.headers(id, spec);
         let request = self
             .client
-            .post(&spec.url)
+            .post(url)
             .headers(headers)
             .timeout(Duration::from_millis(spec.timeout_ms))
             .body(spec.body.clone());
@@ -236,12 +237,11 @@ impl Deliverer {
         done(Some(status), error, excerpt, verdict)
     }
 
-    fn literal_refusal(&self, url: &str) -> Option<String> {
+    fn literal_refusal(&self, url: &url::Url) -> Option<String> {
         if self.allow_private {
             return None;
         }
-        let parsed = url::Url::parse(url).ok()?;
-        let ip = match parsed.host()? {
+        let ip = match url.host()? {
             url::Host::Ipv4(v4) => IpAddr::V4(v4),
             url::Host::Ipv6(v6) => IpAddr::V6(v6),
             url::Host::Domain(_) => return None,

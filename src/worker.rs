@@ -293,16 +293,21 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
             );
         }
     };
-    let host = url::Url::parse(&spec.url)
-        .ok()
-        .map(|u| {
-            format!(
-                "{}:{}",
-                u.host_str().unwrap_or(""),
-                u.port_or_known_default().unwrap_or(0)
-            )
-        })
-        .unwrap_or_default();
+    let url = match url::Url::parse(&spec.url) {
+        Ok(u) => u,
+        Err(e) => {
+            let reason = format!("stored url is unreadable: {e}");
+            return Report::Settle(
+                c.partition,
+                settlement(&c, "dead", 0, &reason, record(&c, None, &reason)),
+            );
+        }
+    };
+    let host = format!(
+        "{}:{}",
+        url.host_str().unwrap_or(""),
+        url.port_or_known_default().unwrap_or(0)
+    );
     tracing::Span::current().record("host", host.as_str());
     let host_limit = {
         let limit = shared.config.per_destination_concurrency;
@@ -318,7 +323,7 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
         debug!("destination at its concurrency limit with a full queue; deferring");
         return Report::Release(c.partition, c.id, c.token, crate::now_ms() + DEFER_MS);
     };
-    let result = shared.deliverer.attempt(&c.id, &spec).await;
+    let result = shared.deliverer.attempt(&c.id, &spec, url).await;
     let rec = json!({
         "attempt": c.attempt,
         "started_at": result.started_ms,
