@@ -189,8 +189,8 @@ async fn attempt_lateness(store: &Store, ids: impl Iterator<Item = String>) -> V
     out
 }
 
-async fn drain(n: u64, worker_count: u64, partitions: u64) {
-    println!("drain: {n} notifications due at one instant, {worker_count} worker process(es), {partitions} partition(s)");
+/// A private Redis, the sink and a store on them.
+async fn setup(partitions: u64) -> (RedisServer, Arc<SinkStats>, std::net::SocketAddr, Store) {
     let redis = RedisServer::start().unwrap();
     let stats = Arc::new(SinkStats {
         received: AtomicU64::new(0),
@@ -200,6 +200,12 @@ async fn drain(n: u64, worker_count: u64, partitions: u64) {
     let store =
         Store::connect(&redis.url(), Keys::new("paynotify", partitions as u32), 16).unwrap();
     store.load_scripts().await.unwrap();
+    (redis, stats, sink, store)
+}
+
+async fn drain(n: u64, worker_count: u64, partitions: u64) {
+    println!("drain: {n} notifications due at one instant, {worker_count} worker process(es), {partitions} partition(s)");
+    let (redis, stats, sink, store) = setup(partitions).await;
     let due = paynotify::now_ms() + 60_000;
     let dues = vec![due; n as usize];
     enqueue_all(&store, &format!("http://{sink}/notify"), &dues).await;
@@ -302,15 +308,7 @@ fn report_cpu(before: [f64; 3], after: [f64; 3], elapsed: Duration) {
 
 async fn steady(rate: u64, seconds: u64, worker_count: u64, partitions: u64) {
     println!("steady: {rate}/s falling due for {seconds} s, {worker_count} worker process(es), {partitions} partition(s)");
-    let redis = RedisServer::start().unwrap();
-    let stats = Arc::new(SinkStats {
-        received: AtomicU64::new(0),
-        lateness: Mutex::new(Vec::new()),
-    });
-    let sink = start_sink(stats.clone()).await;
-    let store =
-        Store::connect(&redis.url(), Keys::new("paynotify", partitions as u32), 16).unwrap();
-    store.load_scripts().await.unwrap();
+    let (redis, stats, sink, store) = setup(partitions).await;
     let total = rate * seconds;
     let mut procs = workers(&redis, worker_count, partitions);
     let t0 = paynotify::now_ms() + 5000 + total as i64 / 20; // room to enqueue first

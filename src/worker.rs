@@ -285,23 +285,11 @@ fn dispatch(
 async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
     let spec: Spec = match serde_json::from_str(&c.spec) {
         Ok(s) => s,
-        Err(e) => {
-            let reason = format!("stored spec is unreadable: {e}");
-            return Report::Settle(
-                c.partition,
-                settlement(&c, "dead", 0, &reason, record(&c, None, &reason)),
-            );
-        }
+        Err(e) => return unreadable(&c, format!("stored spec is unreadable: {e}")),
     };
     let url = match url::Url::parse(&spec.url) {
         Ok(u) => u,
-        Err(e) => {
-            let reason = format!("stored url is unreadable: {e}");
-            return Report::Settle(
-                c.partition,
-                settlement(&c, "dead", 0, &reason, record(&c, None, &reason)),
-            );
-        }
+        Err(e) => return unreadable(&c, format!("stored url is unreadable: {e}")),
     };
     let host = format!(
         "{}:{}",
@@ -369,9 +357,11 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
     Report::Settle(c.partition, settlement(&c, verdict, next_ms, &reason, rec))
 }
 
-fn record(c: &Claimed, status: Option<u16>, error: &str) -> String {
-    json!({"attempt": c.attempt, "started_at": crate::now_ms(), "due_at": c.due_ms, "status": status, "error": error})
-        .to_string()
+/// A notification that cannot be attempted at all goes straight to the dead set.
+fn unreadable(c: &Claimed, reason: String) -> Report {
+    let record = json!({"attempt": c.attempt, "started_at": crate::now_ms(), "due_at": c.due_ms, "status": null, "error": reason})
+        .to_string();
+    Report::Settle(c.partition, settlement(c, "dead", 0, &reason, record))
 }
 
 fn settlement(

@@ -13,9 +13,7 @@ fn gaps(times: &[i64]) -> Vec<i64> {
 
 #[tokio::test]
 async fn explicit_sub_second_schedule_is_followed_then_dead() {
-    let redis = RedisServer::start().unwrap();
-    let sink = Sink::start().await;
-    let node = Node::start(config(&redis)).await;
+    let (_redis, sink, node) = setup().await;
     let (s, _) = post_json(
         &node,
         json!({"id": "s1", "url": sink.url("/status/500"), "body": "s1", "schedule": [0.1, 0.2, 0.3]}),
@@ -42,9 +40,7 @@ async fn explicit_sub_second_schedule_is_followed_then_dead() {
 
 #[tokio::test]
 async fn success_body_rule_redirects_timeouts_gone_and_retry_after() {
-    let redis = RedisServer::start().unwrap();
-    let sink = Sink::start().await;
-    let node = Node::start(config(&redis)).await;
+    let (_redis, sink, node) = setup().await;
     let docs = [
         json!({"id": "ok-body", "url": sink.url("/body/success"), "body": "a", "success": {"body": "success"}}),
         json!({"id": "bad-body", "url": sink.url("/body/fail"), "body": "b", "success": {"body": "success"}, "schedule": [0, 0.05]}),
@@ -116,9 +112,7 @@ async fn success_body_rule_redirects_timeouts_gone_and_retry_after() {
 
 #[tokio::test]
 async fn dead_list_and_replay_over_http_and_cli() {
-    let redis = RedisServer::start().unwrap();
-    let sink = Sink::start().await;
-    let node = Node::start(config(&redis)).await;
+    let (redis, sink, node) = setup().await;
     for id in ["d1", "d2", "d3"] {
         post_json(
             &node,
@@ -382,9 +376,7 @@ async fn a_lost_lease_cannot_overwrite_state_and_stalls_end_in_dead() {
 
 #[tokio::test]
 async fn retention_sweep_forgets_old_delivered_notifications() {
-    let redis = RedisServer::start().unwrap();
-    let sink = Sink::start().await;
-    let node = Node::start(config(&redis)).await;
+    let (redis, sink, node) = setup().await;
     post_json(
         &node,
         json!({"id": "old", "url": sink.url("/ok"), "body": "old"}),

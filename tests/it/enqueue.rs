@@ -9,9 +9,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn http_enqueue_is_idempotent_and_conflicts_on_different_content() {
-    let redis = RedisServer::start().unwrap();
-    let sink = Sink::start().await;
-    let node = Node::start(config(&redis)).await;
+    let (_redis, sink, node) = setup().await;
     let doc = json!({"id": "order-1", "url": sink.url("/ok"), "body": "order-1"});
     let (status, body) = post_json(&node, doc.clone()).await;
     assert_eq!(status, 201, "{body}");
@@ -37,9 +35,7 @@ async fn http_enqueue_is_idempotent_and_conflicts_on_different_content() {
 
 #[tokio::test]
 async fn intake_stream_enqueues_once_and_rejects_with_reason() {
-    let redis = RedisServer::start().unwrap();
-    let sink = Sink::start().await;
-    let node = Node::start(config(&redis)).await;
+    let (redis, sink, node) = setup().await;
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let doc = json!({"id": "order-2", "url": sink.url("/ok"), "body": "order-2"}).to_string();

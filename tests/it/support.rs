@@ -211,6 +211,14 @@ impl Drop for Node {
     }
 }
 
+/// A private Redis, a sink and a node with the test config.
+pub async fn setup() -> (RedisServer, Sink, Node) {
+    let redis = RedisServer::start().unwrap();
+    let sink = Sink::start().await;
+    let node = Node::start(config(&redis)).await;
+    (redis, sink, node)
+}
+
 /// A test config: the given Redis, a unique prefix, an API key, short lease.
 pub fn config(redis: &RedisServer) -> Config {
     let mut c = Config::for_redis(&redis.url());
