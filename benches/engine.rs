@@ -280,19 +280,21 @@ async fn drain(n: u64, worker_count: u64, partitions: u64) {
     }
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
 /// CPU seconds used so far by: redis-server, the worker processes, this process (sink + harness).
 fn cpu_times(redis: &RedisServer, procs: &[std::process::Child]) -> [f64; 3] {
-    let ticks = |pid: u32| -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let after = stat.rsplit(')').next().unwrap_or("");
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (t(11) + t(12)) / 100.0
-    };
     [
-        redis.pid().map(ticks).unwrap_or(0.0),
-        procs.iter().map(|p| ticks(p.id())).sum(),
-        ticks(std::process::id()),
+        redis.pid().map(cpu_seconds).unwrap_or(0.0),
+        procs.iter().map(|p| cpu_seconds(p.id())).sum(),
+        cpu_seconds(std::process::id()),
     ]
 }
 
@@ -356,16 +358,28 @@ async fn http_ceiling(n: u64) {
     let sink = start_sink(stats.clone()).await;
     let exe = std::env::current_exe().unwrap();
     let start = Instant::now();
-    let status = std::process::Command::new(exe)
-        .args([
-            "http-client",
-            &format!("http://{sink}/notify"),
-            &n.to_string(),
-        ])
-        .status()
+    let self_before = cpu_seconds(std::process::id());
+    let mut child = std::process::Command::new(exe)
+        .args(["http-client", &format!("http://{sink}/notify"), &n.to_string()])
+        .spawn()
         .unwrap();
+    // Sample the client's CPU until it exits (a reaped process has no /proc entry).
+    let mut client_cpu = 0.0;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        client_cpu = cpu_seconds(child.id());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     let elapsed = start.elapsed();
+    let sink_cpu = cpu_seconds(std::process::id()) - self_before;
     assert!(status.success());
+    println!(
+        "  CPU per request: reqwest client >= {:.0} us, sink {:.0} us",
+        client_cpu * 1e6 / n as f64,
+        sink_cpu * 1e6 / n as f64
+    );
     println!(
         "  {} requests in {:.3} s = {:.0}/s",
         stats.received.load(Ordering::Relaxed),
