@@ -18,6 +18,7 @@ pub mod scripts;
 pub mod shutdown;
 pub mod signing;
 pub mod store;
+pub mod token;
 pub mod worker;
 
 use std::sync::Arc;
