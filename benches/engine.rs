@@ -360,7 +360,11 @@ async fn http_ceiling(n: u64) {
     let start = Instant::now();
     let self_before = cpu_seconds(std::process::id());
     let mut child = std::process::Command::new(exe)
-        .args(["http-client", &format!("http://{sink}/notify"), &n.to_string()])
+        .args([
+            "http-client",
+            &format!("http://{sink}/notify"),
+            &n.to_string(),
+        ])
         .spawn()
         .unwrap();
     // Sample the client's CPU until it exits (a reaped process has no /proc entry).

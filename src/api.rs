@@ -26,6 +26,8 @@ use crate::store::{Enqueued, Store, StoreError};
 pub struct ApiState {
     pub config: Arc<Config>,
     pub store: Store,
+    /// The pub/sub hub, on nodes with the gateway role (readiness includes it).
+    pub hub: Option<crate::push::Hub>,
 }
 
 /// An API refusal or failure, rendered as JSON.
@@ -80,7 +82,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Only `/healthz` and `/readyz` (nodes without the `api` role).
+/// `/healthz` and `/readyz`, served by every node.
 pub fn health_router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -88,25 +90,27 @@ pub fn health_router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// The router: health endpoints open, `/v1` behind the API key.
-pub fn router(state: ApiState) -> Router {
-    let v1 = Router::new()
+/// The `/v1` API (role `api`), behind the API key.
+pub fn v1_router(state: ApiState) -> Router {
+    Router::new()
         .route("/v1/notifications", post(enqueue))
         .route("/v1/notifications/{id}", get(show))
         .route("/v1/dead", get(dead_list))
         .route("/v1/dead/replay", post(dead_replay))
         .route("/v1/dead/{id}/replay", post(dead_replay_one))
         .route("/v1/stats", get(stats))
+        .route(
+            "/v1/orders/{order_id}/result",
+            post(crate::push::publish_handler),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), require_key))
-        .layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES));
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .merge(v1)
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-        })
+        .layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES))
         .with_state(state)
+}
+
+/// JSON 404 for unknown paths.
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
 /// True when `presented` equals one of `keys`; every key is compared, in constant time.
@@ -152,6 +156,11 @@ async fn ready(State(state): State<ApiState>) -> Response {
         let pong: String = redis::cmd("PING").query_async(&mut *conn).await?;
         Ok::<_, StoreError>(pong)
     };
+    if let Some(hub) = &state.hub {
+        if !hub.is_live() {
+            return (StatusCode::SERVICE_UNAVAILABLE, "pub/sub: not connected\n").into_response();
+        }
+    }
     match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}\n")).into_response(),

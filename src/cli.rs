@@ -38,7 +38,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node: HTTP API, delivery worker and intake consumer (see --roles).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run everything on this machine: a private redis-server (unless --redis-url is given),
     /// a node with every role, a demo sink, and a printed API key and examples.
     Dev(DevArgs),
@@ -66,6 +66,55 @@ pub enum Command {
         #[command(flatten)]
         redis: RedisArgs,
     },
+    /// Mint signed tokens, one per line: `token order ID...` lets a browser follow those orders.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Publish an order's result to every browser following it (through Redis).
+    Publish {
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// The order id.
+        order_id: String,
+        /// The result's status, e.g. paid.
+        #[arg(long)]
+        status: String,
+        /// Extra data for the page, a JSON object.
+        #[arg(long, default_value = "{}")]
+        data: String,
+        /// How long the result is kept for late subscribers.
+        #[arg(long, env = "PAYNOTIFY_RESULT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+        result_ttl: Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Tokens to follow orders (websocket subscribe, long-poll).
+    Order(TokenArgs),
+    /// Tokens for devices to say who they are.
+    Device(TokenArgs),
+}
+
+/// What a token is for and how long it lives.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// Ids to mint a token for (one line of output each).
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+    /// Lifetime of the tokens.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// Token secret (the first of PAYNOTIFY_TOKEN_SECRET's comma-separated list mints).
+    #[arg(
+        long,
+        env = "PAYNOTIFY_TOKEN_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true,
+        required = true
+    )]
+    pub token_secret: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,6 +223,27 @@ pub struct ServeArgs {
     /// Redis connections in the pool.
     #[arg(long, env = "PAYNOTIFY_REDIS_POOL_SIZE", default_value_t = 32)]
     pub redis_pool_size: usize,
+    /// Secrets for subscribe/device tokens, comma-separated (the first mints, any verifies).
+    /// Required with the gateway role.
+    #[arg(
+        long,
+        env = "PAYNOTIFY_TOKEN_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub token_secret: Vec<String>,
+    /// How long an order's latest result is kept for late subscribers.
+    #[arg(long, env = "PAYNOTIFY_RESULT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub result_ttl: Duration,
+    /// Websocket ping interval; a socket whose pong has not come by the next ping is closed.
+    #[arg(long, env = "PAYNOTIFY_WS_PING_INTERVAL", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub ws_ping_interval: Duration,
+    /// Orders one websocket may follow.
+    #[arg(long, env = "PAYNOTIFY_WS_MAX_SUBSCRIPTIONS", default_value_t = 32)]
+    pub ws_max_subscriptions: usize,
+    /// Frames queued for one websocket before it is cut off as too slow a reader.
+    #[arg(long, env = "PAYNOTIFY_WS_SEND_QUEUE", default_value_t = 64)]
+    pub ws_send_queue: usize,
 }
 
 /// `dev`: like serve, with a private Redis and laptop defaults.
@@ -201,18 +271,8 @@ impl ServeArgs {
         if let Some(id) = &self.node_id {
             c.node_id = id.clone();
         }
-        c.api_keys = self
-            .api_key
-            .iter()
-            .map(|k| k.trim().to_string())
-            .filter(|k| !k.is_empty())
-            .collect();
-        c.signing_secrets = self
-            .signing_secret
-            .iter()
-            .map(|k| k.trim().to_string())
-            .filter(|k| !k.is_empty())
-            .collect();
+        c.api_keys = secrets(&self.api_key);
+        c.signing_secrets = secrets(&self.signing_secret);
         c.allow_private_targets = self.allow_private_targets;
         c.lease = self.lease;
         c.max_stalls = self.max_stalls;
@@ -223,9 +283,23 @@ impl ServeArgs {
         c.claim_batch = self.claim_batch;
         c.shutdown_grace = self.shutdown_grace;
         c.redis_pool_size = self.redis_pool_size;
+        c.token_secrets = secrets(&self.token_secret);
+        c.result_ttl = self.result_ttl;
+        c.ws_ping_interval = self.ws_ping_interval;
+        c.ws_max_subscriptions = self.ws_max_subscriptions;
+        c.ws_send_queue = self.ws_send_queue;
         validate(&c)?;
         Ok(c)
     }
+}
+
+/// A comma-separated secret list, trimmed, without empty entries.
+fn secrets(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect()
 }
 
 /// Checks a config; the error names the flag.
@@ -255,6 +329,23 @@ pub fn validate(c: &Config) -> Result<(), String> {
         || c.redis_pool_size == 0
     {
         return Err("--per-destination-concurrency, --max-in-flight, --claim-batch and --redis-pool-size must be at least 1".into());
+    }
+    if c.roles.gateway && c.token_secrets.is_empty() {
+        return Err(
+            "--token-secret (PAYNOTIFY_TOKEN_SECRET) is required with the gateway role".into(),
+        );
+    }
+    if let Some(short) = c.token_secrets.iter().find(|k| k.len() < 16) {
+        return Err(format!(
+            "--token-secret: every secret must be at least 16 characters (one has {})",
+            short.len()
+        ));
+    }
+    if c.ws_max_subscriptions == 0
+        || c.ws_send_queue == 0
+        || c.ws_ping_interval < Duration::from_millis(100)
+    {
+        return Err("--ws-max-subscriptions and --ws-send-queue must be at least 1, --ws-ping-interval at least 100ms".into());
     }
     if c.claim_batch > 1000 {
         return Err("--claim-batch must be at most 1000".into());
@@ -346,12 +437,50 @@ pub async fn operate(command: Command) -> ExitCode {
             }
             .await
         }
+        Command::Token { command } => {
+            let (kind, args) = match command {
+                TokenCommand::Order(a) => (crate::token::Kind::Order, a),
+                TokenCommand::Device(a) => (crate::token::Kind::Device, a),
+            };
+            mint_tokens(kind, &args)
+        }
+        Command::Publish { redis, order_id, status, data, result_ttl } => async {
+            let store = redis.store().map_err(config_err)?;
+            let doc = serde_json::json!({"status": status, "data": serde_json::from_str::<serde_json::Value>(&data)
+                .map_err(|e| config_err(format!("--data is not JSON: {e}")))?});
+            let doc = crate::push::parse_result(Some(&order_id), doc.to_string().as_bytes())
+                .map_err(|e| config_err(e.to_string()))?;
+            let seq = crate::push::publish(&store, result_ttl, &doc).await.map_err(runtime_err)?;
+            print_json(&serde_json::json!({"order_id": doc.order_id, "status": doc.status, "seq": seq}));
+            Ok(())
+        }
+        .await,
         Command::Serve(_) | Command::Dev(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => ExitCode::from(code),
     }
+}
+
+fn mint_tokens(kind: crate::token::Kind, args: &TokenArgs) -> Result<(), u8> {
+    if let Some(short) = args.token_secret.iter().find(|k| k.len() < 16) {
+        return Err(config_err(format!(
+            "--token-secret: every secret must be at least 16 characters (one has {})",
+            short.len()
+        )));
+    }
+    let expiry = crate::now_ms() / 1000 + args.ttl.as_secs().max(1) as i64;
+    let mut out = String::new();
+    for id in &args.ids {
+        crate::notification::validate_id(id).map_err(|m| config_err(format!("id {id:?}: {m}")))?;
+        let t = crate::token::mint(&args.token_secret, kind, id, expiry)
+            .map_err(|e| config_err(e.to_string()))?;
+        out.push_str(&t);
+        out.push('\n');
+    }
+    print!("{out}");
+    Ok(())
 }
 
 fn config_err(message: String) -> u8 {

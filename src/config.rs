@@ -12,12 +12,15 @@ pub struct Roles {
     pub api: bool,
     /// Delivery worker and intake consumer.
     pub worker: bool,
+    /// Public endpoints for browsers: `/ws`, the long-poll, the JS client.
+    pub gateway: bool,
 }
 
 impl Roles {
     pub const ALL: Roles = Roles {
         api: true,
         worker: true,
+        gateway: true,
     };
 
     /// Parses a comma-separated list such as `api,worker`.
@@ -25,17 +28,23 @@ impl Roles {
         let mut roles = Roles {
             api: false,
             worker: false,
+            gateway: false,
         };
         for role in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
             match role {
                 "api" => roles.api = true,
                 "worker" => roles.worker = true,
+                "gateway" => roles.gateway = true,
                 "all" => roles = Roles::ALL,
-                other => return Err(format!("unknown role {other:?}; use api, worker or all")),
+                other => {
+                    return Err(format!(
+                        "unknown role {other:?}; use api, worker, gateway or all"
+                    ))
+                }
             }
         }
-        if !roles.api && !roles.worker {
-            return Err("no role given; use api, worker or all".into());
+        if !roles.api && !roles.worker && !roles.gateway {
+            return Err("no role given; use api, worker, gateway or all".into());
         }
         Ok(roles)
     }
@@ -63,6 +72,16 @@ pub struct Config {
     pub claim_batch: usize,
     pub shutdown_grace: Duration,
     pub redis_pool_size: usize,
+    /// Secrets for subscribe and device tokens (the first mints; any verifies).
+    pub token_secrets: Vec<String>,
+    /// How long an order's latest result is kept.
+    pub result_ttl: Duration,
+    /// Websocket ping interval; a ping unanswered by the next one closes the socket.
+    pub ws_ping_interval: Duration,
+    /// Orders one websocket may follow.
+    pub ws_max_subscriptions: usize,
+    /// Frames queued for one websocket before it is cut off as too slow.
+    pub ws_send_queue: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -90,6 +109,14 @@ impl std::fmt::Debug for Config {
             .field("max_in_flight", &self.max_in_flight)
             .field("claim_batch", &self.claim_batch)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field(
+                "token_secrets",
+                &format!("{} configured", self.token_secrets.len()),
+            )
+            .field("result_ttl", &self.result_ttl)
+            .field("ws_ping_interval", &self.ws_ping_interval)
+            .field("ws_max_subscriptions", &self.ws_max_subscriptions)
+            .field("ws_send_queue", &self.ws_send_queue)
             .finish()
     }
 }
@@ -115,6 +142,11 @@ impl Config {
             claim_batch: 256,
             shutdown_grace: Duration::from_secs(20),
             redis_pool_size: 32,
+            token_secrets: Vec::new(),
+            result_ttl: Duration::from_secs(24 * 3600),
+            ws_ping_interval: Duration::from_secs(20),
+            ws_max_subscriptions: 32,
+            ws_send_queue: 64,
         }
     }
 }

@@ -43,6 +43,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<(), DevEr
     let mut config = Config::for_redis(&redis_url);
     config.api_keys = vec![api_key.clone()];
     config.signing_secrets = vec![crate::signing::generate_secret()];
+    config.token_secrets = vec![format!("dev_{}", uuid::Uuid::new_v4().simple())];
     config.allow_private_targets = true;
     config.node_id = "dev".into();
     config.shutdown_grace = std::time::Duration::from_secs(5);

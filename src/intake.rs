@@ -1,5 +1,6 @@
-//! The intake stream: app servers `XADD <prefix>:intake * notification <json>` from any Redis
-//! client, and this consumer moves each entry onto the schedule.
+//! The intake stream: app servers `XADD <prefix>:intake * notification <json>` (a merchant
+//! callback) or `XADD <prefix>:intake * result <json>` (an order result for browsers) from any
+//! Redis client, and this consumer moves each entry onto the schedule or publishes it.
 //!
 //! Invariant: an entry is acknowledged (and deleted) only after it is on the schedule, or after
 //! it has been copied to the rejected stream with its reason; nothing is dropped silently. An
@@ -30,32 +31,48 @@ const REJECTED_MAXLEN: usize = 100_000;
 /// Why an intake entry was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
-    #[error("entry has no `notification` field (fields: {0})")]
+    #[error("entry has neither a `notification` nor a `result` field (fields: {0})")]
     NoNotification(String),
-    #[error("`notification` field is not UTF-8 text")]
-    NotText,
+    #[error("`{0}` field is not UTF-8 text")]
+    NotText(&'static str),
     #[error("{0}")]
     Schema(#[from] notification::SchemaError),
+    #[error("{0}")]
+    Result(#[from] crate::push::ResultError),
     #[error("id {id:?} exists with different content (state {state})")]
     Conflict { id: String, state: String },
 }
 
-/// Decodes one intake entry into a notification (the field layout an app server writes).
+/// What an intake entry asks for.
+#[derive(Debug)]
+pub enum IntakeEntry {
+    Notification(notification::NewNotification),
+    Result(crate::push::ResultDoc),
+}
+
+/// Decodes one intake entry (the field layout an app server writes).
 pub fn decode_entry(
     entry_id: &str,
     fields: &[(String, Vec<u8>)],
     now_ms: i64,
-) -> Result<notification::NewNotification, IntakeError> {
-    let Some((_, raw)) = fields.iter().find(|(k, _)| k == "notification") else {
-        let names: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
-        return Err(IntakeError::NoNotification(names.join(", ")));
+) -> Result<IntakeEntry, IntakeError> {
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
     };
-    if std::str::from_utf8(raw).is_err() {
-        return Err(IntakeError::NotText);
+    if let Some(raw) = field("notification") {
+        std::str::from_utf8(raw).map_err(|_| IntakeError::NotText("notification"))?;
+        let n = notification::parse(raw, now_ms, || format!("intake-{entry_id}"))?;
+        return Ok(IntakeEntry::Notification(n));
     }
-    Ok(notification::parse(raw, now_ms, || {
-        format!("intake-{entry_id}")
-    })?)
+    if let Some(raw) = field("result") {
+        std::str::from_utf8(raw).map_err(|_| IntakeError::NotText("result"))?;
+        return Ok(IntakeEntry::Result(crate::push::parse_result(None, raw)?));
+    }
+    let names: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+    Err(IntakeError::NoNotification(names.join(", ")))
 }
 
 /// Consumes the intake stream until `shutdown`.
@@ -111,7 +128,7 @@ pub async fn run(config: Arc<Config>, store: Store, shutdown: CancellationToken)
                         count = entries.len(),
                         "reclaimed intake entries from a stalled consumer"
                     );
-                    process(&store, &entries).await?;
+                    process(&store, &config, &entries).await?;
                 }
             }
             drop(conn);
@@ -138,7 +155,7 @@ pub async fn run(config: Arc<Config>, store: Store, shutdown: CancellationToken)
                     .map(|e| (e.id, fields_of(e.map)))
                     .collect();
                 if !entries.is_empty() {
-                    process(&store, &entries).await?;
+                    process(&store, &config, &entries).await?;
                 }
                 if shutdown.is_cancelled() || last_autoclaim.elapsed() >= config.lease {
                     return Ok::<(), crate::store::StoreError>(());
@@ -183,17 +200,25 @@ fn fields_of(map: std::collections::HashMap<String, Value>) -> Vec<(String, Vec<
         .collect()
 }
 
-/// Enqueues (or rejects) a batch of entries, then acknowledges them all.
-async fn process(store: &Store, entries: &[Entry]) -> Result<(), crate::store::StoreError> {
+/// Enqueues, publishes or rejects a batch of entries, then acknowledges them all.
+async fn process(
+    store: &Store,
+    config: &Config,
+    entries: &[Entry],
+) -> Result<(), crate::store::StoreError> {
     let now = crate::now_ms();
     let results = futures::future::join_all(entries.iter().map(|(entry_id, fields)| async move {
         match decode_entry(entry_id, fields, now) {
-            Ok(n) => match store.enqueue(&n, now).await? {
+            Ok(IntakeEntry::Notification(n)) => match store.enqueue(&n, now).await? {
                 Enqueued::Created { .. } | Enqueued::Exists { .. } => {
                     Ok::<_, crate::store::StoreError>(None)
                 }
                 Enqueued::Conflict { state } => Ok(Some(IntakeError::Conflict { id: n.id, state })),
             },
+            Ok(IntakeEntry::Result(doc)) => {
+                crate::push::publish(store, config.result_ttl, &doc).await?;
+                Ok(None)
+            }
             Err(e) => Ok(Some(e)),
         }
     }))

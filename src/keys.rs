@@ -87,6 +87,23 @@ impl Keys {
         format!("{}:wake", self.prefix)
     }
 
+    /// HASH `{seq, result}` holding an order's latest result (own hash tag per order).
+    pub fn order_result(&self, order_id: &str) -> String {
+        format!("{}:result:{{{}}}", self.prefix, order_id)
+    }
+
+    /// Pub/sub channel carrying an order's results to the nodes with subscribers for it.
+    pub fn order_channel(&self, order_id: &str) -> String {
+        format!("{}:order:{}", self.prefix, order_id)
+    }
+
+    /// The order id of an order channel, if `channel` is one.
+    pub fn order_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|c| c.strip_prefix(":order:"))
+    }
+
     /// Consumer group name on the intake stream.
     pub fn intake_group(&self) -> &'static str {
         "paynotify"

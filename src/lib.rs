@@ -13,6 +13,7 @@ pub mod dev;
 pub mod intake;
 pub mod keys;
 pub mod notification;
+pub mod push;
 pub mod redis_child;
 pub mod scripts;
 pub mod shutdown;
@@ -96,16 +97,35 @@ pub async fn run_with(
                 .instrument(info_span!("intake")),
         );
     }
+    let hub = config
+        .roles
+        .gateway
+        .then(|| push::Hub::new(&config.redis_url, store.clone()));
+    if let Some(hub) = &hub {
+        tasks.spawn(
+            hub.clone()
+                .run(shutdown.clone())
+                .instrument(info_span!("pubsub")),
+        );
+    }
     let state = api::ApiState {
         config: config.clone(),
         store: store.clone(),
+        hub: hub.clone(),
     };
-    let app = if config.roles.api {
-        api::router(state)
-    } else {
-        api::health_router(state)
+    let mut app = api::health_router(state.clone());
+    if config.roles.api {
+        app = app.merge(api::v1_router(state));
     }
-    .merge(extra);
+    if let Some(hub) = hub {
+        app = app.merge(push::ws::router(push::ws::GatewayState {
+            config: config.clone(),
+            store: store.clone(),
+            hub,
+            shutdown: shutdown.clone(),
+        }));
+    }
+    let app = app.merge(extra).fallback(api::not_found);
     let http_shutdown = shutdown.clone();
     let http = std::future::IntoFuture::into_future(
         axum::serve(listener, app)

@@ -16,6 +16,7 @@ pub struct Scripts {
     pub replay: Script,
     pub sweep: Script,
     pub intake_ack: Script,
+    pub publish: Script,
 }
 
 impl Scripts {
@@ -30,11 +31,12 @@ impl Scripts {
             replay: Script::new(include_str!("../lua/replay.lua")),
             sweep: Script::new(include_str!("../lua/sweep.lua")),
             intake_ack: Script::new(include_str!("../lua/intake_ack.lua")),
+            publish: Script::new(include_str!("../lua/publish.lua")),
         }
     }
 
     /// Every script with its name, for loading at startup (`SCRIPT LOAD`).
-    pub fn all(&self) -> [(&'static str, &Script); 8] {
+    pub fn all(&self) -> [(&'static str, &Script); 9] {
         [
             ("enqueue", &self.enqueue),
             ("claim", &self.claim),
@@ -44,6 +46,7 @@ impl Scripts {
             ("replay", &self.replay),
             ("sweep", &self.sweep),
             ("intake_ack", &self.intake_ack),
+            ("publish", &self.publish),
         ]
     }
 }

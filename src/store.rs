@@ -372,6 +372,37 @@ impl Store {
         Ok(removed)
     }
 
+    /// Stores an order's latest result and publishes it (one script); returns its sequence number.
+    pub async fn publish_result(
+        &self,
+        order_id: &str,
+        payload: &str,
+        ttl_secs: u64,
+    ) -> Result<u64> {
+        let mut conn = self.conn().await?;
+        Ok(self
+            .scripts
+            .publish
+            .key(self.keys.order_result(order_id))
+            .arg(payload)
+            .arg(ttl_secs)
+            .arg(self.keys.order_channel(order_id))
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
+    /// An order's latest result: its sequence number and payload JSON.
+    pub async fn read_result(&self, order_id: &str) -> Result<Option<(u64, String)>> {
+        let mut conn = self.conn().await?;
+        let (seq, result): (Option<u64>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.keys.order_result(order_id))
+            .arg("seq")
+            .arg("result")
+            .query_async(&mut conn)
+            .await?;
+        Ok(seq.zip(result))
+    }
+
     /// Acknowledges and deletes intake entries.
     pub async fn intake_ack(&self, entry_ids: &[String]) -> Result<()> {
         if entry_ids.is_empty() {

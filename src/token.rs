@@ -46,7 +46,8 @@ pub const MAX_TOKEN_LEN: usize = 128;
 
 /// The MAC over "<kind>:<id>:<expiry>" (HMAC accepts keys of any length).
 fn mac(secret: &str, kind: Kind, id: &str, expiry: i64) -> Result<Hmac<Sha256>, TokenError> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| TokenError::NoSecret)?;
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|_| TokenError::NoSecret)?;
     mac.update(kind.as_str().as_bytes());
     mac.update(b":");
     mac.update(id.as_bytes());
@@ -63,7 +64,13 @@ pub fn mint(secrets: &[String], kind: Kind, id: &str, expiry: i64) -> Result<Str
 }
 
 /// Checks `token` for `id` at `now` (unix seconds).
-pub fn verify(secrets: &[String], kind: Kind, id: &str, token: &str, now: i64) -> Result<(), TokenError> {
+pub fn verify(
+    secrets: &[String],
+    kind: Kind,
+    id: &str,
+    token: &str,
+    now: i64,
+) -> Result<(), TokenError> {
     if secrets.is_empty() {
         return Err(TokenError::NoSecret);
     }
@@ -75,7 +82,9 @@ pub fn verify(secrets: &[String], kind: Kind, id: &str, token: &str, now: i64) -
         return Err(TokenError::Malformed);
     };
     let expiry: i64 = expiry.parse().map_err(|_| TokenError::Malformed)?;
-    let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| TokenError::Malformed)?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(sig)
+        .map_err(|_| TokenError::Malformed)?;
     let mut ok = false;
     for secret in secrets {
         // verify_slice compares in constant time; every secret is tried.
@@ -95,7 +104,10 @@ mod tests {
     use super::*;
 
     fn secrets() -> Vec<String> {
-        vec!["new-secret-0123456789".into(), "old-secret-0123456789".into()]
+        vec![
+            "new-secret-0123456789".into(),
+            "old-secret-0123456789".into(),
+        ]
     }
 
     #[test]
@@ -103,7 +115,10 @@ mod tests {
         let s = secrets();
         let t = mint(&s, Kind::Order, "order-1", 2000).unwrap();
         assert_eq!(verify(&s, Kind::Order, "order-1", &t, 1999), Ok(()));
-        assert_eq!(verify(&s, Kind::Order, "order-1", &t, 2000), Err(TokenError::Expired));
+        assert_eq!(
+            verify(&s, Kind::Order, "order-1", &t, 2000),
+            Err(TokenError::Expired)
+        );
         assert_eq!(
             verify(&s, Kind::Order, "order-2", &t, 1000),
             Err(TokenError::BadSignature("order"))
@@ -128,7 +143,15 @@ mod tests {
     #[test]
     fn garbage_is_malformed_never_a_panic() {
         let s = secrets();
-        for t in ["", "v1", "v1..", "v2.1.abc", "v1.x.abc", "v1.1.!!!", &"a".repeat(500)] {
+        for t in [
+            "",
+            "v1",
+            "v1..",
+            "v2.1.abc",
+            "v1.x.abc",
+            "v1.1.!!!",
+            &"a".repeat(500),
+        ] {
             assert!(verify(&s, Kind::Order, "o", t, 0).is_err(), "{t}");
         }
     }

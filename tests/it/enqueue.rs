@@ -113,7 +113,7 @@ async fn intake_stream_enqueues_once_and_rejects_with_reason() {
     assert!(reasons[0].contains("invalid JSON"), "{reasons:?}");
     assert!(reasons[1].contains("schedule"), "{reasons:?}");
     assert!(
-        reasons[2].contains("no `notification` field"),
+        reasons[2].contains("neither a `notification` nor a `result` field"),
         "{reasons:?}"
     );
     assert!(reasons[3].contains("different content"), "{reasons:?}");

@@ -3,5 +3,6 @@
 
 mod delivery;
 mod enqueue;
+mod push;
 mod replicas;
 mod support;

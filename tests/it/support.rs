@@ -17,6 +17,7 @@ use paynotify::Config;
 use tokio_util::sync::CancellationToken;
 
 pub const API_KEY: &str = "test-api-key-0123456789";
+pub const TOKEN_SECRET: &str = "test-token-secret-0123456789";
 
 /// One request the sink received.
 #[derive(Debug, Clone)]
@@ -223,6 +224,7 @@ pub async fn setup() -> (RedisServer, Sink, Node) {
 pub fn config(redis: &RedisServer) -> Config {
     let mut c = Config::for_redis(&redis.url());
     c.api_keys = vec![API_KEY.to_string()];
+    c.token_secrets = vec![TOKEN_SECRET.to_string()];
     c.lease = Duration::from_secs(5);
     c.shutdown_grace = Duration::from_secs(5);
     c
@@ -330,6 +332,8 @@ impl Proc {
                 &addr.to_string(),
                 "--api-key",
                 API_KEY,
+                "--token-secret",
+                TOKEN_SECRET,
             ])
             .arg("--allow-private-targets")
             .args(extra)

@@ -1,0 +1,335 @@
+//! The node's pub/sub hub: one Redis pub/sub connection, subscribed to exactly the order
+//! channels this node has local subscribers for, fanning each result out to them.
+//!
+//! Invariant: the set of Redis subscriptions equals the set of orders in `subs` whenever the
+//! connection is up; SUBSCRIBE/UNSUBSCRIBE and reconnects are serialized by the `sink` lock, so
+//! an unsubscribe of the last follower can never undo a concurrent first subscribe. After a
+//! reconnect every channel is subscribed again and every stored result re-read (subscribers
+//! drop what they have seen), so nothing published during the outage is lost.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::keys::Keys;
+use crate::store::Store;
+
+/// How often the pub/sub connection is probed with PING.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// How long a probe or a (un)subscribe may take before the connection is rebuilt.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One result on its way to subscribers.
+#[derive(Debug)]
+pub struct Push {
+    pub order_id: String,
+    pub seq: u64,
+    /// The complete websocket frame.
+    pub frame: String,
+}
+
+/// A local follower of one or more orders (a websocket, or a long-poll request).
+#[derive(Clone)]
+pub struct Subscriber {
+    id: u64,
+    tx: mpsc::Sender<Arc<Push>>,
+    /// Cancelled when the follower's queue is full: it is too slow and must be cut off.
+    pub kicked: CancellationToken,
+}
+
+impl Subscriber {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct HubStats {
+    pub connections: u64,
+    pub subscriptions: u64,
+    pub orders_followed: u64,
+    pub results_pushed: u64,
+    pub slow_followers_cut: u64,
+    pub pubsub_live: bool,
+}
+
+struct Inner {
+    keys: Keys,
+    store: Store,
+    redis_url: String,
+    subs: Mutex<HashMap<String, HashMap<u64, Subscriber>>>,
+    sink: tokio::sync::Mutex<Option<redis::aio::PubSubSink>>,
+    live: AtomicBool,
+    next_id: AtomicU64,
+    pub connections: AtomicU64,
+    pushed: AtomicU64,
+    cut: AtomicU64,
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl Hub {
+    pub fn new(redis_url: &str, store: Store) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                keys: store.keys().clone(),
+                store,
+                redis_url: redis_url.to_string(),
+                subs: Mutex::new(HashMap::new()),
+                sink: tokio::sync::Mutex::new(None),
+                live: AtomicBool::new(false),
+                next_id: AtomicU64::new(1),
+                connections: AtomicU64::new(0),
+                pushed: AtomicU64::new(0),
+                cut: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// A new follower identity sending into `tx`.
+    pub fn subscriber(&self, tx: mpsc::Sender<Arc<Push>>) -> Subscriber {
+        Subscriber {
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            tx,
+            kicked: CancellationToken::new(),
+        }
+    }
+
+    /// True while the pub/sub connection is up and subscribed.
+    pub fn is_live(&self) -> bool {
+        self.inner.live.load(Ordering::Acquire)
+    }
+
+    /// Counts a websocket connection in or out.
+    pub fn connection(&self, opened: bool) {
+        if opened {
+            self.inner.connections.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.inner.connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Registers `sub` as a follower of `order_id`, subscribing the node to the order's channel
+    /// if it is the first local follower. Returns once Redis confirmed the subscription, or at
+    /// once while Redis is unreachable (the reconnect subscribes and catches up).
+    pub async fn subscribe(&self, order_id: &str, sub: Subscriber) {
+        let mut sink = self.inner.sink.lock().await;
+        let first = {
+            let mut subs = lock(&self.inner.subs);
+            let followers = subs.entry(order_id.to_string()).or_default();
+            let first = followers.is_empty();
+            followers.insert(sub.id, sub);
+            first
+        };
+        if first {
+            if let Some(s) = sink.as_mut() {
+                let channel = self.inner.keys.order_channel(order_id);
+                match tokio::time::timeout(REDIS_TIMEOUT, s.subscribe(&channel)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "pub/sub subscribe failed; reconnecting");
+                        *sink = None;
+                    }
+                    Err(_) => {
+                        warn!("pub/sub subscribe timed out; reconnecting");
+                        *sink = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes a follower; unsubscribes the node from the order when it was the last one.
+    pub async fn unsubscribe(&self, order_id: &str, id: u64) {
+        let mut sink = self.inner.sink.lock().await;
+        let last = {
+            let mut subs = lock(&self.inner.subs);
+            match subs.get_mut(order_id) {
+                Some(followers) => {
+                    followers.remove(&id);
+                    if followers.is_empty() {
+                        subs.remove(order_id);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                None => false,
+            }
+        };
+        if last {
+            if let Some(s) = sink.as_mut() {
+                let channel = self.inner.keys.order_channel(order_id);
+                if !matches!(
+                    tokio::time::timeout(REDIS_TIMEOUT, s.unsubscribe(&channel)).await,
+                    Ok(Ok(()))
+                ) {
+                    *sink = None;
+                }
+            }
+        }
+    }
+
+    /// Hands a result to every local follower of its order; a follower whose queue is full is
+    /// cut off (its `kicked` token is cancelled).
+    pub fn dispatch(&self, push: Arc<Push>) {
+        let subs = lock(&self.inner.subs);
+        if let Some(followers) = subs.get(&push.order_id) {
+            for sub in followers.values() {
+                match sub.tx.try_send(push.clone()) {
+                    Ok(()) => {
+                        self.inner.pushed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        if !sub.kicked.is_cancelled() {
+                            self.inner.cut.fetch_add(1, Ordering::Relaxed);
+                            sub.kicked.cancel();
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> HubStats {
+        let subs = lock(&self.inner.subs);
+        HubStats {
+            connections: self.inner.connections.load(Ordering::Relaxed),
+            subscriptions: subs.values().map(|f| f.len() as u64).sum(),
+            orders_followed: subs.len() as u64,
+            results_pushed: self.inner.pushed.load(Ordering::Relaxed),
+            slow_followers_cut: self.inner.cut.load(Ordering::Relaxed),
+            pubsub_live: self.is_live(),
+        }
+    }
+
+    /// Keeps the pub/sub connection up until `shutdown`: connects, subscribes every followed
+    /// order, catches up on stored results, relays messages, probes, and rebuilds on failure.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            match self.connect().await {
+                Ok(stream) => {
+                    failures = 0;
+                    self.inner.live.store(true, Ordering::Release);
+                    info!("pub/sub connected");
+                    self.catch_up().await;
+                    self.relay(stream, &shutdown).await;
+                    self.inner.live.store(false, Ordering::Release);
+                    *self.inner.sink.lock().await = None;
+                }
+                Err(e) => {
+                    failures += 1;
+                    warn!(error = %e, failures, "pub/sub connect failed");
+                }
+            }
+            let backoff = Duration::from_millis((100u64 << failures.min(5)).min(3000));
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {},
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        info!("pub/sub hub stopped");
+    }
+
+    async fn connect(&self) -> redis::RedisResult<redis::aio::PubSubStream> {
+        let client = redis::Client::open(self.inner.redis_url.as_str())?;
+        let pubsub = tokio::time::timeout(REDIS_TIMEOUT, client.get_async_pubsub())
+            .await
+            .map_err(|_| {
+                redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+            })??;
+        let (mut sink, stream) = pubsub.split();
+        let mut guard = self.inner.sink.lock().await;
+        let channels: Vec<String> = lock(&self.inner.subs)
+            .keys()
+            .map(|o| self.inner.keys.order_channel(o))
+            .collect();
+        for chunk in channels.chunks(1000) {
+            sink.subscribe(chunk).await?;
+        }
+        *guard = Some(sink);
+        Ok(stream)
+    }
+
+    /// Re-reads the stored result of every followed order (results published while the
+    /// connection was down); followers drop sequence numbers they have seen.
+    async fn catch_up(&self) {
+        let orders: Vec<String> = lock(&self.inner.subs).keys().cloned().collect();
+        for order_id in orders {
+            if let Ok(Some((seq, payload))) = self.inner.store.read_result(&order_id).await {
+                let frame = super::result_frame(seq, &payload);
+                self.dispatch(Arc::new(Push {
+                    order_id,
+                    seq,
+                    frame,
+                }));
+            }
+        }
+    }
+
+    async fn relay(&self, mut stream: redis::aio::PubSubStream, shutdown: &CancellationToken) {
+        let mut probe = tokio::time::interval(PROBE_EVERY);
+        probe.tick().await;
+        loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(msg) => self.on_message(&msg),
+                    None => {
+                        warn!("pub/sub connection lost; reconnecting");
+                        return;
+                    }
+                },
+                _ = probe.tick() => {
+                    let mut guard = self.inner.sink.lock().await;
+                    let Some(sink) = guard.as_mut() else { return };
+                    let pong = tokio::time::timeout(REDIS_TIMEOUT, sink.ping::<redis::Value>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        warn!("pub/sub probe failed; reconnecting");
+                        return;
+                    }
+                },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    fn on_message(&self, msg: &redis::Msg) {
+        let channel = msg.get_channel_name();
+        let Some(order_id) = self.inner.keys.order_of_channel(channel) else {
+            return;
+        };
+        let Ok(text) = std::str::from_utf8(msg.get_payload_bytes()) else {
+            return;
+        };
+        let Some((seq, body)) = text.split_once(' ') else {
+            return;
+        };
+        let Ok(seq) = seq.parse::<u64>() else {
+            return;
+        };
+        let frame = super::result_frame(seq, body);
+        self.dispatch(Arc::new(Push {
+            order_id: order_id.to_string(),
+            seq,
+            frame,
+        }));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

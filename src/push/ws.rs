@@ -1,0 +1,249 @@
+//! `GET /ws`: the browser protocol. Frames are JSON text:
+//! client → `{"type":"subscribe","order_id","token"}`, `{"type":"unsubscribe","order_id"}`,
+//! `{"type":"ping"}`; server → `{"type":"subscribed"|"unsubscribed","order_id"}`,
+//! `{"type":"result","order_id","seq","status","data","published_at"}`, `{"type":"pong"}`,
+//! `{"type":"error","code","message"[,"order_id"]}`.
+//!
+//! Invariant: every connection is bounded: frame size, subscriptions, send queue (a follower
+//! that falls behind is cut off with close code 1013), write time, and liveness (a ping every
+//! interval; no pong by the next one closes the socket). A result reaches a connection at most
+//! once per sequence number.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::hub::{Hub, Push};
+use crate::config::Config;
+use crate::store::Store;
+use crate::token::{self, Kind};
+
+/// Largest frame a client may send.
+pub const MAX_CLIENT_FRAME: usize = 4096;
+/// How long one write to a client may take before the connection is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// State of the gateway routes.
+#[derive(Clone)]
+pub struct GatewayState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub hub: Hub,
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum ClientFrame {
+    Subscribe { order_id: String, token: String },
+    Unsubscribe { order_id: String },
+    Ping,
+}
+
+/// `/ws` and the long-poll `GET /v1/orders/{order_id}/result` (role `gateway`; token-authenticated).
+pub fn router(state: GatewayState) -> axum::Router {
+    axum::Router::new()
+        .route("/ws", axum::routing::get(handler))
+        .route(
+            "/v1/orders/{order_id}/result",
+            axum::routing::get(super::poll_handler),
+        )
+        .with_state(state)
+}
+
+/// The upgrade handler, with buffers sized for many idle connections.
+pub async fn handler(ws: WebSocketUpgrade, State(state): State<GatewayState>) -> Response {
+    ws.read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(256 * 1024)
+        .max_message_size(MAX_CLIENT_FRAME)
+        .max_frame_size(MAX_CLIENT_FRAME)
+        .on_upgrade(move |socket| async move {
+            state.hub.connection(true);
+            serve(socket, &state).await;
+            state.hub.connection(false);
+        })
+}
+
+fn error_frame(code: &str, message: &str, order_id: Option<&str>) -> String {
+    let mut v = json!({"type": "error", "code": code, "message": message});
+    if let Some(o) = order_id {
+        v["order_id"] = json!(o);
+    }
+    v.to_string()
+}
+
+/// Sends one frame; false when the write failed, took too long, or the follower was cut off
+/// meanwhile (a client that stops reading blocks the write, not the rest of the node).
+async fn send(socket: &mut WebSocket, me: &super::hub::Subscriber, text: String) -> bool {
+    tokio::select! {
+        r = tokio::time::timeout(WRITE_TIMEOUT, socket.send(Message::Text(text.into()))) => matches!(r, Ok(Ok(()))),
+        _ = me.kicked.cancelled() => false,
+    }
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        socket.send(Message::Close(Some(frame))),
+    )
+    .await;
+}
+
+async fn serve(mut socket: WebSocket, state: &GatewayState) {
+    let config = &state.config;
+    let (tx, mut rx) = mpsc::channel::<Arc<Push>>(config.ws_send_queue);
+    let me = state.hub.subscriber(tx);
+    // order id -> last sequence number delivered on this connection
+    let mut following: HashMap<String, u64> = HashMap::new();
+    let mut ping = tokio::time::interval(config.ws_ping_interval);
+    ping.tick().await;
+    let mut awaiting_pong = false;
+    let mut last_seen = Instant::now();
+    loop {
+        tokio::select! {
+            incoming = socket.recv() => {
+                let Some(Ok(msg)) = incoming else { break };
+                last_seen = Instant::now();
+                match msg {
+                    Message::Text(text) => {
+                        let reply = handle_frame(state, &me, &mut following, text.as_str()).await;
+                        for frame in reply {
+                            if !send(&mut socket, &me, frame).await { return cleanup(state, &me, following).await; }
+                        }
+                    }
+                    Message::Pong(_) => awaiting_pong = false,
+                    Message::Ping(_) => {}
+                    Message::Binary(_) => {
+                        if !send(&mut socket, &me, error_frame("bad_frame", "binary frames are not accepted; send JSON text", None)).await { break }
+                    }
+                    Message::Close(_) => break,
+                }
+            }
+            push = rx.recv() => {
+                let Some(push) = push else { break };
+                if let Some(last) = following.get_mut(&push.order_id) {
+                    if push.seq > *last {
+                        *last = push.seq;
+                        if !send(&mut socket, &me, push.frame.clone()).await { break }
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if awaiting_pong && last_seen.elapsed() >= config.ws_ping_interval {
+                    debug!("no pong within the ping interval; closing");
+                    close(&mut socket, 1011, "ping timeout").await;
+                    break;
+                }
+                awaiting_pong = true;
+                if tokio::time::timeout(WRITE_TIMEOUT, socket.send(Message::Ping(Default::default()))).await.is_err() { break }
+            }
+            _ = me.kicked.cancelled() => {
+                debug!("send queue full; cutting off a slow reader");
+                close(&mut socket, 1013, "send queue full: reading too slowly").await;
+                break;
+            }
+            _ = state.shutdown.cancelled() => {
+                close(&mut socket, 1001, "server shutting down").await;
+                break;
+            }
+        }
+    }
+    cleanup(state, &me, following).await;
+}
+
+async fn cleanup(
+    state: &GatewayState,
+    me: &super::hub::Subscriber,
+    following: HashMap<String, u64>,
+) {
+    for order_id in following.keys() {
+        state.hub.unsubscribe(order_id, me.id()).await;
+    }
+}
+
+/// Handles one client frame; returns the frames to send back (in order).
+async fn handle_frame(
+    state: &GatewayState,
+    me: &super::hub::Subscriber,
+    following: &mut HashMap<String, u64>,
+    text: &str,
+) -> Vec<String> {
+    let frame: ClientFrame = match serde_json::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            return vec![error_frame(
+                "bad_frame",
+                &format!("not a valid frame: {e}"),
+                None,
+            )]
+        }
+    };
+    match frame {
+        ClientFrame::Ping => vec![json!({"type": "pong"}).to_string()],
+        ClientFrame::Subscribe { order_id, token } => {
+            if let Err(m) = crate::notification::validate_id(&order_id) {
+                return vec![error_frame("bad_order_id", &format!("order id {m}"), None)];
+            }
+            if let Err(e) = token::verify(
+                &state.config.token_secrets,
+                Kind::Order,
+                &order_id,
+                &token,
+                crate::now_ms() / 1000,
+            ) {
+                let code = if e == token::TokenError::Expired {
+                    "expired_token"
+                } else {
+                    "bad_token"
+                };
+                return vec![error_frame(code, &e.to_string(), Some(&order_id))];
+            }
+            let subscribed = json!({"type": "subscribed", "order_id": order_id}).to_string();
+            if following.contains_key(&order_id) {
+                return vec![subscribed];
+            }
+            if following.len() >= state.config.ws_max_subscriptions {
+                return vec![error_frame(
+                    "too_many_subscriptions",
+                    &format!(
+                        "at most {} orders per connection",
+                        state.config.ws_max_subscriptions
+                    ),
+                    Some(&order_id),
+                )];
+            }
+            // Subscribe in Redis first, then read the stored result: nothing falls in between.
+            state.hub.subscribe(&order_id, me.clone()).await;
+            following.insert(order_id.clone(), 0);
+            let mut out = vec![subscribed];
+            if let Ok(Some((seq, payload))) = state.store.read_result(&order_id).await {
+                if let Some(last) = following.get_mut(&order_id) {
+                    *last = seq;
+                }
+                out.push(super::result_frame(seq, &payload));
+            }
+            out
+        }
+        ClientFrame::Unsubscribe { order_id } => {
+            if following.remove(&order_id).is_some() {
+                state.hub.unsubscribe(&order_id, me.id()).await;
+            }
+            vec![json!({"type": "unsubscribed", "order_id": order_id}).to_string()]
+        }
+    }
+}

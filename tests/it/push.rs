@@ -1,0 +1,486 @@
+//! Browser push: websockets on several nodes, one Redis, real sockets.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn token(order_id: &str) -> String {
+    let expiry = paynotify::now_ms() / 1000 + 600;
+    paynotify::token::mint(
+        &[TOKEN_SECRET.to_string()],
+        paynotify::token::Kind::Order,
+        order_id,
+        expiry,
+    )
+    .unwrap()
+}
+
+async fn connect(node: &Node) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", node.addr))
+        .await
+        .unwrap();
+    ws
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// The next text frame, or None if nothing comes within `wait`.
+async fn next(ws: &mut Ws, wait: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).unwrap()),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+async fn subscribe(ws: &mut Ws, order_id: &str) {
+    send(
+        ws,
+        json!({"type": "subscribe", "order_id": order_id, "token": token(order_id)}),
+    )
+    .await;
+    let v = next(ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(v, json!({"type": "subscribed", "order_id": order_id}));
+}
+
+async fn publish(node: &Node, order_id: &str, status: &str) -> u64 {
+    let r = api()
+        .post(node.url(&format!("/v1/orders/{order_id}/result")))
+        .json(&json!({"status": status, "data": {"amount": "9.99"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().await.unwrap()["seq"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn a_subscriber_on_node_a_gets_a_result_published_through_node_b() {
+    let redis = RedisServer::start().unwrap();
+    let a = Node::start(config(&redis)).await;
+    let b = Node::start(config(&redis)).await;
+    let mut ws = connect(&a).await;
+    subscribe(&mut ws, "order-ab").await;
+    assert_eq!(publish(&b, "order-ab", "paid").await, 1);
+    let v = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(v["type"], "result");
+    assert_eq!(v["order_id"], "order-ab");
+    assert_eq!(v["status"], "paid");
+    assert_eq!(v["seq"], 1);
+    assert_eq!(v["data"]["amount"], "9.99");
+    assert!(
+        next(&mut ws, Duration::from_millis(300)).await.is_none(),
+        "a second copy arrived"
+    );
+}
+
+#[tokio::test]
+async fn results_published_before_during_and_after_subscribe_arrive_exactly_once() {
+    let redis = RedisServer::start().unwrap();
+    let mut c = config(&redis);
+    c.ws_max_subscriptions = 64;
+    let a = Node::start(c).await;
+    let b = Node::start(config(&redis)).await;
+    // Before.
+    publish(&b, "before", "paid").await;
+    let mut ws = connect(&a).await;
+    subscribe(&mut ws, "before").await;
+    let v = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (v["order_id"].clone(), v["seq"].clone()),
+        (json!("before"), json!(1))
+    );
+    // During: the publish races the subscribe, many times.
+    let mut ws2 = connect(&a).await;
+    for i in 0..40 {
+        let order = format!("during-{i}");
+        let sub = async {
+            send(
+                &mut ws2,
+                json!({"type": "subscribe", "order_id": order, "token": token(&order)}),
+            )
+            .await;
+        };
+        tokio::join!(sub, publish(&b, &order, "paid"));
+    }
+    let mut seen = std::collections::HashMap::new();
+    while let Some(v) = next(&mut ws2, Duration::from_millis(700)).await {
+        if v["type"] == "result" {
+            *seen
+                .entry(v["order_id"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+            assert_eq!(v["seq"], 1);
+        }
+    }
+    assert_eq!(seen.len(), 40, "some results were lost: {seen:?}");
+    assert!(seen.values().all(|n| *n == 1), "duplicates: {seen:?}");
+    // After, and a second result is a new result.
+    subscribe(&mut ws, "after").await;
+    publish(&b, "after", "paid").await;
+    publish(&b, "after", "refunded").await;
+    let first = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    let second = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (first["seq"].clone(), first["status"].clone()),
+        (json!(1), json!("paid"))
+    );
+    assert_eq!(
+        (second["seq"].clone(), second["status"].clone()),
+        (json!(2), json!("refunded"))
+    );
+    assert!(next(&mut ws, Duration::from_millis(300)).await.is_none());
+}
+
+#[tokio::test]
+async fn bad_expired_and_other_orders_tokens_get_an_error_frame_and_nothing_else() {
+    let (_redis, _sink, node) = setup().await;
+    let mut ws = connect(&node).await;
+    let expired = paynotify::token::mint(
+        &[TOKEN_SECRET.to_string()],
+        paynotify::token::Kind::Order,
+        "secret-order",
+        paynotify::now_ms() / 1000 - 1,
+    )
+    .unwrap();
+    let device = paynotify::token::mint(
+        &[TOKEN_SECRET.to_string()],
+        paynotify::token::Kind::Device,
+        "secret-order",
+        paynotify::now_ms() / 1000 + 60,
+    )
+    .unwrap();
+    for (tok, code) in [
+        (token("other-order"), "bad_token"),
+        (expired, "expired_token"),
+        (device, "bad_token"),
+        ("v1.99999999999.AAAA".to_string(), "bad_token"),
+        ("garbage".to_string(), "bad_token"),
+    ] {
+        send(
+            &mut ws,
+            json!({"type": "subscribe", "order_id": "secret-order", "token": tok}),
+        )
+        .await;
+        let v = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["code"], code, "{v}");
+    }
+    publish(&node, "secret-order", "paid").await;
+    assert!(
+        next(&mut ws, Duration::from_millis(500)).await.is_none(),
+        "a refused subscriber got the result"
+    );
+    // Malformed frames get errors too, and the connection stays usable.
+    for frame in [
+        json!({"type": "subscribe"}),
+        json!({"type": "dance"}),
+        json!([1, 2]),
+    ] {
+        send(&mut ws, frame).await;
+        assert_eq!(
+            next(&mut ws, Duration::from_secs(5)).await.unwrap()["code"],
+            "bad_frame"
+        );
+    }
+    ws.send(Message::Text("not json".into())).await.unwrap();
+    assert_eq!(
+        next(&mut ws, Duration::from_secs(5)).await.unwrap()["code"],
+        "bad_frame"
+    );
+    send(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(
+        next(&mut ws, Duration::from_secs(5)).await.unwrap()["type"],
+        "pong"
+    );
+}
+
+#[tokio::test]
+async fn two_tabs_both_get_the_result_and_an_unsubscribed_one_does_not() {
+    let (_redis, _sink, node) = setup().await;
+    let mut tab1 = connect(&node).await;
+    let mut tab2 = connect(&node).await;
+    let mut gone = connect(&node).await;
+    for ws in [&mut tab1, &mut tab2, &mut gone] {
+        subscribe(ws, "order-tabs").await;
+    }
+    send(
+        &mut gone,
+        json!({"type": "unsubscribe", "order_id": "order-tabs"}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut gone, Duration::from_secs(5)).await.unwrap()["type"],
+        "unsubscribed"
+    );
+    publish(&node, "order-tabs", "paid").await;
+    for ws in [&mut tab1, &mut tab2] {
+        assert_eq!(
+            next(ws, Duration::from_secs(5)).await.unwrap()["status"],
+            "paid"
+        );
+    }
+    assert!(next(&mut gone, Duration::from_millis(500)).await.is_none());
+    // Closing tab 1 leaves tab 2 subscribed.
+    tab1.close(None).await.unwrap();
+    publish(&node, "order-tabs", "refunded").await;
+    assert_eq!(
+        next(&mut tab2, Duration::from_secs(5)).await.unwrap()["status"],
+        "refunded"
+    );
+}
+
+#[tokio::test]
+async fn too_many_subscriptions_and_oversized_frames_are_refused() {
+    let redis = RedisServer::start().unwrap();
+    let mut c = config(&redis);
+    c.ws_max_subscriptions = 3;
+    let node = Node::start(c).await;
+    let mut ws = connect(&node).await;
+    for i in 0..3 {
+        subscribe(&mut ws, &format!("many-{i}")).await;
+    }
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "order_id": "many-3", "token": token("many-3")}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut ws, Duration::from_secs(5)).await.unwrap()["code"],
+        "too_many_subscriptions"
+    );
+    // An oversized frame ends the connection; the node carries on.
+    let big = json!({"type": "subscribe", "order_id": "x", "token": "a".repeat(10_000)});
+    let _ = ws.send(Message::Text(big.to_string().into())).await;
+    let mut ended = false;
+    for _ in 0..10 {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
+                ended = true;
+                break;
+            }
+            _ => continue,
+        }
+    }
+    assert!(ended, "the connection stayed open after an oversized frame");
+    let mut ws = connect(&node).await;
+    subscribe(&mut ws, "still-up").await;
+}
+
+#[tokio::test]
+async fn a_slow_reader_is_cut_off_and_the_others_carry_on() {
+    let redis = RedisServer::start().unwrap();
+    let mut c = config(&redis);
+    c.ws_send_queue = 4;
+    let node = Node::start(c).await;
+    // The slow client has a tiny receive buffer, so the server's writes back up quickly.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(node.addr).await.unwrap();
+    let (mut slow, _) = tokio_tungstenite::client_async(
+        format!("ws://{}/ws", node.addr),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
+    subscribe(&mut slow, "busy").await;
+    let mut fast = connect(&node).await;
+    subscribe(&mut fast, "busy").await;
+    let reader = tokio::spawn(async move {
+        let mut n = 0;
+        while let Some(v) = next(&mut fast, Duration::from_secs(10)).await {
+            if v["type"] == "result" {
+                n += 1;
+                if n == 600 {
+                    break;
+                }
+            }
+        }
+        n
+    });
+    // The slow client never reads while 600 results of ~12 KB each are published.
+    let store = store(&redis);
+    let big = "x".repeat(12_000);
+    for i in 0..600 {
+        let doc = paynotify::push::ResultDoc {
+            order_id: "busy".into(),
+            status: format!("s{i}"),
+            data: json!({"pad": big}),
+        };
+        paynotify::push::publish(&store, Duration::from_secs(60), &doc)
+            .await
+            .unwrap();
+    }
+    assert_eq!(reader.await.unwrap(), 600, "the fast reader missed results");
+    // Now read the slow one: it got a prefix, then the server cut it off.
+    let mut got = 0;
+    let mut closed_with = None;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), slow.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => got += 1,
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                closed_with = frame.map(|f| u16::from(f.code));
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(None) | Ok(Some(Err(_))) => break,
+            Err(_) => panic!("the slow reader was never cut off"),
+        }
+    }
+    assert!(got < 600, "the slow reader got everything ({got})");
+    if let Some(code) = closed_with {
+        assert_eq!(code, 1013);
+    }
+    let stats = api().get(node.url("/healthz")).send().await.unwrap();
+    assert_eq!(stats.status(), 200);
+}
+
+#[tokio::test]
+async fn long_poll_answers_at_once_or_when_the_result_lands() {
+    let (_redis, _sink, node) = setup().await;
+    let client = reqwest::Client::new();
+    let url = |order: &str, wait: u64| {
+        node.url(&format!(
+            "/v1/orders/{order}/result?token={}&wait={wait}",
+            token(order)
+        ))
+    };
+    let waiting = tokio::spawn(client.get(url("lp-1", 10)).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish(&node, "lp-1", "paid").await;
+    let r = waiting.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["status"].clone(), v["seq"].clone()),
+        (json!("paid"), json!(1))
+    );
+    let r = client.get(url("lp-1", 0)).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "paid");
+    let r = client.get(url("lp-2", 1)).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let r = client
+        .get(node.url(&format!("/v1/orders/lp-1/result?token={}", token("lp-2"))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
+
+#[tokio::test]
+async fn intake_and_cli_publish_and_cli_tokens() {
+    let (redis, _sink, node) = setup().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
+        .args([
+            "token",
+            "order",
+            "cli-1",
+            "cli-2",
+            "--ttl",
+            "5m",
+            "--token-secret",
+            TOKEN_SECRET,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let tokens: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(tokens.len(), 2);
+    let mut ws = connect(&node).await;
+    for (order, tok) in ["cli-1", "cli-2"].iter().zip(&tokens) {
+        send(
+            &mut ws,
+            json!({"type": "subscribe", "order_id": order, "token": tok}),
+        )
+        .await;
+        assert_eq!(
+            next(&mut ws, Duration::from_secs(5)).await.unwrap()["type"],
+            "subscribed"
+        );
+    }
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("paynotify:intake")
+        .arg("*")
+        .arg("result")
+        .arg(json!({"order_id": "cli-1", "status": "paid"}).to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let v = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (v["order_id"].clone(), v["status"].clone()),
+        (json!("cli-1"), json!("paid"))
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
+        .args([
+            "publish",
+            "--redis-url",
+            &redis.url(),
+            "cli-2",
+            "--status",
+            "paid",
+            "--data",
+            r#"{"n":1}"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (v["order_id"].clone(), v["data"]["n"].clone()),
+        (json!("cli-2"), json!(1))
+    );
+}
+
+#[tokio::test]
+async fn subscriptions_come_back_after_redis_restarts() {
+    let mut redis = RedisServer::start_with(true).unwrap();
+    let node = Node::start(config(&redis)).await;
+    let mut ws = connect(&node).await;
+    subscribe(&mut ws, "survivor").await;
+    redis.restart().unwrap();
+    // The hub notices, reconnects and subscribes again; readiness says when.
+    wait_until(Duration::from_secs(20), || async {
+        reqwest::get(node.url("/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let store = store(&redis);
+    let doc = paynotify::push::ResultDoc {
+        order_id: "survivor".into(),
+        status: "paid".into(),
+        data: json!({}),
+    };
+    // The pool may need a moment to replace its dead connections.
+    let mut seq = None;
+    for _ in 0..50 {
+        if let Ok(s) = paynotify::push::publish(&store, Duration::from_secs(60), &doc).await {
+            seq = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seq.is_some(), "publish never succeeded after the restart");
+    let v = next(&mut ws, Duration::from_secs(10))
+        .await
+        .expect("no result after the Redis restart");
+    assert_eq!(v["status"], "paid");
+}
