@@ -4,7 +4,10 @@
 //! deliver to private addresses, and a demo sink at `/dev/sink` that answers `success`; prints
 //! the API key and commands to try. The Redis child is killed when the command exits.
 
-use axum::routing::post;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::DevArgs;
@@ -71,6 +74,8 @@ paynotify dev is running.
   API key     {api_key}
   Signing     {secret}
 
+Open the demo checkout: http://{addr}/demo  (press "Simulate payment", or scan the QR code)
+
 Try it (the demo sink at /dev/sink answers "success"):
 
   curl -s -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json' \
@@ -89,18 +94,89 @@ Stop with Ctrl-C.
         redis = redis_url,
         secret = config.signing_secrets[0],
     );
-    let sink = axum::Router::new().route(
-        "/dev/sink",
-        post(|headers: axum::http::HeaderMap, body: String| async move {
-            let id = headers
-                .get("webhook-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_string();
-            tracing::info!(%id, body = %body.chars().take(200).collect::<String>(), "demo sink received a notification");
-            "success"
-        }),
-    );
+    let demo = DemoState {
+        store: crate::store::Store::connect(
+            &redis_url,
+            crate::keys::Keys::new(&config.prefix, config.partitions),
+            4,
+        )
+        .map_err(crate::RunError::from)?,
+        token_secrets: config.token_secrets.clone(),
+        result_ttl: config.result_ttl,
+    };
+    let sink = axum::Router::new()
+        .route(
+            "/dev/sink",
+            post(|headers: axum::http::HeaderMap, body: String| async move {
+                let id = headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_string();
+                tracing::info!(%id, body = %body.chars().take(200).collect::<String>(), "demo sink received a notification");
+                "success"
+            }),
+        )
+        .route("/demo", get(demo_page))
+        .route("/dev/pay/{order_id}", get(demo_pay).post(demo_pay))
+        .with_state(demo);
     crate::run_with(config, listener, shutdown, sink).await?;
     Ok(())
+}
+
+#[derive(Clone)]
+struct DemoState {
+    store: crate::store::Store,
+    token_secrets: Vec<String>,
+    result_ttl: std::time::Duration,
+}
+
+/// `/demo`: a checkout page for a fresh order, with its QR code and a "simulate payment" button.
+async fn demo_page(State(demo): State<DemoState>, headers: HeaderMap) -> Response {
+    let order_id = format!("demo-{:08x}", rand::random::<u32>());
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1:8080");
+    let expiry = crate::now_ms() / 1000 + 3600;
+    let token = match crate::token::mint(
+        &demo.token_secrets,
+        crate::token::Kind::Order,
+        &order_id,
+        expiry,
+    ) {
+        Ok(t) => t,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let pay_url = format!("http://{host}/dev/pay/{order_id}");
+    let qr = qrcode::QrCode::new(pay_url.as_bytes())
+        .map(|code| {
+            code.render::<qrcode::render::svg::Color<'_>>()
+                .min_dimensions(200, 200)
+                .build()
+        })
+        .unwrap_or_default();
+    let page = include_str!("../web/demo.html")
+        .replace("{{QR_SVG}}", &qr)
+        .replace("{{ORDER_ID}}", &order_id)
+        .replace("{{TOKEN}}", &token);
+    Html(page).into_response()
+}
+
+/// `/dev/pay/{order_id}`: publishes a "paid" result, as a payment provider's callback would.
+async fn demo_pay(State(demo): State<DemoState>, Path(order_id): Path<String>) -> Response {
+    let doc = match crate::push::parse_result(
+        Some(&order_id),
+        br#"{"status":"paid","data":{"amount":"9.99"}}"#,
+    ) {
+        Ok(d) => d,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    match crate::push::publish(&demo.store, demo.result_ttl, &doc).await {
+        Ok(seq) => {
+            axum::Json(serde_json::json!({"order_id": order_id, "status": "paid", "seq": seq}))
+                .into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
 }

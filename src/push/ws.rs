@@ -58,7 +58,22 @@ pub fn router(state: GatewayState) -> axum::Router {
             "/v1/orders/{order_id}/result",
             axum::routing::get(super::poll_handler),
         )
+        .route("/paynotify.js", axum::routing::get(client_js))
         .with_state(state)
+}
+
+/// The browser client (`web/paynotify.js`), served as is.
+async fn client_js() -> impl axum::response::IntoResponse {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (axum::http::header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        include_str!("../../web/paynotify.js"),
+    )
 }
 
 /// The upgrade handler, with buffers sized for many idle connections.

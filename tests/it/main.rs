@@ -1,6 +1,7 @@
 //! Integration tests: real redis-server processes, real HTTP, real sockets.
 #![allow(clippy::unwrap_used)]
 
+mod browser;
 mod delivery;
 mod enqueue;
 mod push;
