@@ -28,6 +28,7 @@ pub struct ApiState {
     pub store: Store,
     /// The pub/sub hub, on nodes with the gateway role (readiness includes it).
     pub hub: Option<crate::push::Hub>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// An API refusal or failure, rendered as JSON.
@@ -87,7 +88,40 @@ pub fn health_router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// `/metrics`: Prometheus text. Gauges of shared state are read now.
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let m = &state.metrics;
+    if let Some(hub) = &state.hub {
+        let s = hub.stats();
+        m.ws_subscriptions.set(s.subscriptions as i64);
+        m.orders_followed.set(s.orders_followed as i64);
+        m.pubsub_connected.set(i64::from(s.pubsub_live));
+    }
+    let stats = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        state.store.stats(crate::now_ms()),
+    )
+    .await;
+    match stats {
+        Ok(Ok(s)) => {
+            m.due_backlog.set(s.due_backlog);
+        }
+        _ => {
+            m.redis_errors.inc();
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.render(),
+    )
+        .into_response()
 }
 
 /// The `/v1` API (role `api`), behind the API key.
@@ -201,11 +235,14 @@ async fn enqueue(
         }
     })?;
     Ok(match state.store.enqueue(&n, now).await? {
-        Enqueued::Created { due_ms } => (
+        Enqueued::Created { due_ms } => {
+            state.metrics.enqueued.inc();
+            (
             StatusCode::CREATED,
             Json(json!({"id": n.id, "state": "scheduled", "next_attempt_at": due_ms, "created": true})),
         )
-            .into_response(),
+            .into_response()
+        }
         Enqueued::Exists { state } => (
             StatusCode::OK,
             Json(json!({"id": n.id, "state": state, "created": false})),
@@ -215,7 +252,10 @@ async fn enqueue(
             return Err(ApiError::Invalid {
                 status: StatusCode::CONFLICT,
                 code: "conflict",
-                message: format!("notification {:?} exists ({state}) with different content", n.id),
+                message: format!(
+                    "notification {:?} exists ({state}) with different content",
+                    n.id
+                ),
                 field: Some("id".into()),
             })
         }

@@ -76,7 +76,12 @@ pub fn decode_entry(
 }
 
 /// Consumes the intake stream until `shutdown`.
-pub async fn run(config: Arc<Config>, store: Store, shutdown: CancellationToken) {
+pub async fn run(
+    config: Arc<Config>,
+    store: Store,
+    metrics: crate::metrics::Metrics,
+    shutdown: CancellationToken,
+) {
     let keys = store.keys().clone();
     let stream = keys.intake();
     let group = keys.intake_group();
@@ -128,7 +133,7 @@ pub async fn run(config: Arc<Config>, store: Store, shutdown: CancellationToken)
                         count = entries.len(),
                         "reclaimed intake entries from a stalled consumer"
                     );
-                    process(&store, &config, &entries).await?;
+                    process(&store, &config, &metrics, &entries).await?;
                 }
             }
             drop(conn);
@@ -155,7 +160,7 @@ pub async fn run(config: Arc<Config>, store: Store, shutdown: CancellationToken)
                     .map(|e| (e.id, fields_of(e.map)))
                     .collect();
                 if !entries.is_empty() {
-                    process(&store, &config, &entries).await?;
+                    process(&store, &config, &metrics, &entries).await?;
                 }
                 if shutdown.is_cancelled() || last_autoclaim.elapsed() >= config.lease {
                     return Ok::<(), crate::store::StoreError>(());
@@ -176,6 +181,7 @@ pub async fn run(config: Arc<Config>, store: Store, shutdown: CancellationToken)
                     warn!(error = %e, "intake read failed; retrying");
                 }
                 failures += 1;
+                metrics.redis_errors.inc();
                 let backoff = Duration::from_millis((100u64 << failures.min(5)).min(3000));
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {},
@@ -204,19 +210,23 @@ fn fields_of(map: std::collections::HashMap<String, Value>) -> Vec<(String, Vec<
 async fn process(
     store: &Store,
     config: &Config,
+    metrics: &crate::metrics::Metrics,
     entries: &[Entry],
 ) -> Result<(), crate::store::StoreError> {
     let now = crate::now_ms();
     let results = futures::future::join_all(entries.iter().map(|(entry_id, fields)| async move {
         match decode_entry(entry_id, fields, now) {
             Ok(IntakeEntry::Notification(n)) => match store.enqueue(&n, now).await? {
-                Enqueued::Created { .. } | Enqueued::Exists { .. } => {
-                    Ok::<_, crate::store::StoreError>(None)
+                Enqueued::Created { .. } => {
+                    metrics.enqueued.inc();
+                    Ok(None)
                 }
+                Enqueued::Exists { .. } => Ok::<_, crate::store::StoreError>(None),
                 Enqueued::Conflict { state } => Ok(Some(IntakeError::Conflict { id: n.id, state })),
             },
             Ok(IntakeEntry::Result(doc)) => {
                 crate::push::publish(store, config.result_ttl, &doc).await?;
+                metrics.results_published.inc();
                 Ok(None)
             }
             Err(e) => Ok(Some(e)),

@@ -12,6 +12,7 @@ pub mod deliver;
 pub mod dev;
 pub mod intake;
 pub mod keys;
+pub mod metrics;
 pub mod notification;
 pub mod push;
 pub mod redis_child;
@@ -80,6 +81,7 @@ pub async fn run_with(
     store.load_scripts().await?;
     info!(node = %config.node_id, redis = %config::redact_url(&config.redis_url), roles = ?config.roles, "node starting");
 
+    let metrics = metrics::Metrics::new();
     let mut tasks = tokio::task::JoinSet::new();
     if config.roles.worker {
         let signer = signing::Signer::new(&config.signing_secrets)?;
@@ -89,18 +91,29 @@ pub async fn run_with(
             config.per_destination_concurrency,
         )?;
         tasks.spawn(
-            worker::run(config.clone(), store.clone(), deliverer, shutdown.clone())
-                .instrument(info_span!("worker")),
+            worker::run(
+                config.clone(),
+                store.clone(),
+                deliverer,
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .instrument(info_span!("worker")),
         );
         tasks.spawn(
-            intake::run(config.clone(), store.clone(), shutdown.clone())
-                .instrument(info_span!("intake")),
+            intake::run(
+                config.clone(),
+                store.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .instrument(info_span!("intake")),
         );
     }
     let hub = config
         .roles
         .gateway
-        .then(|| push::Hub::new(&config.redis_url, store.clone()));
+        .then(|| push::Hub::new(&config.redis_url, store.clone(), metrics.clone()));
     if let Some(hub) = &hub {
         tasks.spawn(
             hub.clone()
@@ -112,6 +125,7 @@ pub async fn run_with(
         config: config.clone(),
         store: store.clone(),
         hub: hub.clone(),
+        metrics: metrics.clone(),
     };
     let mut app = api::health_router(state.clone());
     if config.roles.api {

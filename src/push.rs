@@ -149,6 +149,7 @@ pub async fn publish_handler(
         field: Some(e.field.to_string()),
     })?;
     let seq = publish(&state.store, state.config.result_ttl, &doc).await?;
+    state.metrics.results_published.inc();
     Ok((
         StatusCode::OK,
         Json(json!({"order_id": doc.order_id, "status": doc.status, "seq": seq})),

@@ -88,6 +88,7 @@ struct Shared {
     slots: Arc<Semaphore>,
     slot_freed: Notify,
     wake: Notify,
+    metrics: crate::metrics::Metrics,
 }
 
 /// Runs the worker until `shutdown` is cancelled, then drains: in-flight attempts get
@@ -96,6 +97,7 @@ pub async fn run(
     config: Arc<Config>,
     store: Store,
     deliverer: Deliverer,
+    metrics: crate::metrics::Metrics,
     shutdown: CancellationToken,
 ) {
     let shared = Arc::new(Shared {
@@ -107,6 +109,7 @@ pub async fn run(
         hosts: Mutex::new(HashMap::new()),
         slot_freed: Notify::new(),
         wake: Notify::new(),
+        metrics,
     });
     let (tx, rx) = mpsc::unbounded_channel();
     let stop_helpers = CancellationToken::new();
@@ -214,6 +217,7 @@ async fn scheduler(
                 Err(e) => {
                     error = true;
                     failures += 1;
+                    shared.metrics.redis_errors.inc();
                     warn!(error = %e, partition = p, "claim failed; backing off");
                 }
             }
@@ -271,9 +275,15 @@ fn dispatch(
     let tx = tx.clone();
     let span =
         info_span!("delivery", id = %c.id, attempt = c.attempt, host = tracing::field::Empty);
+    shared.metrics.in_flight.inc();
     deliveries.spawn(
         async move {
             let report = deliver_one(&shared, c).await;
+            shared.metrics.in_flight.dec();
+            if let Report::Settle(_, s) = &report {
+                let outcome = crate::metrics::Outcome { outcome: s.verdict };
+                shared.metrics.attempts.get_or_create(&outcome).inc();
+            }
             let _ = tx.send(report);
             drop(permit);
             shared.slot_freed.notify_one();
@@ -418,6 +428,7 @@ async fn settler(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>) {
                     }
                     Err(e) if tries < 5 => {
                         tries += 1;
+                        shared.metrics.redis_errors.inc();
                         warn!(error = %e, tries, "settle failed; retrying");
                         tokio::time::sleep(Duration::from_millis(200 * tries)).await;
                     }

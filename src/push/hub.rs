@@ -49,14 +49,11 @@ impl Subscriber {
     }
 }
 
-/// Counters for metrics.
+/// The registry's state, for metrics.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct HubStats {
-    pub connections: u64,
     pub subscriptions: u64,
     pub orders_followed: u64,
-    pub results_pushed: u64,
-    pub slow_followers_cut: u64,
     pub pubsub_live: bool,
 }
 
@@ -68,9 +65,7 @@ struct Inner {
     sink: tokio::sync::Mutex<Option<redis::aio::PubSubSink>>,
     live: AtomicBool,
     next_id: AtomicU64,
-    pub connections: AtomicU64,
-    pushed: AtomicU64,
-    cut: AtomicU64,
+    metrics: crate::metrics::Metrics,
 }
 
 /// Cheap to clone.
@@ -80,7 +75,7 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(redis_url: &str, store: Store) -> Self {
+    pub fn new(redis_url: &str, store: Store, metrics: crate::metrics::Metrics) -> Self {
         Self {
             inner: Arc::new(Inner {
                 keys: store.keys().clone(),
@@ -90,9 +85,7 @@ impl Hub {
                 sink: tokio::sync::Mutex::new(None),
                 live: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
-                connections: AtomicU64::new(0),
-                pushed: AtomicU64::new(0),
-                cut: AtomicU64::new(0),
+                metrics,
             }),
         }
     }
@@ -114,9 +107,9 @@ impl Hub {
     /// Counts a websocket connection in or out.
     pub fn connection(&self, opened: bool) {
         if opened {
-            self.inner.connections.fetch_add(1, Ordering::Relaxed);
+            self.inner.metrics.ws_connections.inc();
         } else {
-            self.inner.connections.fetch_sub(1, Ordering::Relaxed);
+            self.inner.metrics.ws_connections.dec();
         }
     }
 
@@ -189,11 +182,11 @@ impl Hub {
             for sub in followers.values() {
                 match sub.tx.try_send(push.clone()) {
                     Ok(()) => {
-                        self.inner.pushed.fetch_add(1, Ordering::Relaxed);
+                        self.inner.metrics.results_pushed.inc();
                     }
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         if !sub.kicked.is_cancelled() {
-                            self.inner.cut.fetch_add(1, Ordering::Relaxed);
+                            self.inner.metrics.slow_followers_cut.inc();
                             sub.kicked.cancel();
                         }
                     }
@@ -207,11 +200,8 @@ impl Hub {
     pub fn stats(&self) -> HubStats {
         let subs = lock(&self.inner.subs);
         HubStats {
-            connections: self.inner.connections.load(Ordering::Relaxed),
             subscriptions: subs.values().map(|f| f.len() as u64).sum(),
             orders_followed: subs.len() as u64,
-            results_pushed: self.inner.pushed.load(Ordering::Relaxed),
-            slow_followers_cut: self.inner.cut.load(Ordering::Relaxed),
             pubsub_live: self.is_live(),
         }
     }

@@ -484,3 +484,47 @@ async fn subscriptions_come_back_after_redis_restarts() {
         .expect("no result after the Redis restart");
     assert_eq!(v["status"], "paid");
 }
+
+/// Parses Prometheus text into name{labels} -> value, failing on any malformed line.
+fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut out = std::collections::HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (name, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        out.insert(name.to_string(), value);
+    }
+    out
+}
+
+#[tokio::test]
+async fn metrics_count_connections_subscriptions_and_results() {
+    let (_redis, _sink, node) = setup().await;
+    let mut one = connect(&node).await;
+    let mut two = connect(&node).await;
+    subscribe(&mut one, "m-1").await;
+    subscribe(&mut one, "m-2").await;
+    subscribe(&mut two, "m-1").await;
+    publish(&node, "m-1", "paid").await;
+    next(&mut one, Duration::from_secs(5)).await.unwrap();
+    next(&mut two, Duration::from_secs(5)).await.unwrap();
+    let text = reqwest::get(node.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let m = parse_metrics(&text);
+    assert_eq!(m["paynotify_ws_connections"], 2.0, "{text}");
+    assert_eq!(m["paynotify_ws_subscriptions"], 3.0, "{text}");
+    assert_eq!(m["paynotify_orders_followed"], 2.0, "{text}");
+    assert_eq!(m["paynotify_results_published_total"], 1.0, "{text}");
+    assert_eq!(m["paynotify_results_pushed_total"], 2.0, "{text}");
+    assert_eq!(m["paynotify_pubsub_connected"], 1.0, "{text}");
+}
