@@ -197,8 +197,7 @@ async fn setup(partitions: u64) -> (RedisServer, Arc<SinkStats>, std::net::Socke
         lateness: Mutex::new(Vec::new()),
     });
     let sink = start_sink(stats.clone()).await;
-    let store =
-        Store::connect(&redis.url(), Keys::new("paynotify", partitions as u32), 16).unwrap();
+    let store = Store::connect(&redis.url(), Keys::new("paynotify", partitions as u32)).unwrap();
     store.load_scripts().await.unwrap();
     (redis, stats, sink, store)
 }

@@ -187,7 +187,7 @@ async fn require_key(
 async fn ready(State(state): State<ApiState>) -> Response {
     let ping = async {
         let mut conn = state.store.conn().await?;
-        let pong: String = redis::cmd("PING").query_async(&mut *conn).await?;
+        let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok::<_, StoreError>(pong)
     };
     if let Some(hub) = &state.hub {

@@ -220,9 +220,6 @@ pub struct ServeArgs {
     /// On SIGTERM, how long in-flight attempts may finish before the rest is handed back.
     #[arg(long, env = "PAYNOTIFY_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
-    /// Redis connections in the pool.
-    #[arg(long, env = "PAYNOTIFY_REDIS_POOL_SIZE", default_value_t = 32)]
-    pub redis_pool_size: usize,
     /// Secrets for subscribe/device tokens, comma-separated (the first mints, any verifies).
     /// Required with the gateway role.
     #[arg(
@@ -282,7 +279,6 @@ impl ServeArgs {
         c.max_in_flight = self.max_in_flight;
         c.claim_batch = self.claim_batch;
         c.shutdown_grace = self.shutdown_grace;
-        c.redis_pool_size = self.redis_pool_size;
         c.token_secrets = secrets(&self.token_secret);
         c.result_ttl = self.result_ttl;
         c.ws_ping_interval = self.ws_ping_interval;
@@ -323,12 +319,11 @@ pub fn validate(c: &Config) -> Result<(), String> {
     if c.lease < Duration::from_secs(1) {
         return Err("--lease must be at least 1s".into());
     }
-    if c.per_destination_concurrency == 0
-        || c.max_in_flight == 0
-        || c.claim_batch == 0
-        || c.redis_pool_size == 0
-    {
-        return Err("--per-destination-concurrency, --max-in-flight, --claim-batch and --redis-pool-size must be at least 1".into());
+    if c.per_destination_concurrency == 0 || c.max_in_flight == 0 || c.claim_batch == 0 {
+        return Err(
+            "--per-destination-concurrency, --max-in-flight and --claim-batch must be at least 1"
+                .into(),
+        );
     }
     if c.roles.gateway && c.token_secrets.is_empty() {
         return Err(
@@ -373,7 +368,7 @@ impl RedisArgs {
         if self.partitions == 0 || self.partitions > 1024 {
             return Err("--partitions must be from 1 to 1024".into());
         }
-        Store::connect(&self.redis_url, Keys::new(&self.prefix, self.partitions), 4)
+        Store::connect(&self.redis_url, Keys::new(&self.prefix, self.partitions))
             .map_err(|e| e.to_string())
     }
 }

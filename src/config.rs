@@ -71,7 +71,6 @@ pub struct Config {
     pub max_in_flight: usize,
     pub claim_batch: usize,
     pub shutdown_grace: Duration,
-    pub redis_pool_size: usize,
     /// Secrets for subscribe and device tokens (the first mints; any verifies).
     pub token_secrets: Vec<String>,
     /// How long an order's latest result is kept.
@@ -141,7 +140,6 @@ impl Config {
             max_in_flight: 1024,
             claim_batch: 256,
             shutdown_grace: Duration::from_secs(20),
-            redis_pool_size: 32,
             token_secrets: Vec::new(),
             result_ttl: Duration::from_secs(24 * 3600),
             ws_ping_interval: Duration::from_secs(20),

@@ -98,7 +98,6 @@ Stop with Ctrl-C.
         store: crate::store::Store::connect(
             &redis_url,
             crate::keys::Keys::new(&config.prefix, config.partitions),
-            4,
         )
         .map_err(crate::RunError::from)?,
         token_secrets: config.token_secrets.clone(),

@@ -100,7 +100,7 @@ pub async fn run(
                     .arg(group)
                     .arg("0")
                     .arg("MKSTREAM")
-                    .query_async(&mut *conn)
+                    .query_async(&mut conn)
                     .await;
                 match created {
                     Ok(_) => info!("created intake consumer group"),
@@ -120,7 +120,7 @@ pub async fn run(
                     .arg("0")
                     .arg("COUNT")
                     .arg(READ_COUNT)
-                    .query_async(&mut *conn)
+                    .query_async(&mut conn)
                     .await?;
                 let _ = StreamAutoClaimOptions::default();
                 let entries: Vec<Entry> = reply
@@ -253,7 +253,7 @@ async fn process(
                 for (k, v) in fields {
                     cmd.arg(k).arg(v.as_slice());
                 }
-                let _: Value = cmd.query_async(&mut *conn).await?;
+                let _: Value = cmd.query_async(&mut conn).await?;
                 ack.push(entry_id.clone());
             }
             Err(e) => {

@@ -77,7 +77,7 @@ pub async fn run_with(
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
     let keys = keys::Keys::new(&config.prefix, config.partitions);
-    let store = store::Store::connect(&config.redis_url, keys, config.redis_pool_size)?;
+    let store = store::Store::connect(&config.redis_url, keys)?;
     store.load_scripts().await?;
     info!(node = %config.node_id, redis = %config::redact_url(&config.redis_url), roles = ?config.roles, "node starting");
 

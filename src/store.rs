@@ -6,7 +6,8 @@
 //! done set until retention ends) or `dead` (in the dead set). Outcomes carry the claim's token
 //! and are ignored when it no longer matches.
 
-use deadpool_redis::{Pool, Runtime};
+use std::time::Duration;
+
 use redis::Value;
 use serde_json::{json, Value as Json};
 
@@ -19,10 +20,6 @@ use crate::scripts::Scripts;
 pub enum StoreError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("redis pool: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
-    #[error("redis pool setup: {0}")]
-    PoolSetup(#[from] deadpool_redis::CreatePoolError),
     #[error("unexpected reply from redis: {0}")]
     Reply(String),
 }
@@ -86,29 +83,24 @@ pub struct Stats {
 }
 
 /// Handle to the notification store. Cheap to clone.
+///
+/// Every call goes over one multiplexed, auto-reconnecting connection (redis-rs'
+/// `ConnectionManager`): concurrent calls are pipelined on it, and unlike a pool checkout there
+/// is no health-check round trip per call.
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool,
+    client: redis::Client,
+    manager: std::sync::Arc<tokio::sync::OnceCell<redis::aio::ConnectionManager>>,
     keys: Keys,
     scripts: Scripts,
 }
 
 impl Store {
-    /// Connects a pool of `pool_size` connections (no round trip yet).
-    pub fn connect(url: &str, keys: Keys, pool_size: usize) -> Result<Self> {
-        let mut cfg = deadpool_redis::Config::from_url(url);
-        cfg.pool = Some(deadpool_redis::PoolConfig {
-            max_size: pool_size,
-            timeouts: deadpool_redis::Timeouts {
-                wait: Some(std::time::Duration::from_secs(5)),
-                create: Some(std::time::Duration::from_secs(5)),
-                recycle: Some(std::time::Duration::from_secs(5)),
-            },
-            ..Default::default()
-        });
-        let pool = cfg.create_pool(Some(Runtime::Tokio1))?;
+    /// A store on `url` (no round trip yet; the connection is made on first use).
+    pub fn connect(url: &str, keys: Keys) -> Result<Self> {
         Ok(Self {
-            pool,
+            client: redis::Client::open(url)?,
+            manager: Default::default(),
             keys,
             scripts: Scripts::new(),
         })
@@ -119,9 +111,20 @@ impl Store {
         &self.keys
     }
 
-    /// A pooled connection, for the few plain reads outside this module.
-    pub async fn conn(&self) -> Result<deadpool_redis::Connection> {
-        Ok(self.pool.get().await?)
+    /// The shared connection (a cheap clone), for the few plain commands outside this module.
+    pub async fn conn(&self) -> Result<redis::aio::ConnectionManager> {
+        let manager = self
+            .manager
+            .get_or_try_init(|| async {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(5)))
+                    .set_response_timeout(Some(Duration::from_secs(10)))
+                    .set_number_of_retries(3)
+                    .set_max_delay(Duration::from_secs(2));
+                redis::aio::ConnectionManager::new_with_config(self.client.clone(), config).await
+            })
+            .await?;
+        Ok(manager.clone())
     }
 
     /// Loads every script (`SCRIPT LOAD`), which also proves Redis is reachable.

@@ -264,7 +264,7 @@ where
 
 /// A store on the given Redis with the default prefix.
 pub fn store(redis: &RedisServer) -> paynotify::store::Store {
-    paynotify::store::Store::connect(&redis.url(), paynotify::keys::Keys::new("paynotify", 1), 4)
+    paynotify::store::Store::connect(&redis.url(), paynotify::keys::Keys::new("paynotify", 1))
         .unwrap()
 }
 

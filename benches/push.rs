@@ -1,0 +1,246 @@
+//! Browser push benchmark (not a test): `cargo bench --bench push`.
+//!
+//! Starts a private redis-server and two `paynotify serve --roles gateway` release processes,
+//! opens BENCH_CONNS websocket connections (default 15,000) split over the two nodes, each
+//! following its own order, then publishes BENCH_RATE results per second (default 10,000) for
+//! BENCH_SECONDS (default 10) with the same script the API uses, each to one random followed
+//! order. Reports results lost, publish-to-client latency (publisher clock to client clock,
+//! same machine) and server memory per idle subscribed connection (RSS growth / connections).
+
+// A benchmark harness: a failed setup step should stop it loudly.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use paynotify::keys::Keys;
+use paynotify::redis_child::RedisServer;
+use paynotify::store::Store;
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "bench-token-secret-0123456789";
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn node(redis: &RedisServer, port: u16) -> std::process::Child {
+    let bin = std::env::var("PAYNOTIFY_BIN").unwrap_or_else(|_| "target/release/paynotify".into());
+    std::process::Command::new(bin)
+        .args(["serve", "--roles", "gateway", "--redis-url", &redis.url()])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--token-secret",
+            SECRET,
+        ])
+        .env("PAYNOTIFY_LOG", "warn")
+        .spawn()
+        .expect("build the release binary first: cargo build --release")
+}
+
+async fn wait_ready(port: u16) {
+    for _ in 0..200 {
+        if reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("node on {port} never became ready");
+}
+
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let conns = env("BENCH_CONNS", 15_000);
+    let rate = env("BENCH_RATE", 10_000);
+    let seconds = env("BENCH_SECONDS", 10);
+    println!("push: {conns} websocket connections over 2 nodes, {rate} results/s for {seconds} s");
+    let redis = RedisServer::start().unwrap();
+    let ports = [
+        paynotify::redis_child::free_port().unwrap(),
+        paynotify::redis_child::free_port().unwrap(),
+    ];
+    let mut nodes: Vec<_> = ports.iter().map(|p| node(&redis, *p)).collect();
+    for p in ports {
+        wait_ready(p).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before: Vec<u64> = nodes.iter().map(|n| rss_kib(n.id())).collect();
+
+    let received = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::<u64>::with_capacity(
+        (rate * seconds) as usize,
+    )));
+    let expiry = paynotify::now_ms() / 1000 + 3600;
+    let started = Instant::now();
+    let subscribed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let connect_limit = Arc::new(tokio::sync::Semaphore::new(200));
+    for i in 0..conns {
+        let port = ports[(i % 2) as usize];
+        let order = format!("bench-{i}");
+        let token = paynotify::token::mint(
+            &[SECRET.to_string()],
+            paynotify::token::Kind::Order,
+            &order,
+            expiry,
+        )
+        .unwrap();
+        let received = received.clone();
+        let latencies = latencies.clone();
+        let subscribed = subscribed.clone();
+        let limit = connect_limit.clone();
+        tasks.push(tokio::spawn(async move {
+            let permit = limit.acquire_owned().await.unwrap();
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
+                .await
+                .unwrap();
+            let sub = serde_json::json!({"type": "subscribe", "order_id": order, "token": token});
+            ws.send(Message::Text(sub.to_string().into()))
+                .await
+                .unwrap();
+            while let Some(Ok(msg)) = ws.next().await {
+                if let Message::Text(t) = msg {
+                    if t.contains("\"subscribed\"") {
+                        subscribed.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+            drop(permit);
+            while let Some(Ok(msg)) = ws.next().await {
+                if let Message::Text(t) = msg {
+                    let now = now_us();
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    if let Some(sent) = v["data"]["t_us"].as_u64() {
+                        latencies.lock().unwrap().push(now.saturating_sub(sent));
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    while subscribed.load(Ordering::Relaxed) < conns {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "connections did not all subscribe"
+        );
+    }
+    println!(
+        "  {conns} connections subscribed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after: Vec<u64> = nodes.iter().map(|n| rss_kib(n.id())).collect();
+    let per_conn: Vec<f64> = rss_before
+        .iter()
+        .zip(&rss_after)
+        .map(|(b, a)| (a - b) as f64 / (conns as f64 / 2.0))
+        .collect();
+    println!(
+        "  node RSS before/after: {:?} / {:?} KiB -> {:.2} and {:.2} KiB per idle subscribed connection",
+        rss_before, rss_after, per_conn[0], per_conn[1]
+    );
+
+    let store = Store::connect(&redis.url(), Keys::new("paynotify", 1)).unwrap();
+    store.load_scripts().await.unwrap();
+    let total = rate * seconds;
+    let tick = Duration::from_millis(10);
+    let per_tick = (rate / 100).max(1);
+    let mut interval = tokio::time::interval(tick);
+    let publish_start = Instant::now();
+    let mut published = 0u64;
+    let mut seed: u64 = 7;
+    while published < total {
+        interval.tick().await;
+        let batch = per_tick.min(total - published);
+        let futs = (0..batch).map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let order = format!("bench-{}", (seed >> 33) % conns);
+            let store = &store;
+            async move {
+                let doc = paynotify::push::ResultDoc {
+                    order_id: order,
+                    status: "paid".into(),
+                    data: serde_json::json!({"t_us": now_us()}),
+                };
+                paynotify::push::publish(store, Duration::from_secs(600), &doc)
+                    .await
+                    .unwrap();
+            }
+        });
+        futures::future::join_all(futs).await;
+        published += batch;
+    }
+    let publish_secs = publish_start.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.load(Ordering::Relaxed) < published && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = received.load(Ordering::Relaxed);
+    let mut lat = latencies.lock().unwrap().clone();
+    lat.sort_unstable();
+    println!(
+        "  published {published} in {publish_secs:.2} s ({:.0}/s); received {got}; lost {}",
+        published as f64 / publish_secs,
+        published.saturating_sub(got)
+    );
+    println!(
+        "  publish-to-client latency: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        pct(&lat, 0.5) as f64 / 1000.0,
+        pct(&lat, 0.9) as f64 / 1000.0,
+        pct(&lat, 0.99) as f64 / 1000.0,
+        pct(&lat, 0.999) as f64 / 1000.0,
+        lat.last().copied().unwrap_or(0) as f64 / 1000.0
+    );
+    for n in &mut nodes {
+        let _ = n.kill();
+        let _ = n.wait();
+    }
+    for t in tasks {
+        t.abort();
+    }
+}
