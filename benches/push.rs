@@ -135,6 +135,13 @@ async fn run() {
             let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
                 .await
                 .unwrap();
+            if std::env::var("BENCH_NO_SUBSCRIBE").is_ok() {
+                // Memory experiment: connections that never subscribe.
+                subscribed.fetch_add(1, Ordering::Relaxed);
+                drop(permit);
+                let _ = ws.next().await;
+                return;
+            }
             let sub = serde_json::json!({"type": "subscribe", "order_id": order, "token": token});
             ws.send(Message::Text(sub.to_string().into()))
                 .await
@@ -186,9 +193,11 @@ async fn run() {
     let store = Store::connect(&redis.url(), Keys::new("paynotify", 1)).unwrap();
     store.load_scripts().await.unwrap();
     let total = rate * seconds;
-    let tick = Duration::from_millis(10);
-    let per_tick = (rate / 100).max(1);
+    // Paced every millisecond: bursts would measure the publisher's queueing, not delivery.
+    let tick = Duration::from_millis(1);
+    let per_tick = (rate / 1000).max(1);
     let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let publish_start = Instant::now();
     let mut published = 0u64;
     let mut seed: u64 = 7;
