@@ -528,3 +528,44 @@ async fn metrics_count_connections_subscriptions_and_results() {
     assert_eq!(m["paynotify_results_pushed_total"], 2.0, "{text}");
     assert_eq!(m["paynotify_pubsub_connected"], 1.0, "{text}");
 }
+
+#[tokio::test]
+async fn a_socket_that_stops_answering_pings_is_closed() {
+    let redis = RedisServer::start().unwrap();
+    let mut c = config(&redis);
+    c.ws_ping_interval = Duration::from_millis(200);
+    let node = Node::start(c).await;
+    let mut ws = connect(&node).await;
+    subscribe(&mut ws, "quiet").await;
+    // Not reading means not answering pings (the client answers them as it reads).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut closed = None;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                closed = Some(frame.map(|f| u16::from(f.code)));
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(None) | Ok(Some(Err(_))) => break,
+            Err(_) => panic!("the silent socket was not closed"),
+        }
+    }
+    assert_eq!(
+        closed,
+        Some(Some(1011)),
+        "expected a close with 1011 (ping timeout)"
+    );
+    let m = parse_metrics(
+        &reqwest::get(node.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        m["paynotify_ws_subscriptions"], 0.0,
+        "the closed socket's subscription is gone"
+    );
+}
