@@ -92,7 +92,9 @@ pub struct Store {
     client: redis::Client,
     manager: std::sync::Arc<tokio::sync::OnceCell<redis::aio::ConnectionManager>>,
     keys: Keys,
-    scripts: Scripts,
+    /// Shared: the scripts' source text is ~15 KB, and a `Store` is cloned into every
+    /// websocket's state (an owned copy cost ~20 KB per connection).
+    scripts: std::sync::Arc<Scripts>,
 }
 
 impl Store {
@@ -102,7 +104,7 @@ impl Store {
             client: redis::Client::open(url)?,
             manager: Default::default(),
             keys,
-            scripts: Scripts::new(),
+            scripts: std::sync::Arc::new(Scripts::new()),
         })
     }
 
