@@ -78,7 +78,8 @@ async fn client_js() -> impl axum::response::IntoResponse {
 
 /// The upgrade handler, with buffers sized for many idle connections.
 pub async fn handler(ws: WebSocketUpgrade, State(state): State<GatewayState>) -> Response {
-    ws.read_buffer_size(4096)
+    // Client frames are small (a subscribe is ~200 bytes); the buffer grows for a larger one.
+    ws.read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(256 * 1024)
         .max_message_size(MAX_CLIENT_FRAME)
@@ -136,7 +137,8 @@ async fn serve(mut socket: WebSocket, state: &GatewayState) {
                 last_seen = Instant::now();
                 match msg {
                     Message::Text(text) => {
-                        let reply = handle_frame(state, &me, &mut following, text.as_str()).await;
+                        // Boxed, so the Redis futures inside are not part of every idle connection's task.
+                        let reply = Box::pin(handle_frame(state, &me, &mut following, text.as_str())).await;
                         for frame in reply {
                             if !send(&mut socket, &me, frame).await { return cleanup(state, &me, following).await; }
                         }
