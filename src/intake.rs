@@ -9,9 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply,
-};
+use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
 use redis::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -122,7 +120,6 @@ pub async fn run(
                     .arg(READ_COUNT)
                     .query_async(&mut conn)
                     .await?;
-                let _ = StreamAutoClaimOptions::default();
                 let entries: Vec<Entry> = reply
                     .claimed
                     .into_iter()
