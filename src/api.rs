@@ -29,6 +29,8 @@ pub struct ApiState {
     /// The pub/sub hub, on nodes with the gateway role (readiness includes it).
     pub hub: Option<crate::push::Hub>,
     pub metrics: crate::metrics::Metrics,
+    /// Device call router (nodes with the api or gateway role).
+    pub devices: Option<crate::device::Devices>,
 }
 
 /// An API refusal or failure, rendered as JSON.
@@ -137,6 +139,9 @@ pub fn v1_router(state: ApiState) -> Router {
             "/v1/orders/{order_id}/result",
             post(crate::push::publish_handler),
         )
+        .route("/v1/devices/{id}", get(device_show))
+        .route("/v1/devices/{id}/call", post(device_call))
+        .route("/v1/devices/{id}/send", post(device_send))
         .layer(middleware::from_fn_with_state(state.clone(), require_key))
         .layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES))
         .with_state(state)
@@ -355,6 +360,122 @@ async fn dead_replay_one(
 async fn stats(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let s = state.store.stats(crate::now_ms()).await?;
     Ok(Json(serde_json::to_value(s).unwrap_or(Value::Null)))
+}
+
+fn devices(state: &ApiState) -> Result<&crate::device::Devices, ApiError> {
+    state.devices.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "devices are not served here",
+        )
+    })
+}
+
+/// `GET /v1/devices/{id}`: online, node, connected since, last seen.
+async fn device_show(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_id(&id)?;
+    let p = state.store.device_presence(&id).await?;
+    let time = |k: &str| p.get(k).and_then(|v| v.parse::<i64>().ok());
+    Ok(Json(match p.get("node") {
+        Some(node) => {
+            json!({"id": id, "online": true, "node": node, "connected_since": time("since"), "last_seen": time("last_seen")})
+        }
+        None => json!({"id": id, "online": false}),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallBody {
+    method: String,
+    #[serde(default)]
+    params: Value,
+    timeout_ms: Option<u64>,
+}
+
+/// `POST /v1/devices/{id}/call`: 200 `{"result"}`, 404 `device_offline`, 504 `device_timeout`,
+/// 502 `device_error`.
+async fn device_call(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<CallBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    check_id(&id)?;
+    let Json(body) =
+        body.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "invalid", r.body_text()))?;
+    if body.method.is_empty() || body.method.len() > 64 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "method must be 1 to 64 characters",
+        ));
+    }
+    let timeout_ms = body
+        .timeout_ms
+        .unwrap_or(crate::device::DEFAULT_CALL_TIMEOUT_MS);
+    if timeout_ms == 0 || timeout_ms > crate::device::MAX_CALL_TIMEOUT_MS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!(
+                "timeout_ms must be from 1 to {}",
+                crate::device::MAX_CALL_TIMEOUT_MS
+            ),
+        ));
+    }
+    let outcome = devices(&state)?
+        .call(
+            &id,
+            &body.method,
+            body.params,
+            std::time::Duration::from_millis(timeout_ms),
+        )
+        .await?;
+    use crate::device::CallOutcome;
+    Ok(match outcome {
+        CallOutcome::Result(v) => Json(json!({"result": v})).into_response(),
+        CallOutcome::DeviceError(e) => (
+            StatusCode::BAD_GATEWAY,
+            Json(json!({"code": "device_error", "message": e})),
+        )
+            .into_response(),
+        CallOutcome::Offline => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "device_offline",
+            format!("device {id:?} is not connected"),
+        )
+        .into_response(),
+        CallOutcome::Timeout => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "device_timeout",
+            format!("device {id:?} did not answer within {timeout_ms} ms"),
+        )
+        .into_response(),
+    })
+}
+
+/// `POST /v1/devices/{id}/send` with any JSON: delivered as `{"type":"message","data":…}`.
+async fn device_send(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    check_id(&id)?;
+    let Json(data) =
+        body.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "invalid", r.body_text()))?;
+    if devices(&state)?.send(&id, data).await? {
+        Ok((StatusCode::ACCEPTED, Json(json!({"id": id, "sent": true}))).into_response())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "device_offline",
+            format!("device {id:?} is not connected"),
+        ))
+    }
 }
 
 #[cfg(test)]

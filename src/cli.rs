@@ -241,6 +241,12 @@ pub struct ServeArgs {
     /// Frames queued for one websocket before it is cut off as too slow a reader.
     #[arg(long, env = "PAYNOTIFY_WS_SEND_QUEUE", default_value_t = 64)]
     pub ws_send_queue: usize,
+    /// Address devices connect to (TCP, newline-delimited JSON), on gateway nodes. Unset: none.
+    #[arg(long, env = "PAYNOTIFY_DEVICE_LISTEN")]
+    pub device_listen: Option<String>,
+    /// Device heartbeat interval; a device silent for 1.5 intervals is closed and marked offline.
+    #[arg(long, env = "PAYNOTIFY_DEVICE_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub device_heartbeat: Duration,
 }
 
 /// `dev`: like serve, with a private Redis and laptop defaults.
@@ -284,6 +290,8 @@ impl ServeArgs {
         c.ws_ping_interval = self.ws_ping_interval;
         c.ws_max_subscriptions = self.ws_max_subscriptions;
         c.ws_send_queue = self.ws_send_queue;
+        c.device_listen = self.device_listen.clone();
+        c.device_heartbeat = self.device_heartbeat;
         validate(&c)?;
         Ok(c)
     }

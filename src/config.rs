@@ -81,6 +81,10 @@ pub struct Config {
     pub ws_max_subscriptions: usize,
     /// Frames queued for one websocket before it is cut off as too slow.
     pub ws_send_queue: usize,
+    /// Where devices connect (TCP, newline-delimited JSON); none: no device listener.
+    pub device_listen: Option<String>,
+    /// Expected device heartbeat interval; a device silent for 1.5 of them is closed.
+    pub device_heartbeat: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -116,6 +120,8 @@ impl std::fmt::Debug for Config {
             .field("ws_ping_interval", &self.ws_ping_interval)
             .field("ws_max_subscriptions", &self.ws_max_subscriptions)
             .field("ws_send_queue", &self.ws_send_queue)
+            .field("device_listen", &self.device_listen)
+            .field("device_heartbeat", &self.device_heartbeat)
             .finish()
     }
 }
@@ -145,6 +151,8 @@ impl Config {
             ws_ping_interval: Duration::from_secs(20),
             ws_max_subscriptions: 32,
             ws_send_queue: 64,
+            device_listen: None,
+            device_heartbeat: Duration::from_secs(5),
         }
     }
 }

@@ -104,6 +104,16 @@ impl Keys {
             .and_then(|c| c.strip_prefix(":order:"))
     }
 
+    /// HASH `{node, conn, since, last_seen}`: where a device is connected (own hash tag per device).
+    pub fn device_presence(&self, device_id: &str) -> String {
+        format!("{}:device:{{{}}}", self.prefix, device_id)
+    }
+
+    /// Pub/sub channel of one node: calls and sends for its devices, replies to its callers.
+    pub fn node_channel(&self, node_id: &str) -> String {
+        format!("{}:node:{}", self.prefix, node_id)
+    }
+
     /// Consumer group name on the intake stream.
     pub fn intake_group(&self) -> &'static str {
         "paynotify"

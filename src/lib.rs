@@ -6,10 +6,12 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod dev;
+pub mod device;
 pub mod intake;
 pub mod keys;
 pub mod metrics;
@@ -69,9 +71,30 @@ pub async fn run(
 }
 
 /// [`run`] with extra routes merged into the HTTP server (used by `dev` for its demo sink).
+/// Binds the device listener from `config.device_listen` on gateway nodes.
 pub async fn run_with(
     config: Config,
     listener: TcpListener,
+    shutdown: CancellationToken,
+    extra: axum::Router,
+) -> Result<(), RunError> {
+    let devices = match (&config.device_listen, config.roles.gateway) {
+        (Some(addr), true) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            RunError::Io(std::io::Error::new(
+                e.kind(),
+                format!("--device-listen {addr}: {e}"),
+            ))
+        })?),
+        _ => None,
+    };
+    run_with_listeners(config, listener, devices, shutdown, extra).await
+}
+
+/// [`run_with`] on an already bound device listener (tests bind port 0).
+pub async fn run_with_listeners(
+    config: Config,
+    listener: TcpListener,
+    device_listener: Option<TcpListener>,
     shutdown: CancellationToken,
     extra: axum::Router,
 ) -> Result<(), RunError> {
@@ -121,11 +144,30 @@ pub async fn run_with(
                 .instrument(info_span!("pubsub")),
         );
     }
+    let devices = (config.roles.api || config.roles.gateway)
+        .then(|| device::Devices::new(config.clone(), store.clone()));
+    if let Some(devices) = &devices {
+        tasks.spawn(
+            devices
+                .clone()
+                .run_node_channel(shutdown.clone())
+                .instrument(info_span!("node_channel")),
+        );
+        if let (Some(l), true) = (device_listener, config.roles.gateway) {
+            tasks.spawn(
+                devices
+                    .clone()
+                    .run_listener(l, shutdown.clone())
+                    .instrument(info_span!("devices")),
+            );
+        }
+    }
     let state = api::ApiState {
         config: config.clone(),
         store: store.clone(),
         hub: hub.clone(),
         metrics: metrics.clone(),
+        devices,
     };
     let mut app = api::health_router(state.clone());
     if config.roles.api {

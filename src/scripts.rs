@@ -17,6 +17,9 @@ pub struct Scripts {
     pub sweep: Script,
     pub intake_ack: Script,
     pub publish: Script,
+    pub device_join: Script,
+    pub device_touch: Script,
+    pub device_leave: Script,
 }
 
 impl Scripts {
@@ -32,11 +35,14 @@ impl Scripts {
             sweep: Script::new(include_str!("../lua/sweep.lua")),
             intake_ack: Script::new(include_str!("../lua/intake_ack.lua")),
             publish: Script::new(include_str!("../lua/publish.lua")),
+            device_join: Script::new(include_str!("../lua/device_join.lua")),
+            device_touch: Script::new(include_str!("../lua/device_touch.lua")),
+            device_leave: Script::new(include_str!("../lua/device_leave.lua")),
         }
     }
 
     /// Every script with its name, for loading at startup (`SCRIPT LOAD`).
-    pub fn all(&self) -> [(&'static str, &Script); 9] {
+    pub fn all(&self) -> [(&'static str, &Script); 12] {
         [
             ("enqueue", &self.enqueue),
             ("claim", &self.claim),
@@ -47,6 +53,9 @@ impl Scripts {
             ("sweep", &self.sweep),
             ("intake_ack", &self.intake_ack),
             ("publish", &self.publish),
+            ("device_join", &self.device_join),
+            ("device_touch", &self.device_touch),
+            ("device_leave", &self.device_leave),
         ]
     }
 }

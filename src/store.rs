@@ -408,6 +408,81 @@ impl Store {
         Ok(seq.zip(result))
     }
 
+    /// Records a device's connection; returns the connection it replaced (node, connection id).
+    pub async fn device_join(
+        &self,
+        device_id: &str,
+        node: &str,
+        conn_id: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<(String, String)>> {
+        let mut conn = self.conn().await?;
+        let prev: Vec<String> = self
+            .scripts
+            .device_join
+            .key(self.keys.device_presence(device_id))
+            .arg(node)
+            .arg(conn_id)
+            .arg(crate::now_ms())
+            .arg(ttl_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match prev.as_slice() {
+            [node, conn] => Some((node.clone(), conn.clone())),
+            _ => None,
+        })
+    }
+
+    /// Refreshes a device's presence; false when another connection owns it now.
+    pub async fn device_touch(&self, device_id: &str, conn_id: &str, ttl_ms: u64) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        let n: i64 = self
+            .scripts
+            .device_touch
+            .key(self.keys.device_presence(device_id))
+            .arg(conn_id)
+            .arg(crate::now_ms())
+            .arg(ttl_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Removes a device's presence if `conn_id` still owns it.
+    pub async fn device_leave(&self, device_id: &str, conn_id: &str) -> Result<()> {
+        let mut conn = self.conn().await?;
+        let _: i64 = self
+            .scripts
+            .device_leave
+            .key(self.keys.device_presence(device_id))
+            .arg(conn_id)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Where a device is connected: `{node, conn, since, last_seen}`, empty when offline.
+    pub async fn device_presence(
+        &self,
+        device_id: &str,
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let mut conn = self.conn().await?;
+        Ok(redis::cmd("HGETALL")
+            .arg(self.keys.device_presence(device_id))
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Publishes on a node's channel; returns how many subscribers got it (0: the node is gone).
+    pub async fn publish_to_node(&self, node: &str, message: &str) -> Result<i64> {
+        let mut conn = self.conn().await?;
+        Ok(redis::cmd("PUBLISH")
+            .arg(self.keys.node_channel(node))
+            .arg(message)
+            .query_async(&mut conn)
+            .await?)
+    }
+
     /// Acknowledges and deletes intake entries.
     pub async fn intake_ack(&self, entry_ids: &[String]) -> Result<()> {
         if entry_ids.is_empty() {

@@ -41,6 +41,16 @@ pub enum TokenError {
     NoSecret,
 }
 
+impl TokenError {
+    /// The stable error code clients see.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::Expired => "expired_token",
+            _ => "bad_token",
+        }
+    }
+}
+
 /// Longest token accepted (anything longer is malformed without further work).
 pub const MAX_TOKEN_LEN: usize = 128;
 

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinSet;
@@ -539,39 +538,12 @@ async fn renewer(shared: Arc<Shared>, stop: CancellationToken) {
 /// (re)connect, since wake-ups sent while disconnected are lost.
 async fn wake_listener(shared: Arc<Shared>, stop: CancellationToken) {
     let channel = shared.store.keys().wake_channel();
-    let mut failures = 0u32;
-    while !stop.is_cancelled() {
-        let connected = async {
-            let client = redis::Client::open(shared.config.redis_url.as_str())?;
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        }
-        .await;
-        match connected {
-            Ok(pubsub) => {
-                failures = 0;
-                shared.wake.notify_one();
-                let mut messages = pubsub.into_on_message();
-                loop {
-                    tokio::select! {
-                        msg = messages.next() => match msg {
-                            Some(_) => shared.wake.notify_one(),
-                            None => { warn!("wake channel closed; reconnecting"); break }
-                        },
-                        _ = stop.cancelled() => return,
-                    }
-                }
-            }
-            Err(e) => {
-                failures += 1;
-                warn!(error = %e, "wake channel subscribe failed; retrying");
-            }
-        }
-        let backoff = Duration::from_millis((100u64 << failures.min(5)).min(3000));
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {},
-            _ = stop.cancelled() => return,
-        }
-    }
+    crate::channel::follow(
+        &shared.config.redis_url,
+        &channel,
+        &stop,
+        || shared.wake.notify_one(),
+        |_| shared.wake.notify_one(),
+    )
+    .await;
 }

@@ -223,11 +223,7 @@ async fn handle_frame(
                 &token,
                 crate::now_ms() / 1000,
             ) {
-                let code = if e == token::TokenError::Expired {
-                    "expired_token"
-                } else {
-                    "bad_token"
-                };
+                let code = e.code();
                 return vec![error_frame(code, &e.to_string(), Some(&order_id))];
             }
             let subscribed = json!({"type": "subscribed", "order_id": order_id}).to_string();

@@ -3,6 +3,7 @@
 
 mod browser;
 mod delivery;
+mod devices;
 mod enqueue;
 mod push;
 mod replicas;

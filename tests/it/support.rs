@@ -158,18 +158,42 @@ async fn respond(
 /// A node run in-process with [`paynotify::run`].
 pub struct Node {
     pub addr: SocketAddr,
+    /// Where devices connect, when the node was started with a device listener.
+    pub device_addr: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<Result<(), paynotify::RunError>>>,
 }
 
 impl Node {
     pub async fn start(config: Config) -> Node {
+        Self::start_inner(config, false).await
+    }
+
+    /// A node that also listens for devices on a free port.
+    pub async fn start_with_devices(config: Config) -> Node {
+        Self::start_inner(config, true).await
+    }
+
+    async fn start_inner(config: Config, devices: bool) -> Node {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let device_listener = if devices {
+            Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        } else {
+            None
+        };
+        let device_addr = device_listener.as_ref().map(|l| l.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(paynotify::run(config, listener, shutdown.clone()));
+        let handle = tokio::spawn(paynotify::run_with_listeners(
+            config,
+            listener,
+            device_listener,
+            shutdown.clone(),
+            axum::Router::new(),
+        ));
         let node = Node {
             addr,
+            device_addr,
             shutdown,
             handle: Some(handle),
         };

@@ -1,0 +1,13 @@
+-- device_touch.lua: refresh a connected device's presence, if this connection still owns it.
+--
+-- KEYS[1] presence  HASH {node, conn, since, last_seen}
+-- ARGV[1] connection id
+-- ARGV[2] now (ms)
+-- ARGV[3] time to live (ms)
+-- Returns: 1 when refreshed, 0 when another connection has taken over (or it expired)
+if redis.call('HGET', KEYS[1], 'conn') ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'last_seen', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1

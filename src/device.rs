@@ -1,0 +1,580 @@
+//! Devices on long-lived connections (role `gateway`): newline-delimited JSON over TCP, presence
+//! in Redis, and calls with deadlines from any node.
+//!
+//! Device → server frames: `{"type":"hello","device_id","token"}` (first, within 10 s),
+//! `{"type":"ping"}`, `{"type":"reply","id","result"|"error"}`. Server → device:
+//! `{"type":"welcome"}`, `{"type":"pong"}`, `{"type":"call","id","method","params"}`,
+//! `{"type":"message","data"}`, `{"type":"error","code","message"}`,
+//! `{"type":"goodbye","reason"}`.
+//!
+//! Invariant: every device connection is its own task with its own deadlines, so a device that
+//! stops answering delays nobody else; a call is sent to the one node that holds the device
+//! (its presence entry), over that node's channel, and the caller waits at most its deadline. A
+//! device silent for 1.5 heartbeats is closed and its presence removed at once; presence also
+//! expires by itself (3 heartbeats), so a crashed node leaves no ghosts.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::config::Config;
+use crate::store::Store;
+use crate::token::{self, Kind};
+
+/// Largest frame a device may send, in bytes (including the newline).
+pub const MAX_DEVICE_FRAME: usize = 4096;
+/// Longest call deadline.
+pub const MAX_CALL_TIMEOUT_MS: u64 = 30_000;
+/// Default call deadline.
+pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 3_000;
+/// Time a new connection has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time one write to a device may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Calls and sends queued for one device.
+const DEVICE_QUEUE: usize = 64;
+
+/// What the node channel carries between nodes.
+#[derive(Debug, serde::Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum NodeMessage {
+    Call {
+        call_id: String,
+        device: String,
+        method: String,
+        params: Value,
+        reply_node: String,
+    },
+    Send {
+        device: String,
+        data: Value,
+    },
+    Kick {
+        device: String,
+        conn: String,
+    },
+    Reply {
+        call_id: String,
+        #[serde(default)]
+        result: Option<Value>,
+        #[serde(default)]
+        error: Option<String>,
+        #[serde(default)]
+        offline: bool,
+    },
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallOutcome {
+    Result(Value),
+    DeviceError(String),
+    Offline,
+    Timeout,
+}
+
+enum Outgoing {
+    Call {
+        call_id: String,
+        method: String,
+        params: Value,
+        reply_node: String,
+    },
+    Message(Value),
+}
+
+struct Local {
+    conn: String,
+    tx: mpsc::Sender<Outgoing>,
+    kick: CancellationToken,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    store: Store,
+    local: Mutex<HashMap<String, Local>>,
+    pending: Mutex<HashMap<String, oneshot::Sender<CallOutcome>>>,
+}
+
+/// The node's device registry and call router. Cheap to clone.
+#[derive(Clone)]
+pub struct Devices {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Devices {
+    pub fn new(config: Arc<Config>, store: Store) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                local: Mutex::new(HashMap::new()),
+                pending: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn presence_ttl_ms(&self) -> u64 {
+        (self.inner.config.device_heartbeat.as_millis() as u64)
+            .saturating_mul(3)
+            .max(1000)
+    }
+
+    /// Calls `method` on a device, wherever it is connected, waiting at most `timeout`.
+    pub async fn call(
+        &self,
+        device: &str,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<CallOutcome, crate::store::StoreError> {
+        let presence = self.inner.store.device_presence(device).await?;
+        let Some(node) = presence.get("node") else {
+            return Ok(CallOutcome::Offline);
+        };
+        let call_id = uuid::Uuid::new_v4().simple().to_string();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner.pending).insert(call_id.clone(), tx);
+        let message = NodeMessage::Call {
+            call_id: call_id.clone(),
+            device: device.to_string(),
+            method: method.to_string(),
+            params,
+            reply_node: self.inner.config.node_id.clone(),
+        };
+        let sent = self
+            .inner
+            .store
+            .publish_to_node(node, &serde_json::to_string(&message).unwrap_or_default())
+            .await;
+        let outcome = match sent {
+            Ok(0) => CallOutcome::Offline,
+            Ok(_) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) => CallOutcome::Offline,
+                Err(_) => CallOutcome::Timeout,
+            },
+            Err(e) => {
+                lock(&self.inner.pending).remove(&call_id);
+                return Err(e);
+            }
+        };
+        lock(&self.inner.pending).remove(&call_id);
+        Ok(outcome)
+    }
+
+    /// Sends a one-way message; false when the device is offline.
+    pub async fn send(&self, device: &str, data: Value) -> Result<bool, crate::store::StoreError> {
+        let presence = self.inner.store.device_presence(device).await?;
+        let Some(node) = presence.get("node") else {
+            return Ok(false);
+        };
+        let message = NodeMessage::Send {
+            device: device.to_string(),
+            data,
+        };
+        let n = self
+            .inner
+            .store
+            .publish_to_node(node, &serde_json::to_string(&message).unwrap_or_default())
+            .await?;
+        Ok(n > 0)
+    }
+
+    fn reply(&self, reply_node: &str, call_id: &str, outcome: CallOutcome) {
+        let message = match outcome {
+            CallOutcome::Result(v) => NodeMessage::Reply {
+                call_id: call_id.into(),
+                result: Some(v),
+                error: None,
+                offline: false,
+            },
+            CallOutcome::DeviceError(e) => NodeMessage::Reply {
+                call_id: call_id.into(),
+                result: None,
+                error: Some(e),
+                offline: false,
+            },
+            CallOutcome::Offline | CallOutcome::Timeout => NodeMessage::Reply {
+                call_id: call_id.into(),
+                result: None,
+                error: None,
+                offline: true,
+            },
+        };
+        let store = self.inner.store.clone();
+        let node = reply_node.to_string();
+        tokio::spawn(async move {
+            let text = serde_json::to_string(&message).unwrap_or_default();
+            if let Err(e) = store.publish_to_node(&node, &text).await {
+                warn!(error = %e, "could not send a call reply");
+            }
+        });
+    }
+
+    fn on_node_message(&self, text: &str) {
+        let Ok(message) = serde_json::from_str::<NodeMessage>(text) else {
+            warn!("unreadable node message");
+            return;
+        };
+        match message {
+            NodeMessage::Reply {
+                call_id,
+                result,
+                error,
+                offline,
+            } => {
+                if let Some(tx) = lock(&self.inner.pending).remove(&call_id) {
+                    let outcome = match (result, error, offline) {
+                        (_, _, true) => CallOutcome::Offline,
+                        (_, Some(e), _) => CallOutcome::DeviceError(e),
+                        (Some(v), None, false) => CallOutcome::Result(v),
+                        (None, None, false) => CallOutcome::Result(Value::Null),
+                    };
+                    let _ = tx.send(outcome);
+                }
+            }
+            NodeMessage::Call {
+                call_id,
+                device,
+                method,
+                params,
+                reply_node,
+            } => {
+                let tx = lock(&self.inner.local).get(&device).map(|l| l.tx.clone());
+                let queued = tx.is_some_and(|tx| {
+                    tx.try_send(Outgoing::Call {
+                        call_id: call_id.clone(),
+                        method,
+                        params,
+                        reply_node: reply_node.clone(),
+                    })
+                    .is_ok()
+                });
+                if !queued {
+                    self.reply(&reply_node, &call_id, CallOutcome::Offline);
+                }
+            }
+            NodeMessage::Send { device, data } => {
+                if let Some(l) = lock(&self.inner.local).get(&device) {
+                    let _ = l.tx.try_send(Outgoing::Message(data));
+                }
+            }
+            NodeMessage::Kick { device, conn } => {
+                if let Some(l) = lock(&self.inner.local).get(&device) {
+                    if l.conn == conn {
+                        l.kick.cancel();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Listens on this node's channel (calls, sends, kicks, replies) until `shutdown`.
+    pub async fn run_node_channel(self, shutdown: CancellationToken) {
+        let channel = self
+            .inner
+            .store
+            .keys()
+            .node_channel(&self.inner.config.node_id);
+        crate::channel::follow(
+            &self.inner.config.redis_url,
+            &channel,
+            &shutdown,
+            || {},
+            |msg| {
+                if let Ok(text) = std::str::from_utf8(msg.get_payload_bytes()) {
+                    self.on_node_message(text);
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Accepts device connections on `listener` until `shutdown`; each one is its own task.
+    pub async fn run_listener(self, listener: TcpListener, shutdown: CancellationToken) {
+        let mut connections = tokio::task::JoinSet::new();
+        info!(addr = ?listener.local_addr().ok(), "device listener started");
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let this = self.clone();
+                        let stop = shutdown.clone();
+                        connections.spawn(this.serve(stream, stop).instrument(info_span!("device", %peer)));
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "device accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = shutdown.cancelled() => break,
+                Some(_) = connections.join_next() => {}
+            }
+        }
+        while connections.join_next().await.is_some() {}
+    }
+
+    async fn serve(self, stream: TcpStream, shutdown: CancellationToken) {
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::with_capacity(1024, read);
+        let mut buf = Vec::with_capacity(256);
+        // Hello first.
+        let hello =
+            match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut reader, &mut buf)).await {
+                Ok(Ok(Some(frame))) => frame,
+                Ok(Ok(None)) => return,
+                Ok(Err(code)) => {
+                    return refuse(&mut write, code, "the first frame must be a hello").await
+                }
+                Err(_) => return refuse(&mut write, "hello_timeout", "no hello within 10 s").await,
+            };
+        let (device, token) = match (
+            hello.get("type").and_then(Value::as_str),
+            hello.get("device_id").and_then(Value::as_str),
+            hello.get("token").and_then(Value::as_str),
+        ) {
+            (Some("hello"), Some(d), Some(t)) => (d.to_string(), t.to_string()),
+            _ => {
+                return refuse(
+                    &mut write,
+                    "bad_frame",
+                    "the first frame must be {\"type\":\"hello\",\"device_id\",\"token\"}",
+                )
+                .await
+            }
+        };
+        if let Err(m) = crate::notification::validate_id(&device) {
+            return refuse(&mut write, "bad_device_id", &format!("device id {m}")).await;
+        }
+        if let Err(e) = token::verify(
+            &self.inner.config.token_secrets,
+            Kind::Device,
+            &device,
+            &token,
+            crate::now_ms() / 1000,
+        ) {
+            let code = e.code();
+            return refuse(&mut write, code, &e.to_string()).await;
+        }
+        let conn_id = uuid::Uuid::new_v4().simple().to_string();
+        let ttl = self.presence_ttl_ms();
+        let (tx, mut rx) = mpsc::channel(DEVICE_QUEUE);
+        let kick = CancellationToken::new();
+        let previous_local = lock(&self.inner.local).insert(
+            device.clone(),
+            Local {
+                conn: conn_id.clone(),
+                tx,
+                kick: kick.clone(),
+            },
+        );
+        if let Some(prev) = previous_local {
+            prev.kick.cancel();
+        }
+        match self
+            .inner
+            .store
+            .device_join(&device, &self.inner.config.node_id, &conn_id, ttl)
+            .await
+        {
+            Ok(Some((node, conn))) if node != self.inner.config.node_id => {
+                let kick_msg = NodeMessage::Kick {
+                    device: device.clone(),
+                    conn,
+                };
+                let _ = self
+                    .inner
+                    .store
+                    .publish_to_node(&node, &serde_json::to_string(&kick_msg).unwrap_or_default())
+                    .await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "device presence could not be recorded");
+                self.unregister(&device, &conn_id);
+                return refuse(
+                    &mut write,
+                    "unavailable",
+                    "presence store unavailable; retry",
+                )
+                .await;
+            }
+        }
+        debug!(%device, "device connected");
+        let heartbeat = self.inner.config.device_heartbeat;
+        let silence_limit = heartbeat + heartbeat / 2;
+        let mut pending: HashMap<String, String> = HashMap::new();
+        let mut last_seen = Instant::now();
+        let mut last_touch = Instant::now();
+        let mut goodbye = None;
+        if write_frame(&mut write, &json!({"type": "welcome"})).await {
+            loop {
+                tokio::select! {
+                    frame = read_frame(&mut reader, &mut buf) => match frame {
+                        Ok(Some(frame)) => {
+                            last_seen = Instant::now();
+                            if last_touch.elapsed() >= heartbeat / 2 {
+                                last_touch = Instant::now();
+                                if let Ok(false) = self.inner.store.device_touch(&device, &conn_id, ttl).await {
+                                    goodbye = Some("replaced by a newer connection");
+                                    break;
+                                }
+                            }
+                            let reply = self.on_device_frame(&frame, &mut pending);
+                            if let Some(reply) = reply {
+                                if !write_frame(&mut write, &reply).await { break }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(code) => {
+                            let _ = write_frame(&mut write, &json!({"type": "error", "code": code, "message": "frame refused; closing"})).await;
+                            break;
+                        }
+                    },
+                    out = rx.recv() => match out {
+                        Some(Outgoing::Call { call_id, method, params, reply_node }) => {
+                            let frame = json!({"type": "call", "id": call_id, "method": method, "params": params});
+                            pending.insert(call_id, reply_node);
+                            if !write_frame(&mut write, &frame).await { break }
+                        }
+                        Some(Outgoing::Message(data)) => {
+                            if !write_frame(&mut write, &json!({"type": "message", "data": data})).await { break }
+                        }
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(last_seen + silence_limit) => {
+                        debug!(%device, "no heartbeat within 1.5 intervals; closing");
+                        goodbye = Some("heartbeat timeout");
+                        break;
+                    }
+                    _ = kick.cancelled() => { goodbye = Some("replaced by a newer connection"); break }
+                    _ = shutdown.cancelled() => { goodbye = Some("server shutting down"); break }
+                }
+            }
+        }
+        if let Some(reason) = goodbye {
+            let _ = write_frame(&mut write, &json!({"type": "goodbye", "reason": reason})).await;
+        }
+        let _ = write.shutdown().await;
+        self.unregister(&device, &conn_id);
+        if let Err(e) = self.inner.store.device_leave(&device, &conn_id).await {
+            warn!(error = %e, "device presence could not be removed; it expires by itself");
+        }
+        for (call_id, reply_node) in pending {
+            self.reply(&reply_node, &call_id, CallOutcome::Offline);
+        }
+        debug!(%device, "device disconnected");
+    }
+
+    fn unregister(&self, device: &str, conn_id: &str) {
+        let mut local = lock(&self.inner.local);
+        if local.get(device).is_some_and(|l| l.conn == conn_id) {
+            local.remove(device);
+        }
+    }
+
+    fn on_device_frame(
+        &self,
+        frame: &Value,
+        pending: &mut HashMap<String, String>,
+    ) -> Option<Value> {
+        match frame.get("type").and_then(Value::as_str) {
+            Some("ping") => Some(json!({"type": "pong"})),
+            Some("reply") => {
+                let id = frame.get("id").and_then(Value::as_str)?;
+                let Some(reply_node) = pending.remove(id) else {
+                    return Some(
+                        json!({"type": "error", "code": "unknown_call", "message": "no pending call with that id"}),
+                    );
+                };
+                let outcome = match frame.get("error") {
+                    Some(e) if !e.is_null() => CallOutcome::DeviceError(
+                        e.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| e.to_string()),
+                    ),
+                    _ => CallOutcome::Result(frame.get("result").cloned().unwrap_or(Value::Null)),
+                };
+                self.reply(&reply_node, id, outcome);
+                None
+            }
+            _ => Some(
+                json!({"type": "error", "code": "bad_frame", "message": "expected ping or reply"}),
+            ),
+        }
+    }
+}
+
+/// Reads one newline-terminated JSON frame. `Ok(None)` at end of stream; `Err(code)` for an
+/// oversized, non-UTF-8 or non-JSON frame. Cancel-safe: bytes of a frame read so far stay in
+/// `buf` until the frame is complete.
+async fn read_frame<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<Option<Value>, &'static str> {
+    loop {
+        let room = (MAX_DEVICE_FRAME + 1).saturating_sub(buf.len()) as u64;
+        let n = (&mut *reader)
+            .take(room)
+            .read_until(b'\n', buf)
+            .await
+            .map_err(|_| "read_error")?;
+        if buf.last() != Some(&b'\n') {
+            if buf.len() > MAX_DEVICE_FRAME {
+                buf.clear();
+                return Err("frame_too_large");
+            }
+            if n != 0 {
+                continue;
+            }
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            // End of stream after an unterminated frame: take it as the last one.
+        }
+        let parsed = match std::str::from_utf8(buf) {
+            Ok(text) if text.trim().is_empty() => None,
+            Ok(text) => Some(serde_json::from_str(text.trim()).map_err(|_| "bad_frame")),
+            Err(_) => Some(Err("bad_frame")),
+        };
+        buf.clear();
+        match parsed {
+            None if n == 0 => return Ok(None),
+            None => continue,
+            Some(result) => return result.map(Some),
+        }
+    }
+}
+
+async fn write_frame(write: &mut tokio::net::tcp::OwnedWriteHalf, frame: &Value) -> bool {
+    let mut line = frame.to_string();
+    line.push('\n');
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, write.write_all(line.as_bytes())).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn refuse(write: &mut tokio::net::tcp::OwnedWriteHalf, code: &str, message: &str) {
+    let _ = write_frame(
+        write,
+        &json!({"type": "error", "code": code, "message": message}),
+    )
+    .await;
+    let _ = write.shutdown().await;
+}

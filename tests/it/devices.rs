@@ -1,0 +1,280 @@
+//! Devices on TCP: calls across nodes with deadlines, heartbeats, presence, bad input.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+fn device_token(id: &str) -> String {
+    let expiry = paynotify::now_ms() / 1000 + 600;
+    paynotify::token::mint(
+        &[TOKEN_SECRET.to_string()],
+        paynotify::token::Kind::Device,
+        id,
+        expiry,
+    )
+    .unwrap()
+}
+
+struct Device {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Device {
+    async fn connect(node: &Node, id: &str, token: &str) -> (Device, Value) {
+        let stream = TcpStream::connect(node.device_addr.unwrap()).await.unwrap();
+        let (r, w) = stream.into_split();
+        let mut d = Device {
+            reader: BufReader::new(r),
+            writer: w,
+        };
+        d.send(json!({"type": "hello", "device_id": id, "token": token}))
+            .await;
+        let first = d.recv(Duration::from_secs(5)).await.unwrap();
+        (d, first)
+    }
+
+    async fn online(node: &Node, id: &str) -> Device {
+        let (d, welcome) = Self::connect(node, id, &device_token(id)).await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        d
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.writer
+            .write_all(format!("{v}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// The next frame; None on timeout or end of stream.
+    async fn recv(&mut self, wait: Duration) -> Option<Value> {
+        let mut line = String::new();
+        match tokio::time::timeout(wait, self.reader.read_line(&mut line)).await {
+            Ok(Ok(n)) if n > 0 => Some(serde_json::from_str(&line).unwrap()),
+            _ => None,
+        }
+    }
+
+    /// Answers every call with `{"echo": method}` until the stream ends.
+    fn serve_echo(mut self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            while let Some(frame) = self.recv(Duration::from_secs(60)).await {
+                if frame["type"] == "call" {
+                    let reply = if frame["method"] == "fail" {
+                        json!({"type": "reply", "id": frame["id"], "error": "jammed"})
+                    } else {
+                        json!({"type": "reply", "id": frame["id"], "result": {"echo": frame["method"], "params": frame["params"]}})
+                    };
+                    self.send(reply).await;
+                }
+            }
+        })
+    }
+}
+
+async fn call(node: &Node, id: &str, method: &str, timeout_ms: u64) -> (u16, Value) {
+    let r = api()
+        .post(node.url(&format!("/v1/devices/{id}/call")))
+        .json(&json!({"method": method, "params": {"lane": 2}, "timeout_ms": timeout_ms}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_through_node_b_reaches_a_device_on_node_a() {
+    let redis = RedisServer::start().unwrap();
+    let a = Node::start_with_devices(config(&redis)).await;
+    let b = Node::start(config(&redis)).await;
+    let gate = Device::online(&a, "gate-1").await.serve_echo();
+    let (status, body) = call(&b, "gate-1", "amount_due", 3000).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["echo"], "amount_due");
+    assert_eq!(body["result"]["params"]["lane"], 2);
+    let (status, body) = call(&b, "gate-1", "fail", 3000).await;
+    assert_eq!((status, body["code"].clone()), (502, json!("device_error")));
+    assert_eq!(body["message"], "jammed");
+    let (status, body) = call(&b, "nobody", "amount_due", 3000).await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (404, json!("device_offline"))
+    );
+    let presence: Value = api()
+        .get(b.url("/v1/devices/gate-1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(presence["online"], true);
+    assert!(presence["connected_since"].as_i64().unwrap() > 0);
+    let r = api()
+        .post(b.url("/v1/devices/nobody/send"))
+        .json(&json!({"open": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    gate.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_device_times_out_without_holding_up_the_others() {
+    let redis = RedisServer::start().unwrap();
+    let a = Node::start_with_devices(config(&redis)).await;
+    let b = Node::start(config(&redis)).await;
+    // This device reads nothing and answers nothing, but its connection stays up.
+    let _hole = Device::online(&a, "hole").await;
+    let mut healthy = Vec::new();
+    for i in 0..20 {
+        healthy.push(Device::online(&a, &format!("ok-{i}")).await.serve_echo());
+    }
+    let started = Instant::now();
+    let stuck = tokio::spawn({
+        let b_url = b.url("/v1/devices/hole/call");
+        async move {
+            let t = Instant::now();
+            let r = api()
+                .post(b_url)
+                .json(&json!({"method": "amount_due", "timeout_ms": 800}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), t.elapsed())
+        }
+    });
+    // Meanwhile 200 calls to healthy devices all succeed, well before the stuck one gives up.
+    let calls = (0..200).map(|i| {
+        let b = &b;
+        async move {
+            call(b, &format!("ok-{}", i % 20), "amount_due", 3000)
+                .await
+                .0
+        }
+    });
+    let statuses = futures::future::join_all(calls).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let (status, took) = stuck.await.unwrap();
+    assert_eq!(status, 504);
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    for h in healthy {
+        h.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_silent_device_is_offline_within_one_and_a_half_heartbeats() {
+    let redis = RedisServer::start().unwrap();
+    let mut c = config(&redis);
+    c.device_heartbeat = Duration::from_millis(400);
+    let a = Node::start_with_devices(c).await;
+    let mut d = Device::online(&a, "quiet-gate").await;
+    // Pings keep it alive.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        d.send(json!({"type": "ping"})).await;
+        assert_eq!(
+            d.recv(Duration::from_secs(2)).await.unwrap()["type"],
+            "pong"
+        );
+    }
+    let silent_since = Instant::now();
+    let goodbye = d.recv(Duration::from_secs(5)).await.unwrap();
+    let took = silent_since.elapsed();
+    assert_eq!(
+        goodbye,
+        json!({"type": "goodbye", "reason": "heartbeat timeout"})
+    );
+    assert!(
+        took >= Duration::from_millis(550) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    let presence: Value = api()
+        .get(a.url("/v1/devices/quiet-gate"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(presence["online"], false);
+}
+
+#[tokio::test]
+async fn a_device_that_reconnects_to_another_node_takes_its_calls_along() {
+    let redis = RedisServer::start().unwrap();
+    let a = Node::start_with_devices(config(&redis)).await;
+    let b = Node::start_with_devices(config(&redis)).await;
+    let mut old = Device::online(&a, "roamer").await;
+    let new = Device::online(&b, "roamer").await.serve_echo();
+    // The old connection is told to go.
+    let bye = old.recv(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(bye["type"], "goodbye");
+    let (status, body) = call(&a, "roamer", "amount_due", 3000).await;
+    assert_eq!(status, 200, "{body}");
+    let presence: Value = api()
+        .get(a.url("/v1/devices/roamer"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(presence["online"], true);
+    new.abort();
+}
+
+#[tokio::test]
+async fn bad_tokens_oversized_frames_and_garbage_are_refused() {
+    let redis = RedisServer::start().unwrap();
+    let a = Node::start_with_devices(config(&redis)).await;
+    let order_token = paynotify::token::mint(
+        &[TOKEN_SECRET.to_string()],
+        paynotify::token::Kind::Order,
+        "gate-x",
+        paynotify::now_ms() / 1000 + 60,
+    )
+    .unwrap();
+    for (token, code) in [
+        (device_token("other"), "bad_token"),
+        (order_token, "bad_token"),
+        ("junk".into(), "bad_token"),
+    ] {
+        let (mut d, first) = Device::connect(&a, "gate-x", &token).await;
+        assert_eq!(
+            (first["type"].clone(), first["code"].clone()),
+            (json!("error"), json!(code))
+        );
+        assert!(
+            d.recv(Duration::from_secs(2)).await.is_none(),
+            "the connection stayed open"
+        );
+    }
+    // Garbage instead of a hello.
+    let stream = TcpStream::connect(a.device_addr.unwrap()).await.unwrap();
+    let (r, mut w) = stream.into_split();
+    w.write_all(b"\x00\xff garbage\n").await.unwrap();
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await.unwrap();
+    assert!(line.contains("\"error\""), "{line}");
+    // An oversized frame after a good hello ends the connection with an error.
+    let mut d = Device::online(&a, "gate-y").await;
+    d.send(json!({"type": "ping", "pad": "x".repeat(10_000)}))
+        .await;
+    let err = d.recv(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(err["code"], "frame_too_large");
+    // The node is fine.
+    let _ok = Device::online(&a, "gate-z").await;
+}
