@@ -261,6 +261,13 @@ pub struct DevArgs {
     /// API key to use (default: a fresh random one, printed).
     #[arg(long, env = "PAYNOTIFY_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Address devices connect to (TCP, newline-delimited JSON).
+    #[arg(
+        long,
+        env = "PAYNOTIFY_DEVICE_LISTEN",
+        default_value = "127.0.0.1:7070"
+    )]
+    pub device_listen: String,
 }
 
 impl ServeArgs {

@@ -49,6 +49,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<(), DevEr
     config.token_secrets = vec![format!("dev_{}", uuid::Uuid::new_v4().simple())];
     config.allow_private_targets = true;
     config.node_id = "dev".into();
+    config.device_listen = Some(args.device_listen.clone());
     config.shutdown_grace = std::time::Duration::from_secs(5);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -89,10 +90,15 @@ Try it (the demo sink at /dev/sink answers "success"):
   PAYNOTIFY_REDIS_URL={redis} cargo run --release -- show order-2
   PAYNOTIFY_REDIS_URL={redis} cargo run --release -- stats
 
+Devices connect to {device_listen} (newline-delimited JSON); mint a device token with
+  PAYNOTIFY_TOKEN_SECRET={token_secret} cargo run --release -- token device gate-1
+
 Stop with Ctrl-C.
 "#,
         redis = redis_url,
         secret = config.signing_secrets[0],
+        device_listen = args.device_listen,
+        token_secret = config.token_secrets[0],
     );
     let demo = DemoState {
         store: crate::store::Store::connect(

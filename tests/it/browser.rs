@@ -64,6 +64,8 @@ async fn the_demo_page_says_paid_in_chromium() {
             &format!("127.0.0.1:{port}"),
             "--redis-url",
             &redis.url(),
+            "--device-listen",
+            "127.0.0.1:0",
         ])
         .stdout(Stdio::null())
         .spawn()
