@@ -247,6 +247,9 @@ pub struct ServeArgs {
     /// Device heartbeat interval; a device silent for 1.5 intervals is closed and marked offline.
     #[arg(long, env = "PAYNOTIFY_DEVICE_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub device_heartbeat: Duration,
+    /// App URL that device events are delivered to, as notifications with the default schedule.
+    #[arg(long, env = "PAYNOTIFY_DEVICE_EVENTS_URL")]
+    pub device_events_url: Option<String>,
 }
 
 /// `dev`: like serve, with a private Redis and laptop defaults.
@@ -299,6 +302,7 @@ impl ServeArgs {
         c.ws_send_queue = self.ws_send_queue;
         c.device_listen = self.device_listen.clone();
         c.device_heartbeat = self.device_heartbeat;
+        c.device_events_url = self.device_events_url.clone();
         validate(&c)?;
         Ok(c)
     }
@@ -356,6 +360,11 @@ pub fn validate(c: &Config) -> Result<(), String> {
         || c.ws_ping_interval < Duration::from_millis(100)
     {
         return Err("--ws-max-subscriptions and --ws-send-queue must be at least 1, --ws-ping-interval at least 100ms".into());
+    }
+    if let Some(url) = &c.device_events_url {
+        let doc = serde_json::json!({"url": url});
+        crate::notification::parse(doc.to_string().as_bytes(), 0, String::new)
+            .map_err(|e| format!("--device-events-url: {e}"))?;
     }
     if c.claim_batch > 1000 {
         return Err("--claim-batch must be at most 1000".into());

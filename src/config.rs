@@ -85,6 +85,8 @@ pub struct Config {
     pub device_listen: Option<String>,
     /// Expected device heartbeat interval; a device silent for 1.5 of them is closed.
     pub device_heartbeat: Duration,
+    /// Where device events are delivered (as notifications, with retries); none: refused.
+    pub device_events_url: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -122,6 +124,7 @@ impl std::fmt::Debug for Config {
             .field("ws_send_queue", &self.ws_send_queue)
             .field("device_listen", &self.device_listen)
             .field("device_heartbeat", &self.device_heartbeat)
+            .field("device_events_url", &self.device_events_url)
             .finish()
     }
 }
@@ -153,6 +156,7 @@ impl Config {
             ws_send_queue: 64,
             device_listen: None,
             device_heartbeat: Duration::from_secs(5),
+            device_events_url: None,
         }
     }
 }

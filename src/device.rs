@@ -2,7 +2,8 @@
 //! in Redis, and calls with deadlines from any node.
 //!
 //! Device → server frames: `{"type":"hello","device_id","token"}` (first, within 10 s),
-//! `{"type":"ping"}`, `{"type":"reply","id","result"|"error"}`. Server → device:
+//! `{"type":"ping"}`, `{"type":"reply","id","result"|"error"}`,
+//! `{"type":"event","name","data"}` (delivered to `--device-events-url` as a notification). Server → device:
 //! `{"type":"welcome"}`, `{"type":"pong"}`, `{"type":"call","id","method","params"}`,
 //! `{"type":"message","data"}`, `{"type":"error","code","message"}`,
 //! `{"type":"goodbye","reason"}`.
@@ -435,7 +436,11 @@ impl Devices {
                                     break;
                                 }
                             }
-                            let reply = self.on_device_frame(&frame, &mut pending);
+                            let reply = if frame.get("type").and_then(Value::as_str) == Some("event") {
+                                self.on_event(&device, &frame).await
+                            } else {
+                                self.on_device_frame(&frame, &mut pending)
+                            };
                             if let Some(reply) = reply {
                                 if !write_frame(&mut write, &reply).await { break }
                             }
@@ -485,6 +490,49 @@ impl Devices {
         let mut local = lock(&self.inner.local);
         if local.get(device).is_some_and(|l| l.conn == conn_id) {
             local.remove(device);
+        }
+    }
+
+    /// Turns a device event into a notification for the app (with the engine's retries).
+    /// Answers `{"type":"event_ack","id"}` once it is durable, or an error frame.
+    async fn on_event(&self, device: &str, frame: &Value) -> Option<Value> {
+        let Some(url) = &self.inner.config.device_events_url else {
+            return Some(
+                json!({"type": "error", "code": "events_disabled", "message": "this server has no --device-events-url"}),
+            );
+        };
+        let Some(name) = frame
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty() && n.len() <= 64)
+        else {
+            return Some(
+                json!({"type": "error", "code": "bad_frame", "message": "an event needs a name of 1 to 64 characters"}),
+            );
+        };
+        let id = format!("event-{}", uuid::Uuid::now_v7());
+        let now = crate::now_ms();
+        let doc = json!({
+            "id": id,
+            "url": url,
+            "body": {"device_id": device, "event": name, "data": frame.get("data").cloned().unwrap_or(Value::Null), "at": now},
+        });
+        let n = match crate::notification::parse(doc.to_string().as_bytes(), now, String::new) {
+            Ok(n) => n,
+            Err(e) => {
+                return Some(
+                    json!({"type": "error", "code": "bad_frame", "message": e.to_string()}),
+                )
+            }
+        };
+        match self.inner.store.enqueue(&n, now).await {
+            Ok(_) => Some(json!({"type": "event_ack", "id": id})),
+            Err(e) => {
+                warn!(error = %e, "device event could not be enqueued");
+                Some(
+                    json!({"type": "error", "code": "unavailable", "message": "event not stored; send it again"}),
+                )
+            }
         }
     }
 

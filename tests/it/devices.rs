@@ -278,3 +278,24 @@ async fn bad_tokens_oversized_frames_and_garbage_are_refused() {
     // The node is fine.
     let _ok = Device::online(&a, "gate-z").await;
 }
+
+#[tokio::test]
+async fn device_events_become_notifications_for_the_app() {
+    let redis = RedisServer::start().unwrap();
+    let sink = Sink::start().await;
+    let mut c = config(&redis);
+    c.device_events_url = Some(sink.url("/ok"));
+    let a = Node::start_with_devices(c).await;
+    let mut d = Device::online(&a, "vending-7").await;
+    d.send(json!({"type": "event", "name": "coin_jam", "data": {"slot": 3}}))
+        .await;
+    let ack = d.recv(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(ack["type"], "event_ack", "{ack}");
+    wait_until(Duration::from_secs(10), || async { sink.count() == 1 }).await;
+    let got: Value = serde_json::from_slice(&sink.received()[0].body).unwrap();
+    assert_eq!(got["device_id"], "vending-7");
+    assert_eq!(got["event"], "coin_jam");
+    assert_eq!(got["data"]["slot"], 3);
+    let shown = show(&a, ack["id"].as_str().unwrap()).await;
+    assert_eq!(shown["state"], "delivered");
+}
