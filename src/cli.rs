@@ -66,6 +66,8 @@ pub enum Command {
         #[command(flatten)]
         redis: RedisArgs,
     },
+    /// Connect simulated devices that ping and answer every call (until Ctrl-C).
+    SimulateDevices(SimulateArgs),
     /// Mint signed tokens, one per line: `token order ID...` lets a browser follow those orders.
     Token {
         #[command(subcommand)]
@@ -87,6 +89,39 @@ pub enum Command {
         #[arg(long, env = "PAYNOTIFY_RESULT_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
         result_ttl: Duration,
     },
+}
+
+/// `simulate-devices`: a fleet of simulated devices for demos and load tests.
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// The device listener to connect to.
+    #[arg(
+        long,
+        env = "PAYNOTIFY_DEVICE_CONNECT",
+        default_value = "127.0.0.1:7070"
+    )]
+    pub connect: String,
+    /// How many devices.
+    #[arg(long, default_value_t = 10)]
+    pub count: usize,
+    /// Device ids are this prefix plus a number.
+    #[arg(long, default_value = "sim-")]
+    pub id_prefix: String,
+    /// How often each device pings.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+    /// How many of the devices (the last ones) read and answer nothing.
+    #[arg(long, default_value_t = 0)]
+    pub black_hole: usize,
+    /// Token secret used to mint each device's token.
+    #[arg(
+        long,
+        env = "PAYNOTIFY_TOKEN_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true,
+        required = true
+    )]
+    pub token_secret: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -474,12 +509,55 @@ pub async fn operate(command: Command) -> ExitCode {
             Ok(())
         }
         .await,
+        Command::SimulateDevices(args) => simulate_devices(args).await,
         Command::Serve(_) | Command::Dev(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => ExitCode::from(code),
     }
+}
+
+async fn simulate_devices(args: SimulateArgs) -> Result<(), u8> {
+    use crate::device::simulate::{device, FleetStats};
+    use std::sync::atomic::Ordering;
+    let stats = std::sync::Arc::new(FleetStats::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(crate::shutdown::cancel_on_signal(stop.clone()));
+    let expiry = crate::now_ms() / 1000 + 30 * 24 * 3600;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..args.count {
+        let id = format!("{}{i}", args.id_prefix);
+        crate::notification::validate_id(&id)
+            .map_err(|m| config_err(format!("device id {id:?}: {m}")))?;
+        let token = crate::token::mint(&args.token_secret, crate::token::Kind::Device, &id, expiry)
+            .map_err(|e| config_err(e.to_string()))?;
+        let black_hole = i >= args.count.saturating_sub(args.black_hole);
+        tasks.spawn(device(
+            args.connect.clone(),
+            id,
+            token,
+            args.heartbeat,
+            black_hole,
+            stats.clone(),
+            stop.clone(),
+        ));
+    }
+    let mut report = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = report.tick() => eprintln!(
+                "devices online {}/{}, calls answered {}, reconnects {}",
+                stats.online.load(Ordering::Relaxed),
+                args.count,
+                stats.calls_answered.load(Ordering::Relaxed),
+                stats.reconnects.load(Ordering::Relaxed)
+            ),
+            _ = stop.cancelled() => break,
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
 }
 
 fn mint_tokens(kind: crate::token::Kind, args: &TokenArgs) -> Result<(), u8> {

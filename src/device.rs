@@ -626,3 +626,102 @@ async fn refuse(write: &mut tokio::net::tcp::OwnedWriteHalf, code: &str, message
     .await;
     let _ = write.shutdown().await;
 }
+
+/// A simulated device fleet (`paynotify simulate-devices`, tests, benchmarks): each device
+/// connects, says hello, pings every `heartbeat`, answers every call with
+/// `{"echo": method, "params": params}` (unless it is black-holed: then it reads nothing and
+/// answers nothing), and reconnects with backoff when its connection ends.
+pub mod simulate {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpStream;
+    use tokio_util::sync::CancellationToken;
+
+    /// Counters of a fleet.
+    #[derive(Default, Debug)]
+    pub struct FleetStats {
+        pub online: AtomicU64,
+        pub calls_answered: AtomicU64,
+        pub reconnects: AtomicU64,
+    }
+
+    /// Runs one device until `stop`.
+    pub async fn device(
+        addr: String,
+        id: String,
+        token: String,
+        heartbeat: Duration,
+        black_hole: bool,
+        stats: Arc<FleetStats>,
+        stop: CancellationToken,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        while !stop.is_cancelled() {
+            if let Ok(stream) = TcpStream::connect(&addr).await {
+                let _ = stream.set_nodelay(true);
+                if run_connection(stream, &id, &token, heartbeat, black_hole, &stats, &stop).await {
+                    backoff = Duration::from_millis(100);
+                }
+            }
+            if stop.is_cancelled() {
+                return;
+            }
+            stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {},
+                _ = stop.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// One connection's life; true if it was welcomed.
+    async fn run_connection(
+        stream: TcpStream,
+        id: &str,
+        token: &str,
+        heartbeat: Duration,
+        black_hole: bool,
+        stats: &FleetStats,
+        stop: &CancellationToken,
+    ) -> bool {
+        let (r, mut w) = stream.into_split();
+        let mut lines = BufReader::new(r).lines();
+        let hello = json!({"type": "hello", "device_id": id, "token": token});
+        if w.write_all(format!("{hello}\n").as_bytes()).await.is_err() {
+            return false;
+        }
+        match lines.next_line().await {
+            Ok(Some(line)) if line.contains("\"welcome\"") => {}
+            _ => return false,
+        }
+        stats.online.fetch_add(1, Ordering::Relaxed);
+        let mut ping = tokio::time::interval(heartbeat);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                line = lines.next_line(), if !black_hole => match line {
+                    Ok(Some(line)) => {
+                        let Ok(frame) = serde_json::from_str::<Value>(&line) else { continue };
+                        if frame["type"] == "call" {
+                            let reply = json!({"type": "reply", "id": frame["id"], "result": {"echo": frame["method"], "params": frame["params"]}});
+                            if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() { break }
+                            stats.calls_answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    _ => break,
+                },
+                _ = ping.tick() => {
+                    if w.write_all(b"{\"type\":\"ping\"}\n").await.is_err() { break }
+                }
+                _ = stop.cancelled() => break,
+            }
+        }
+        stats.online.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+}

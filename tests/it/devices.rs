@@ -299,3 +299,49 @@ async fn device_events_become_notifications_for_the_app() {
     let shown = show(&a, ack["id"].as_str().unwrap()).await;
     assert_eq!(shown["state"], "delivered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_connects_devices_that_answer_calls() {
+    let redis = RedisServer::start().unwrap();
+    let a = Node::start_with_devices(config(&redis)).await;
+    let mut sim = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
+        .args([
+            "simulate-devices",
+            "--connect",
+            &a.device_addr.unwrap().to_string(),
+        ])
+        .args([
+            "--count",
+            "5",
+            "--black-hole",
+            "1",
+            "--heartbeat",
+            "1s",
+            "--token-secret",
+            TOKEN_SECRET,
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(10), || async {
+        let v: Value = api()
+            .get(a.url("/v1/devices/sim-4"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["online"] == true
+    })
+    .await;
+    let (status, body) = call(&a, "sim-0", "amount_due", 3000).await;
+    assert_eq!(
+        (status, body["result"]["echo"].clone()),
+        (200, json!("amount_due"))
+    );
+    let (status, _) = call(&a, "sim-4", "amount_due", 300).await;
+    assert_eq!(status, 504, "the black-holed simulated device answered");
+    let _ = sim.kill();
+    let _ = sim.wait();
+}
