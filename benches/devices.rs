@@ -1,0 +1,252 @@
+//! Device call benchmark (not a test): `cargo bench --bench devices`.
+//!
+//! A private redis-server; node A (`--roles gateway`, device listener) holds BENCH_DEVICES
+//! simulated devices (default 10,000, simulated in this process) plus one black-holed device;
+//! node B (`--roles api`) takes BENCH_RATE calls per second (default 5,000) for BENCH_SECONDS
+//! (default 10), each to a random healthy device, over HTTP; meanwhile 10 calls per second go to
+//! the black-holed device (deadline 1 s). Reports the healthy calls' latency and failures.
+
+// A benchmark harness: a failed setup step should stop it loudly.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use paynotify::device::simulate::{device, FleetStats};
+use paynotify::redis_child::RedisServer;
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "bench-token-secret-0123456789";
+const KEY: &str = "bench-api-key-0123456789";
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let count = env("BENCH_DEVICES", 10_000);
+    let rate = env("BENCH_RATE", 5_000);
+    let seconds = env("BENCH_SECONDS", 10);
+    println!("devices: {count} devices on node A, {rate} calls/s through node B for {seconds} s, one black-holed device");
+    let bin = std::env::var("PAYNOTIFY_BIN").unwrap_or_else(|_| "target/release/paynotify".into());
+    let redis = RedisServer::start().unwrap();
+    let port = || paynotify::redis_child::free_port().unwrap();
+    let (a_http, a_dev, b_http) = (port(), port(), port());
+    let spawn = |args: Vec<String>| {
+        std::process::Command::new(&bin)
+            .args(args)
+            .env("PAYNOTIFY_LOG", "warn")
+            .spawn()
+            .expect("build the release binary first: cargo build --release")
+    };
+    let mut nodes = vec![
+        spawn(
+            [
+                "serve",
+                "--roles",
+                "gateway",
+                "--redis-url",
+                &redis.url(),
+                "--token-secret",
+                SECRET,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "--listen".into(),
+                format!("127.0.0.1:{a_http}"),
+                "--device-listen".into(),
+                format!("127.0.0.1:{a_dev}"),
+            ])
+            .collect(),
+        ),
+        spawn(
+            [
+                "serve",
+                "--roles",
+                "api",
+                "--redis-url",
+                &redis.url(),
+                "--api-key",
+                KEY,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--listen".into(), format!("127.0.0.1:{b_http}")])
+            .collect(),
+        ),
+    ];
+    for p in [a_http, b_http] {
+        let mut ok = false;
+        for _ in 0..200 {
+            if reqwest::get(format!("http://127.0.0.1:{p}/readyz"))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(ok, "node on {p} never became ready");
+    }
+    let stats = Arc::new(FleetStats::default());
+    let stop = CancellationToken::new();
+    let expiry = paynotify::now_ms() / 1000 + 3600;
+    let started = Instant::now();
+    for i in 0..=count {
+        let (id, hole) = if i == count {
+            ("sim-hole".to_string(), true)
+        } else {
+            (format!("sim-{i}"), false)
+        };
+        let token = paynotify::token::mint(
+            &[SECRET.to_string()],
+            paynotify::token::Kind::Device,
+            &id,
+            expiry,
+        )
+        .unwrap();
+        tokio::spawn(device(
+            format!("127.0.0.1:{a_dev}"),
+            id,
+            token,
+            Duration::from_secs(5),
+            hole,
+            stats.clone(),
+            stop.clone(),
+        ));
+        if i % 500 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    while stats.online.load(Ordering::Relaxed) < count + 1 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "devices did not all connect"
+        );
+    }
+    println!(
+        "  {} devices online in {:.1} s",
+        count + 1,
+        started.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .build()
+        .unwrap();
+    let url = |id: &str| format!("http://127.0.0.1:{b_http}/v1/devices/{id}/call");
+    let latencies = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let failures = Arc::new(Mutex::new(Vec::<u16>::new()));
+    let hole_results = Arc::new(Mutex::new(Vec::<(u16, u64)>::new()));
+    let total = rate * seconds;
+    let per_tick = (rate / 1000).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut seed: u64 = 11;
+    let mut sent = 0u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    let run_start = Instant::now();
+    while sent < total {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let target = url(&format!("sim-{}", (seed >> 33) % count));
+            let (client, latencies, failures) =
+                (client.clone(), latencies.clone(), failures.clone());
+            tasks.spawn(async move {
+                let t = Instant::now();
+                let r = client
+                    .post(target)
+                    .bearer_auth(KEY)
+                    .json(&serde_json::json!({"method": "amount_due", "params": {"lane": 1}, "timeout_ms": 3000}))
+                    .send()
+                    .await;
+                let status = r.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
+                if let Ok(r) = r {
+                    let _ = r.bytes().await;
+                }
+                if status == 200 {
+                    latencies.lock().unwrap().push(t.elapsed().as_micros() as u64);
+                } else {
+                    failures.lock().unwrap().push(status);
+                }
+            });
+        }
+        sent += per_tick;
+        if sent.is_multiple_of((rate / 10).max(1)) {
+            let (client, hole_results) = (client.clone(), hole_results.clone());
+            let target = url("sim-hole");
+            tasks.spawn(async move {
+                let t = Instant::now();
+                let r = client
+                    .post(target)
+                    .bearer_auth(KEY)
+                    .json(&serde_json::json!({"method": "amount_due", "timeout_ms": 1000}))
+                    .send()
+                    .await;
+                let status = r.map(|r| r.status().as_u16()).unwrap_or(0);
+                hole_results
+                    .lock()
+                    .unwrap()
+                    .push((status, t.elapsed().as_millis() as u64));
+            });
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let secs = run_start.elapsed().as_secs_f64();
+    let mut lat = latencies.lock().unwrap().clone();
+    lat.sort_unstable();
+    let failures = failures.lock().unwrap().clone();
+    println!(
+        "  {} healthy calls in {secs:.1} s ({:.0}/s): {} ok, {} failed {:?}",
+        total,
+        total as f64 / secs,
+        lat.len(),
+        failures.len(),
+        failures.iter().take(5).collect::<Vec<_>>()
+    );
+    println!(
+        "  healthy call latency (HTTP in, Redis channel, device, back): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        pct(&lat, 0.5) as f64 / 1000.0,
+        pct(&lat, 0.9) as f64 / 1000.0,
+        pct(&lat, 0.99) as f64 / 1000.0,
+        pct(&lat, 0.999) as f64 / 1000.0,
+        lat.last().copied().unwrap_or(0) as f64 / 1000.0
+    );
+    let holes = hole_results.lock().unwrap().clone();
+    let timeouts = holes.iter().filter(|(s, _)| *s == 504).count();
+    let max_ms = holes.iter().map(|(_, ms)| *ms).max().unwrap_or(0);
+    println!("  black-holed device: {} calls, {timeouts} answered 504, slowest {max_ms} ms (deadline 1000 ms)", holes.len());
+    stop.cancel();
+    for n in &mut nodes {
+        let _ = n.kill();
+        let _ = n.wait();
+    }
+}
