@@ -1,7 +1,8 @@
 //! Device call benchmark (not a test): `cargo bench --bench devices`.
 //!
 //! A private redis-server; node A (`--roles gateway`, device listener) holds BENCH_DEVICES
-//! simulated devices (default 10,000, simulated in this process) plus one black-holed device;
+//! simulated devices (default 10,000, in two `paynotify simulate-devices` processes) plus one
+//! black-holed device;
 //! node B (`--roles api`) takes BENCH_RATE calls per second (default 5,000) for BENCH_SECONDS
 //! (default 10), each to a random healthy device, over HTTP; meanwhile 10 calls per second go to
 //! the black-holed device (deadline 1 s). Reports the healthy calls' latency and failures.
@@ -9,13 +10,10 @@
 // A benchmark harness: a failed setup step should stop it loudly.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use paynotify::device::simulate::{device, FleetStats};
 use paynotify::redis_child::RedisServer;
-use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "bench-token-secret-0123456789";
 const KEY: &str = "bench-api-key-0123456789";
@@ -110,49 +108,72 @@ async fn run() {
         }
         assert!(ok, "node on {p} never became ready");
     }
-    let stats = Arc::new(FleetStats::default());
-    let stop = CancellationToken::new();
-    let expiry = paynotify::now_ms() / 1000 + 3600;
+    // The devices run in two `paynotify simulate-devices` processes (and the black hole in a
+    // third), so this process only generates the HTTP load.
+    let half = count / 2;
     let started = Instant::now();
-    for i in 0..=count {
-        let (id, hole) = if i == count {
-            ("sim-hole".to_string(), true)
-        } else {
-            (format!("sim-{i}"), false)
-        };
-        let token = paynotify::token::mint(
-            &[SECRET.to_string()],
-            paynotify::token::Kind::Device,
-            &id,
-            expiry,
-        )
-        .unwrap();
-        tokio::spawn(device(
-            format!("127.0.0.1:{a_dev}"),
-            id,
-            token,
-            Duration::from_secs(5),
-            hole,
-            stats.clone(),
-            stop.clone(),
-        ));
-        if i % 500 == 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    let sim = |prefix: &str, n: u64, hole: bool| {
+        let mut args: Vec<String> = ["simulate-devices", "--connect"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(format!("127.0.0.1:{a_dev}"));
+        args.extend([
+            "--count".into(),
+            n.to_string(),
+            "--id-prefix".into(),
+            prefix.into(),
+            "--token-secret".into(),
+            SECRET.into(),
+        ]);
+        if hole {
+            args.extend(["--black-hole".into(), "1".into()]);
+        }
+        std::process::Command::new(&bin)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("build the release binary first: cargo build --release")
+    };
+    nodes.push(sim("sim-a", half, false));
+    nodes.push(sim("sim-b", count - half, false));
+    nodes.push(sim("hole", 1, true));
+    let online = |id: String| {
+        let url = format!("http://127.0.0.1:{b_http}/v1/devices/{id}");
+        async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(KEY)
+                .send()
+                .await;
+            match r {
+                Ok(r) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .is_ok_and(|v| v["online"] == true),
+                Err(_) => false,
+            }
+        }
+    };
+    for id in [
+        format!("sim-a{}", half - 1),
+        format!("sim-b{}", count - half - 1),
+        "hole0".to_string(),
+    ] {
+        while !online(id.clone()).await {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "devices did not all connect"
+            );
         }
     }
-    while stats.online.load(Ordering::Relaxed) < count + 1 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "devices did not all connect"
-        );
-    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
     println!(
         "  {} devices online in {:.1} s",
         count + 1,
         started.elapsed().as_secs_f64()
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
 
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(512)
@@ -176,7 +197,12 @@ async fn run() {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let target = url(&format!("sim-{}", (seed >> 33) % count));
+            let n = (seed >> 33) % count;
+            let target = if n < half {
+                url(&format!("sim-a{n}"))
+            } else {
+                url(&format!("sim-b{}", n - half))
+            };
             let (client, latencies, failures) =
                 (client.clone(), latencies.clone(), failures.clone());
             tasks.spawn(async move {
@@ -201,7 +227,7 @@ async fn run() {
         sent += per_tick;
         if sent.is_multiple_of((rate / 10).max(1)) {
             let (client, hole_results) = (client.clone(), hole_results.clone());
-            let target = url("sim-hole");
+            let target = url("hole0");
             tasks.spawn(async move {
                 let t = Instant::now();
                 let r = client
@@ -244,7 +270,6 @@ async fn run() {
     let timeouts = holes.iter().filter(|(s, _)| *s == 504).count();
     let max_ms = holes.iter().map(|(_, ms)| *ms).max().unwrap_or(0);
     println!("  black-holed device: {} calls, {timeouts} answered 504, slowest {max_ms} ms (deadline 1000 ms)", holes.len());
-    stop.cancel();
     for n in &mut nodes {
         let _ = n.kill();
         let _ = n.wait();
