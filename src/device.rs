@@ -362,12 +362,11 @@ impl Devices {
         if let Err(m) = crate::notification::validate_id(&device) {
             return refuse(&mut write, "bad_device_id", &format!("device id {m}")).await;
         }
-        if let Err(e) = token::verify(
+        if let Err(e) = token::verify_now(
             &self.inner.config.token_secrets,
             Kind::Device,
             &device,
             &token,
-            crate::now_ms() / 1000,
         ) {
             let code = e.code();
             return refuse(&mut write, code, &e.to_string()).await;

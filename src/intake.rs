@@ -87,6 +87,16 @@ pub async fn run(
     let mut failures = 0u32;
     let mut group_ready = false;
     let mut last_autoclaim = tokio::time::Instant::now();
+    // A dedicated connection for the blocking read, so a BLOCK never stalls the commands on the
+    // shared one. Kept across iterations; rebuilt only after an error.
+    let client = match redis::Client::open(config.redis_url.as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "intake consumer cannot start: bad Redis URL");
+            return;
+        }
+    };
+    let mut blocking: Option<redis::aio::MultiplexedConnection> = None;
     info!(%stream, "intake consumer started");
     while !shutdown.is_cancelled() {
         let step = async {
@@ -134,21 +144,25 @@ pub async fn run(
                 }
             }
             drop(conn);
-            // A dedicated connection for the blocking read, so it never holds a pooled one.
-            let client = redis::Client::open(config.redis_url.as_str())?;
-            let mut blocking = client
-                .get_multiplexed_async_connection_with_config(
-                    &redis::AsyncConnectionConfig::new()
-                        .set_response_timeout(Some(Duration::from_secs(10))),
-                )
-                .await?;
+            if blocking.is_none() {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(Duration::from_secs(10)));
+                blocking = Some(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                );
+            }
+            let Some(blocking) = blocking.as_mut() else {
+                return Ok(());
+            };
             let opts = StreamReadOptions::default()
                 .group(group, &consumer)
                 .count(READ_COUNT)
                 .block(2000);
             loop {
                 let reply: StreamReadReply =
-                    redis::AsyncCommands::xread_options(&mut blocking, &[&stream], &[">"], &opts)
+                    redis::AsyncCommands::xread_options(blocking, &[&stream], &[">"], &opts)
                         .await?;
                 let entries: Vec<Entry> = reply
                     .keys
@@ -171,6 +185,7 @@ pub async fn run(
         match result {
             Ok(()) => failures = 0,
             Err(e) => {
+                blocking = None;
                 if e.to_string().contains("NOGROUP") {
                     warn!("intake consumer group is gone (Redis restarted empty?); recreating");
                     group_ready = false;

@@ -177,12 +177,11 @@ pub async fn poll_handler(
         field: Some("order_id".into()),
     })?;
     let token = q.token.unwrap_or_default();
-    crate::token::verify(
+    crate::token::verify_now(
         &state.config.token_secrets,
         crate::token::Kind::Order,
         &order_id,
         &token,
-        crate::now_ms() / 1000,
     )
     .map_err(|e| ApiError::Invalid {
         status: StatusCode::FORBIDDEN,

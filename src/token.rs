@@ -109,6 +109,11 @@ pub fn verify(
     Ok(())
 }
 
+/// [`verify`] against the current time.
+pub fn verify_now(secrets: &[String], kind: Kind, id: &str, token: &str) -> Result<(), TokenError> {
+    verify(secrets, kind, id, token, crate::now_ms() / 1000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -216,13 +216,9 @@ async fn handle_frame(
             if let Err(m) = crate::notification::validate_id(&order_id) {
                 return vec![error_frame("bad_order_id", &format!("order id {m}"), None)];
             }
-            if let Err(e) = token::verify(
-                &state.config.token_secrets,
-                Kind::Order,
-                &order_id,
-                &token,
-                crate::now_ms() / 1000,
-            ) {
+            if let Err(e) =
+                token::verify_now(&state.config.token_secrets, Kind::Order, &order_id, &token)
+            {
                 let code = e.code();
                 return vec![error_frame(code, &e.to_string(), Some(&order_id))];
             }
