@@ -31,6 +31,8 @@ pub struct ApiState {
     pub metrics: crate::metrics::Metrics,
     /// Device call router (nodes with the api or gateway role).
     pub devices: Option<crate::device::Devices>,
+    /// Cancelled when the node starts draining (`/readyz` answers 503 from then on).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// An API refusal or failure, rendered as JSON.
@@ -103,6 +105,9 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         m.orders_followed.set(s.orders_followed as i64);
         m.pubsub_connected.set(i64::from(s.pubsub_live));
     }
+    if let Some(devices) = &state.devices {
+        m.devices_online.set(devices.online_here() as i64);
+    }
     let stats = tokio::time::timeout(
         std::time::Duration::from_secs(2),
         state.store.stats(crate::now_ms()),
@@ -111,6 +116,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     match stats {
         Ok(Ok(s)) => {
             m.due_backlog.set(s.due_backlog);
+            m.intake_lag.set(s.intake_pending);
         }
         _ => {
             m.redis_errors.inc();
@@ -195,6 +201,9 @@ async fn ready(State(state): State<ApiState>) -> Response {
         let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok::<_, StoreError>(pong)
     };
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down\n").into_response();
+    }
     if let Some(hub) = &state.hub {
         if !hub.is_live() {
             return (StatusCode::SERVICE_UNAVAILABLE, "pub/sub: not connected\n").into_response();
@@ -436,6 +445,17 @@ async fn device_call(
         )
         .await?;
     use crate::device::CallOutcome;
+    let label = match &outcome {
+        CallOutcome::Result(_) => "ok",
+        CallOutcome::DeviceError(_) => "device_error",
+        CallOutcome::Offline => "offline",
+        CallOutcome::Timeout => "timeout",
+    };
+    state
+        .metrics
+        .device_calls
+        .get_or_create(&crate::metrics::Outcome { outcome: label })
+        .inc();
     Ok(match outcome {
         CallOutcome::Result(v) => Json(json!({"result": v})).into_response(),
         CallOutcome::DeviceError(e) => (

@@ -255,6 +255,11 @@ pub struct ServeArgs {
     /// On SIGTERM, how long in-flight attempts may finish before the rest is handed back.
     #[arg(long, env = "PAYNOTIFY_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// On SIGTERM, how long the HTTP server keeps answering (with `/readyz` at 503) before it
+    /// stops, so that load balancers take the node out first. Websockets and devices are told
+    /// to reconnect elsewhere at once either way.
+    #[arg(long, env = "PAYNOTIFY_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
     /// Secrets for subscribe/device tokens, comma-separated (the first mints, any verifies).
     /// Required with the gateway role.
     #[arg(
@@ -330,6 +335,7 @@ impl ServeArgs {
         c.max_in_flight = self.max_in_flight;
         c.claim_batch = self.claim_batch;
         c.shutdown_grace = self.shutdown_grace;
+        c.shutdown_delay = self.shutdown_delay;
         c.token_secrets = secrets(&self.token_secret);
         c.result_ttl = self.result_ttl;
         c.ws_ping_interval = self.ws_ping_interval;

@@ -71,6 +71,8 @@ pub struct Config {
     pub max_in_flight: usize,
     pub claim_batch: usize,
     pub shutdown_grace: Duration,
+    /// How long HTTP keeps answering (not ready) after the shutdown signal.
+    pub shutdown_delay: Duration,
     /// Secrets for subscribe and device tokens (the first mints; any verifies).
     pub token_secrets: Vec<String>,
     /// How long an order's latest result is kept.
@@ -114,6 +116,7 @@ impl std::fmt::Debug for Config {
             .field("max_in_flight", &self.max_in_flight)
             .field("claim_batch", &self.claim_batch)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("shutdown_delay", &self.shutdown_delay)
             .field(
                 "token_secrets",
                 &format!("{} configured", self.token_secrets.len()),
@@ -149,6 +152,7 @@ impl Config {
             max_in_flight: 1024,
             claim_batch: 256,
             shutdown_grace: Duration::from_secs(20),
+            shutdown_delay: Duration::ZERO,
             token_secrets: Vec::new(),
             result_ttl: Duration::from_secs(24 * 3600),
             ws_ping_interval: Duration::from_secs(20),

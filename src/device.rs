@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -43,6 +44,11 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Calls and sends queued for one device.
 const DEVICE_QUEUE: usize = 64;
+/// How long a caller trusts a presence lookup. A stale entry costs one retry, never a wrong
+/// answer: the node named replies "offline" when it no longer holds the device.
+const PRESENCE_CACHE_TTL: Duration = Duration::from_secs(2);
+/// Most cached presence entries per node.
+const PRESENCE_CACHE_MAX: usize = 200_000;
 
 /// What the node channel carries between nodes.
 #[derive(Debug, serde::Serialize, Deserialize)]
@@ -104,6 +110,8 @@ struct Inner {
     store: Store,
     local: Mutex<HashMap<String, Local>>,
     pending: Mutex<HashMap<String, oneshot::Sender<CallOutcome>>>,
+    /// device → (node, when looked up): where calls from this node go without asking Redis.
+    presence_cache: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 /// The node's device registry and call router. Cheap to clone.
@@ -124,8 +132,14 @@ impl Devices {
                 store,
                 local: Mutex::new(HashMap::new()),
                 pending: Mutex::new(HashMap::new()),
+                presence_cache: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Devices connected to this node.
+    pub fn online_here(&self) -> usize {
+        lock(&self.inner.local).len()
     }
 
     fn presence_ttl_ms(&self) -> u64 {
@@ -135,6 +149,10 @@ impl Devices {
     }
 
     /// Calls `method` on a device, wherever it is connected, waiting at most `timeout`.
+    ///
+    /// The holding node comes from a short-lived local cache of presence when it can (one
+    /// Redis round trip less per call); if that node no longer holds the device (it moved or
+    /// went away), the call is retried once on fresh presence, within the same deadline.
     pub async fn call(
         &self,
         device: &str,
@@ -142,10 +160,60 @@ impl Devices {
         params: Value,
         timeout: Duration,
     ) -> Result<CallOutcome, crate::store::StoreError> {
+        let deadline = Instant::now() + timeout;
+        if let Some(node) = self.cached_node(device) {
+            let outcome = self
+                .call_on(&node, device, method, params.clone(), deadline)
+                .await?;
+            if outcome != CallOutcome::Offline {
+                return Ok(outcome);
+            }
+            self.forget_node(device);
+        }
         let presence = self.inner.store.device_presence(device).await?;
         let Some(node) = presence.get("node") else {
             return Ok(CallOutcome::Offline);
         };
+        self.remember_node(device, node);
+        let outcome = self.call_on(node, device, method, params, deadline).await?;
+        if outcome == CallOutcome::Offline {
+            self.forget_node(device);
+        }
+        Ok(outcome)
+    }
+
+    fn cached_node(&self, device: &str) -> Option<String> {
+        let cache = lock(&self.inner.presence_cache);
+        cache
+            .get(device)
+            .filter(|(_, at)| at.elapsed() < PRESENCE_CACHE_TTL)
+            .map(|(node, _)| node.clone())
+    }
+
+    fn remember_node(&self, device: &str, node: &str) {
+        let mut cache = lock(&self.inner.presence_cache);
+        if cache.len() >= PRESENCE_CACHE_MAX {
+            cache.retain(|_, (_, at)| at.elapsed() < PRESENCE_CACHE_TTL);
+            if cache.len() >= PRESENCE_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(device.to_string(), (node.to_string(), Instant::now()));
+    }
+
+    fn forget_node(&self, device: &str) {
+        lock(&self.inner.presence_cache).remove(device);
+    }
+
+    /// One call through `node`'s channel, waiting until `deadline`.
+    async fn call_on(
+        &self,
+        node: &str,
+        device: &str,
+        method: &str,
+        params: Value,
+        deadline: Instant,
+    ) -> Result<CallOutcome, crate::store::StoreError> {
         let call_id = uuid::Uuid::new_v4().simple().to_string();
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.pending).insert(call_id.clone(), tx);
@@ -163,7 +231,7 @@ impl Devices {
             .await;
         let outcome = match sent {
             Ok(0) => CallOutcome::Offline,
-            Ok(_) => match tokio::time::timeout(timeout, rx).await {
+            Ok(_) => match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(outcome)) => outcome,
                 Ok(Err(_)) => CallOutcome::Offline,
                 Err(_) => CallOutcome::Timeout,
@@ -331,19 +399,25 @@ impl Devices {
     }
 
     async fn serve(self, stream: TcpStream, shutdown: CancellationToken) {
-        let (read, mut write) = stream.into_split();
-        let mut reader = BufReader::with_capacity(1024, read);
-        let mut buf = Vec::with_capacity(256);
+        let (read, write) = stream.into_split();
+        let link = Link::Tcp {
+            reader: BufReader::with_capacity(1024, read),
+            buf: Vec::with_capacity(256),
+            write,
+        };
+        self.serve_link(link, shutdown).await
+    }
+
+    /// One device connection, over TCP or a websocket: hello, then frames until it ends.
+    async fn serve_link(self, mut link: Link, shutdown: CancellationToken) {
+        let write = &mut link;
         // Hello first.
-        let hello =
-            match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut reader, &mut buf)).await {
-                Ok(Ok(Some(frame))) => frame,
-                Ok(Ok(None)) => return,
-                Ok(Err(code)) => {
-                    return refuse(&mut write, code, "the first frame must be a hello").await
-                }
-                Err(_) => return refuse(&mut write, "hello_timeout", "no hello within 10 s").await,
-            };
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, write.recv()).await {
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(None)) => return,
+            Ok(Err(code)) => return refuse(write, code, "the first frame must be a hello").await,
+            Err(_) => return refuse(write, "hello_timeout", "no hello within 10 s").await,
+        };
         let (device, token) = match (
             hello.get("type").and_then(Value::as_str),
             hello.get("device_id").and_then(Value::as_str),
@@ -352,7 +426,7 @@ impl Devices {
             (Some("hello"), Some(d), Some(t)) => (d.to_string(), t.to_string()),
             _ => {
                 return refuse(
-                    &mut write,
+                    write,
                     "bad_frame",
                     "the first frame must be {\"type\":\"hello\",\"device_id\",\"token\"}",
                 )
@@ -360,7 +434,7 @@ impl Devices {
             }
         };
         if let Err(m) = crate::notification::validate_id(&device) {
-            return refuse(&mut write, "bad_device_id", &format!("device id {m}")).await;
+            return refuse(write, "bad_device_id", &format!("device id {m}")).await;
         }
         if let Err(e) = token::verify_now(
             &self.inner.config.token_secrets,
@@ -369,7 +443,7 @@ impl Devices {
             &token,
         ) {
             let code = e.code();
-            return refuse(&mut write, code, &e.to_string()).await;
+            return refuse(write, code, &e.to_string()).await;
         }
         let conn_id = uuid::Uuid::new_v4().simple().to_string();
         let ttl = self.presence_ttl_ms();
@@ -407,12 +481,7 @@ impl Devices {
             Err(e) => {
                 warn!(error = %e, "device presence could not be recorded");
                 self.unregister(&device, &conn_id);
-                return refuse(
-                    &mut write,
-                    "unavailable",
-                    "presence store unavailable; retry",
-                )
-                .await;
+                return refuse(write, "unavailable", "presence store unavailable; retry").await;
             }
         }
         debug!(%device, "device connected");
@@ -422,13 +491,15 @@ impl Devices {
         let mut last_seen = Instant::now();
         let mut last_touch = Instant::now();
         let mut goodbye = None;
-        if write_frame(&mut write, &json!({"type": "welcome"})).await {
+        if write.send(&json!({"type": "welcome"})).await {
             loop {
                 tokio::select! {
-                    frame = read_frame(&mut reader, &mut buf) => match frame {
+                    frame = write.recv() => match frame {
                         Ok(Some(frame)) => {
                             last_seen = Instant::now();
-                            if last_touch.elapsed() >= heartbeat / 2 {
+                            // Presence lives 3 heartbeats; refreshing it once per heartbeat is
+                            // plenty and halves the Redis work of a large fleet.
+                            if last_touch.elapsed() >= heartbeat {
                                 last_touch = Instant::now();
                                 if let Ok(false) = self.inner.store.device_touch(&device, &conn_id, ttl).await {
                                     goodbye = Some("replaced by a newer connection");
@@ -441,12 +512,12 @@ impl Devices {
                                 self.on_device_frame(&frame, &mut pending)
                             };
                             if let Some(reply) = reply {
-                                if !write_frame(&mut write, &reply).await { break }
+                                if !write.send(&reply).await { break }
                             }
                         }
                         Ok(None) => break,
                         Err(code) => {
-                            let _ = write_frame(&mut write, &json!({"type": "error", "code": code, "message": "frame refused; closing"})).await;
+                            let _ = write.send(&json!({"type": "error", "code": code, "message": "frame refused; closing"})).await;
                             break;
                         }
                     },
@@ -454,10 +525,10 @@ impl Devices {
                         Some(Outgoing::Call { call_id, method, params, reply_node }) => {
                             let frame = json!({"type": "call", "id": call_id, "method": method, "params": params});
                             pending.insert(call_id, reply_node);
-                            if !write_frame(&mut write, &frame).await { break }
+                            if !write.send(&frame).await { break }
                         }
                         Some(Outgoing::Message(data)) => {
-                            if !write_frame(&mut write, &json!({"type": "message", "data": data})).await { break }
+                            if !write.send(&json!({"type": "message", "data": data})).await { break }
                         }
                         None => break,
                     },
@@ -472,9 +543,11 @@ impl Devices {
             }
         }
         if let Some(reason) = goodbye {
-            let _ = write_frame(&mut write, &json!({"type": "goodbye", "reason": reason})).await;
+            let _ = write
+                .send(&json!({"type": "goodbye", "reason": reason}))
+                .await;
         }
-        let _ = write.shutdown().await;
+        write.close().await;
         self.unregister(&device, &conn_id);
         if let Err(e) = self.inner.store.device_leave(&device, &conn_id).await {
             warn!(error = %e, "device presence could not be removed; it expires by itself");
@@ -608,22 +681,107 @@ async fn read_frame<R: tokio::io::AsyncBufRead + Unpin>(
     }
 }
 
-async fn write_frame(write: &mut tokio::net::tcp::OwnedWriteHalf, frame: &Value) -> bool {
-    let mut line = frame.to_string();
-    line.push('\n');
-    matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, write.write_all(line.as_bytes())).await,
-        Ok(Ok(()))
-    )
+/// A device's connection: newline-delimited JSON over TCP, or one JSON frame per websocket
+/// message at `/device`. Same frames, same limits.
+enum Link {
+    Tcp {
+        reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+        buf: Vec<u8>,
+        write: tokio::net::tcp::OwnedWriteHalf,
+    },
+    Ws(Box<WebSocket>),
 }
 
-async fn refuse(write: &mut tokio::net::tcp::OwnedWriteHalf, code: &str, message: &str) {
-    let _ = write_frame(
-        write,
-        &json!({"type": "error", "code": code, "message": message}),
-    )
-    .await;
-    let _ = write.shutdown().await;
+impl Link {
+    /// The next frame; `Ok(None)` when the device closed. Cancel-safe.
+    async fn recv(&mut self) -> Result<Option<Value>, &'static str> {
+        match self {
+            Link::Tcp { reader, buf, .. } => read_frame(reader, buf).await,
+            Link::Ws(ws) => loop {
+                let bytes = match ws.recv().await {
+                    None | Some(Ok(Message::Close(_))) => return Ok(None),
+                    Some(Err(_)) => return Err("read_error"),
+                    Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
+                    Some(Ok(Message::Binary(b))) => b.to_vec(),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                };
+                if bytes.len() > MAX_DEVICE_FRAME {
+                    return Err("frame_too_large");
+                }
+                let text = std::str::from_utf8(&bytes).map_err(|_| "bad_frame")?;
+                return serde_json::from_str(text.trim())
+                    .map(Some)
+                    .map_err(|_| "bad_frame");
+            },
+        }
+    }
+
+    /// Writes one frame within the write timeout; false if the connection is gone.
+    async fn send(&mut self, frame: &Value) -> bool {
+        let written = match self {
+            Link::Tcp { write, .. } => {
+                let mut line = frame.to_string();
+                line.push('\n');
+                tokio::time::timeout(WRITE_TIMEOUT, write.write_all(line.as_bytes()))
+                    .await
+                    .map(|r| r.is_ok())
+            }
+            Link::Ws(ws) => tokio::time::timeout(
+                WRITE_TIMEOUT,
+                ws.send(Message::Text(frame.to_string().into())),
+            )
+            .await
+            .map(|r| r.is_ok()),
+        };
+        matches!(written, Ok(true))
+    }
+
+    async fn close(&mut self) {
+        match self {
+            Link::Tcp { write, .. } => {
+                let _ = write.shutdown().await;
+            }
+            Link::Ws(ws) => {
+                let frame = CloseFrame {
+                    code: 1000,
+                    reason: "".into(),
+                };
+                let _ =
+                    tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Close(Some(frame)))).await;
+            }
+        }
+    }
+}
+
+async fn refuse(link: &mut Link, code: &str, message: &str) {
+    let _ = link
+        .send(&json!({"type": "error", "code": code, "message": message}))
+        .await;
+    link.close().await;
+}
+
+/// `GET /device`: the device protocol over a websocket (role `gateway`), for devices and
+/// networks where only HTTP(S) passes. Each text (or binary) message is one JSON frame.
+pub fn router(devices: Devices, shutdown: CancellationToken) -> axum::Router {
+    axum::Router::new()
+        .route("/device", axum::routing::get(ws_handler))
+        .with_state((devices, shutdown))
+}
+
+async fn ws_handler(
+    ws: WebSocketUpgrade,
+    axum::extract::State((devices, shutdown)): axum::extract::State<(Devices, CancellationToken)>,
+) -> axum::response::Response {
+    ws.read_buffer_size(1024)
+        .write_buffer_size(0)
+        // Larger than a frame so that an oversized one gets a clear `frame_too_large`.
+        .max_message_size(MAX_DEVICE_FRAME * 4)
+        .max_frame_size(MAX_DEVICE_FRAME * 4)
+        .on_upgrade(move |socket| {
+            devices
+                .serve_link(Link::Ws(Box::new(socket)), shutdown)
+                .instrument(info_span!("device_ws"))
+        })
 }
 
 /// A simulated device fleet (`paynotify simulate-devices`, tests, benchmarks): each device
@@ -699,8 +857,9 @@ pub mod simulate {
             _ => return false,
         }
         stats.online.fetch_add(1, Ordering::Relaxed);
-        let mut ping = tokio::time::interval(heartbeat);
-        ping.tick().await;
+        // Real fleets are not in step: each device starts its ping cycle at a random phase.
+        let phase = heartbeat.mul_f64(rand::random::<f64>());
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + phase, heartbeat);
         loop {
             tokio::select! {
                 line = lines.next_line(), if !black_hole => match line {

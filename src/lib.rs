@@ -106,6 +106,10 @@ pub async fn run_with_listeners(
 
     let metrics = metrics::Metrics::new();
     let mut tasks = tokio::task::JoinSet::new();
+    // Stops the HTTP server and what it needs to answer (the node channel for device calls),
+    // after the roles have drained.
+    let stop_http = CancellationToken::new();
+    let mut late_tasks = tokio::task::JoinSet::new();
     if config.roles.worker {
         let signer = signing::Signer::new(&config.signing_secrets)?;
         let deliverer = deliver::Deliverer::new(
@@ -147,10 +151,10 @@ pub async fn run_with_listeners(
     let devices = (config.roles.api || config.roles.gateway)
         .then(|| device::Devices::new(config.clone(), store.clone()));
     if let Some(devices) = &devices {
-        tasks.spawn(
+        late_tasks.spawn(
             devices
                 .clone()
-                .run_node_channel(shutdown.clone())
+                .run_node_channel(stop_http.clone())
                 .instrument(info_span!("node_channel")),
         );
         if let (Some(l), true) = (device_listener, config.roles.gateway) {
@@ -162,12 +166,17 @@ pub async fn run_with_listeners(
             );
         }
     }
+    let device_ws = devices
+        .clone()
+        .filter(|_| config.roles.gateway)
+        .map(|d| device::router(d, shutdown.clone()));
     let state = api::ApiState {
         config: config.clone(),
         store: store.clone(),
         hub: hub.clone(),
         metrics: metrics.clone(),
         devices,
+        shutdown: shutdown.clone(),
     };
     let mut app = api::health_router(state.clone());
     if config.roles.api {
@@ -181,17 +190,43 @@ pub async fn run_with_listeners(
             shutdown: shutdown.clone(),
         }));
     }
+    if let Some(device_ws) = device_ws {
+        app = app.merge(device_ws);
+    }
     let app = app.merge(extra).fallback(api::not_found);
-    let http_shutdown = shutdown.clone();
-    let http = std::future::IntoFuture::into_future(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await }),
-    )
-    .instrument(info_span!("http"));
-    let http_result = http.await;
-    // The HTTP server only returns on shutdown (or a listener failure): stop everything.
+    // The HTTP server outlives the shutdown signal: while the roles drain it keeps answering
+    // (`/readyz` says 503 draining, so a load balancer stops sending), then it stops.
+    let http_stop = stop_http.clone();
+    let mut http = tokio::spawn(
+        std::future::IntoFuture::into_future(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { http_stop.cancelled().await }),
+        )
+        .instrument(info_span!("http")),
+    );
+    metrics.ready.set(1);
+    let early = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        ended = &mut http => Some(ended),
+    };
+    metrics.ready.set(0);
+    // A listener failure also stops everything.
     shutdown.cancel();
+    info!(delay_s = config.shutdown_delay.as_secs_f64(), "draining");
+    let delay = tokio::time::sleep(config.shutdown_delay);
     while tasks.join_next().await.is_some() {}
+    delay.await;
+    stop_http.cancel();
+    while late_tasks.join_next().await.is_some() {}
+    let http_result = match early {
+        Some(ended) => ended,
+        None => http.await,
+    };
     info!("node stopped");
-    Ok(http_result?)
+    match http_result {
+        Ok(r) => Ok(r?),
+        Err(e) => Err(RunError::Io(std::io::Error::other(format!(
+            "http server task: {e}"
+        )))),
+    }
 }

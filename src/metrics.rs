@@ -10,6 +10,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Label of an attempt's outcome.
@@ -46,6 +47,23 @@ pub struct Metrics {
     pub pubsub_connected: Gauge,
     /// Redis commands that failed.
     pub redis_errors: Counter,
+    /// Seconds from an attempt's due time to its start on this node.
+    pub lateness: Histogram,
+    /// Seconds an attempt's HTTP exchange took (connect to response body).
+    pub attempt_duration: Histogram,
+    /// Intake entries read by no consumer yet, plus those read but not acknowledged (read at scrape).
+    pub intake_lag: Gauge,
+    /// Devices connected to this node (read at scrape).
+    pub devices_online: Gauge,
+    /// Device calls made through this node, by outcome (ok, device_error, offline, timeout).
+    pub device_calls: Family<Outcome, Counter>,
+    /// 0 while the node drains for shutdown, else 1.
+    pub ready: Gauge,
+}
+
+/// Buckets (seconds) for lateness and attempt latency: 1 ms to about 65 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17)
 }
 
 impl Default for Metrics {
@@ -71,6 +89,12 @@ impl Metrics {
             orders_followed: Gauge::default(),
             pubsub_connected: Gauge::default(),
             redis_errors: Counter::default(),
+            lateness: Histogram::new(latency_buckets()),
+            attempt_duration: Histogram::new(latency_buckets()),
+            intake_lag: Gauge::default(),
+            devices_online: Gauge::default(),
+            device_calls: Family::default(),
+            ready: Gauge::default(),
         };
         r.register(
             "enqueued",
@@ -131,6 +155,36 @@ impl Metrics {
             "redis_errors",
             "Redis commands that failed",
             m.redis_errors.clone(),
+        );
+        r.register(
+            "lateness_seconds",
+            "Seconds from an attempt's due time to its start",
+            m.lateness.clone(),
+        );
+        r.register(
+            "attempt_duration_seconds",
+            "Seconds one delivery attempt's HTTP exchange took",
+            m.attempt_duration.clone(),
+        );
+        r.register(
+            "intake_lag",
+            "Intake stream entries not yet read or not yet acknowledged",
+            m.intake_lag.clone(),
+        );
+        r.register(
+            "devices_online",
+            "Devices connected to this node",
+            m.devices_online.clone(),
+        );
+        r.register(
+            "device_calls",
+            "Device calls made through this node, by outcome",
+            m.device_calls.clone(),
+        );
+        r.register(
+            "ready",
+            "1 when the node takes work, 0 while it drains for shutdown",
+            m.ready.clone(),
         );
         Self {
             registry: Arc::new(r),

@@ -275,9 +275,16 @@ fn dispatch(
     let span =
         info_span!("delivery", id = %c.id, attempt = c.attempt, host = tracing::field::Empty);
     shared.metrics.in_flight.inc();
+    let lateness_ms = (crate::now_ms() - c.due_ms).max(0);
+    shared.metrics.lateness.observe(lateness_ms as f64 / 1000.0);
     deliveries.spawn(
         async move {
+            let started = Instant::now();
             let report = deliver_one(&shared, c).await;
+            shared
+                .metrics
+                .attempt_duration
+                .observe(started.elapsed().as_secs_f64());
             shared.metrics.in_flight.dec();
             if let Report::Settle(_, s) = &report {
                 let outcome = crate::metrics::Outcome { outcome: s.verdict };

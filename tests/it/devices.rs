@@ -1,10 +1,13 @@
-//! Devices on TCP: calls across nodes with deadlines, heartbeats, presence, bad input.
+//! Devices on TCP and on the `/device` websocket: calls across nodes with deadlines,
+//! heartbeats, presence, bad input.
 
 use std::time::{Duration, Instant};
 
+use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
 
@@ -19,23 +22,41 @@ fn device_token(id: &str) -> String {
     .unwrap()
 }
 
-struct Device {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+enum Device {
+    Tcp {
+        reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+        writer: tokio::net::tcp::OwnedWriteHalf,
+    },
+    Ws(Box<Ws>),
 }
 
 impl Device {
     async fn connect(node: &Node, id: &str, token: &str) -> (Device, Value) {
         let stream = TcpStream::connect(node.device_addr.unwrap()).await.unwrap();
         let (r, w) = stream.into_split();
-        let mut d = Device {
+        let d = Device::Tcp {
             reader: BufReader::new(r),
             writer: w,
         };
-        d.send(json!({"type": "hello", "device_id": id, "token": token}))
+        d.hello(id, token).await
+    }
+
+    /// The same device protocol over `ws://node/device`.
+    async fn connect_ws(node: &Node, id: &str, token: &str) -> (Device, Value) {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/device", node.addr))
+            .await
+            .unwrap();
+        Device::Ws(Box::new(ws)).hello(id, token).await
+    }
+
+    async fn hello(mut self, id: &str, token: &str) -> (Device, Value) {
+        self.send(json!({"type": "hello", "device_id": id, "token": token}))
             .await;
-        let first = d.recv(Duration::from_secs(5)).await.unwrap();
-        (d, first)
+        let first = self.recv(Duration::from_secs(5)).await.unwrap();
+        (self, first)
     }
 
     async fn online(node: &Node, id: &str) -> Device {
@@ -45,18 +66,36 @@ impl Device {
     }
 
     async fn send(&mut self, v: Value) {
-        self.writer
-            .write_all(format!("{v}\n").as_bytes())
-            .await
-            .unwrap();
+        match self {
+            Device::Tcp { writer, .. } => {
+                writer.write_all(format!("{v}\n").as_bytes()).await.unwrap()
+            }
+            Device::Ws(ws) => ws.send(Message::Text(v.to_string().into())).await.unwrap(),
+        }
     }
 
     /// The next frame; None on timeout or end of stream.
     async fn recv(&mut self, wait: Duration) -> Option<Value> {
-        let mut line = String::new();
-        match tokio::time::timeout(wait, self.reader.read_line(&mut line)).await {
-            Ok(Ok(n)) if n > 0 => Some(serde_json::from_str(&line).unwrap()),
-            _ => None,
+        match self {
+            Device::Tcp { reader, .. } => {
+                let mut line = String::new();
+                match tokio::time::timeout(wait, reader.read_line(&mut line)).await {
+                    Ok(Ok(n)) if n > 0 => Some(serde_json::from_str(&line).unwrap()),
+                    _ => None,
+                }
+            }
+            Device::Ws(ws) => {
+                let deadline = tokio::time::Instant::now() + wait;
+                loop {
+                    match tokio::time::timeout_at(deadline, ws.next()).await {
+                        Ok(Some(Ok(Message::Text(t)))) => {
+                            return Some(serde_json::from_str(&t).unwrap())
+                        }
+                        Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                        _ => return None,
+                    }
+                }
+            }
         }
     }
 
@@ -134,7 +173,7 @@ async fn a_black_holed_device_times_out_without_holding_up_the_others() {
     // This device reads nothing and answers nothing, but its connection stays up.
     let _hole = Device::online(&a, "hole").await;
     let mut healthy = Vec::new();
-    for i in 0..20 {
+    for i in 0..50 {
         healthy.push(Device::online(&a, &format!("ok-{i}")).await.serve_echo());
     }
     let started = Instant::now();
@@ -144,31 +183,37 @@ async fn a_black_holed_device_times_out_without_holding_up_the_others() {
             let t = Instant::now();
             let r = api()
                 .post(b_url)
-                .json(&json!({"method": "amount_due", "timeout_ms": 800}))
+                .json(&json!({"method": "amount_due", "timeout_ms": 3000}))
                 .send()
                 .await
                 .unwrap();
             (r.status().as_u16(), t.elapsed())
         }
     });
-    // Meanwhile 200 calls to healthy devices all succeed, well before the stuck one gives up.
-    let calls = (0..200).map(|i| {
+    // Meanwhile 1,000 concurrent calls to healthy devices all succeed while the stuck one
+    // is still waiting: nothing queues behind an unanswered call.
+    let calls = (0..1000).map(|i| {
         let b = &b;
         async move {
-            call(b, &format!("ok-{}", i % 20), "amount_due", 3000)
+            call(b, &format!("ok-{}", i % 50), "amount_due", 3000)
                 .await
                 .0
         }
     });
     let statuses = futures::future::join_all(calls).await;
-    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(
+        !stuck.is_finished(),
+        "the stuck call ended before the others"
+    );
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(ok, 1000, "{statuses:?}");
     let (status, took) = stuck.await.unwrap();
     assert_eq!(status, 504);
     assert!(
-        took >= Duration::from_millis(800) && took < Duration::from_millis(2500),
+        took >= Duration::from_millis(3000) && took < Duration::from_millis(4500),
         "{took:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(15));
     for h in healthy {
         h.abort();
     }
@@ -344,4 +389,50 @@ async fn the_simulator_connects_devices_that_answer_calls() {
     assert_eq!(status, 504, "the black-holed simulated device answered");
     let _ = sim.kill();
     let _ = sim.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_websocket_speaks_the_same_frames() {
+    let redis = RedisServer::start().unwrap();
+    let a = Node::start_with_devices(config(&redis)).await;
+    let b = Node::start(config(&redis)).await;
+    let (mut d, welcome) = Device::connect_ws(&a, "kiosk-1", &device_token("kiosk-1")).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    d.send(json!({"type": "ping"})).await;
+    assert_eq!(
+        d.recv(Duration::from_secs(5)).await.unwrap()["type"],
+        "pong"
+    );
+    let echo = d.serve_echo();
+    let (status, body) = call(&b, "kiosk-1", "amount_due", 3000).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["echo"], "amount_due");
+    // A TCP connection for the same device replaces the websocket one.
+    let tcp = Device::online(&a, "kiosk-1").await.serve_echo();
+    echo.await.unwrap();
+    let (status, _) = call(&b, "kiosk-1", "amount_due", 3000).await;
+    assert_eq!(status, 200);
+    tcp.abort();
+    // Refusals: a bad token, garbage, an oversized frame.
+    let (mut bad, first) = Device::connect_ws(&a, "kiosk-2", &device_token("other")).await;
+    assert_eq!(first["code"], "bad_token", "{first}");
+    assert!(bad.recv(Duration::from_secs(2)).await.is_none());
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/device", a.addr))
+        .await
+        .unwrap();
+    let mut garbage = Device::Ws(Box::new(ws));
+    if let Device::Ws(ws) = &mut garbage {
+        ws.send(Message::Binary(vec![0u8, 0xff, 1].into()))
+            .await
+            .unwrap();
+    }
+    let err = garbage.recv(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(err["code"], "bad_frame", "{err}");
+    let (mut big, _) = Device::connect_ws(&a, "kiosk-3", &device_token("kiosk-3")).await;
+    big.send(json!({"type": "ping", "pad": "x".repeat(10_000)}))
+        .await;
+    let err = big.recv(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(err["code"], "frame_too_large", "{err}");
+    let (_ok, welcome) = Device::connect_ws(&a, "kiosk-4", &device_token("kiosk-4")).await;
+    assert_eq!(welcome["type"], "welcome");
 }
