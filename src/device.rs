@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::{Store, Touch};
 use crate::token::{self, Kind};
 
 /// Largest frame a device may send, in bytes (including the newline).
@@ -501,9 +501,20 @@ impl Devices {
                             // plenty and halves the Redis work of a large fleet.
                             if last_touch.elapsed() >= heartbeat {
                                 last_touch = Instant::now();
-                                if let Ok(false) = self.inner.store.device_touch(&device, &conn_id, ttl).await {
-                                    goodbye = Some("replaced by a newer connection");
-                                    break;
+                                match self.inner.store.device_touch(&device, &conn_id, ttl).await {
+                                    Ok(Touch::Replaced) => {
+                                        goodbye = Some("replaced by a newer connection");
+                                        break;
+                                    }
+                                    Ok(Touch::Missing) => {
+                                        // Redis lost the entry (restarted empty, or it expired
+                                        // during an outage): this connection is still the
+                                        // device's, so it says so again.
+                                        info!(%device, "presence entry missing; joining again");
+                                        let _ = self.inner.store.device_join(&device, &self.inner.config.node_id, &conn_id, ttl).await;
+                                    }
+                                    Ok(Touch::Refreshed) => {}
+                                    Err(e) => debug!(error = %e, "presence not refreshed"),
                                 }
                             }
                             let reply = if frame.get("type").and_then(Value::as_str) == Some("event") {

@@ -141,6 +141,15 @@ impl RedisServer {
         }
     }
 
+    /// Starts a [`stop`](Self::stop)ped server again on the same port and dir (empty unless
+    /// persistent). Does nothing if it runs.
+    pub fn start_again(&mut self) -> Result<(), RedisChildError> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        self.spawn()
+    }
+
     /// Starts it again on the same port and dir (empty unless persistent).
     pub fn restart(&mut self) -> Result<(), RedisChildError> {
         self.stop();

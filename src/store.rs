@@ -38,6 +38,17 @@ pub enum Enqueued {
 }
 
 /// A claimed notification.
+/// What refreshing a device's presence found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touch {
+    /// Still this connection's; its TTL is renewed.
+    Refreshed,
+    /// Another connection holds the device now.
+    Replaced,
+    /// No entry at all (expired, or Redis restarted empty): join again.
+    Missing,
+}
+
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub partition: u32,
@@ -434,7 +445,7 @@ impl Store {
     }
 
     /// Refreshes a device's presence; false when another connection owns it now.
-    pub async fn device_touch(&self, device_id: &str, conn_id: &str, ttl_ms: u64) -> Result<bool> {
+    pub async fn device_touch(&self, device_id: &str, conn_id: &str, ttl_ms: u64) -> Result<Touch> {
         let mut conn = self.conn().await?;
         let n: i64 = self
             .scripts
@@ -445,7 +456,11 @@ impl Store {
             .arg(ttl_ms)
             .invoke_async(&mut conn)
             .await?;
-        Ok(n == 1)
+        Ok(match n {
+            1 => Touch::Refreshed,
+            0 => Touch::Replaced,
+            _ => Touch::Missing,
+        })
     }
 
     /// Removes a device's presence if `conn_id` still owns it.

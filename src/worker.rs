@@ -418,7 +418,11 @@ async fn settler(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>) {
             }
         }
         for (p, outcomes) in settles {
-            let mut tries = 0;
+            // Settling is worth retrying for as long as Redis may be away: the claim token
+            // fences the outcome, so a late settle is still exact, while giving up means the
+            // lease expires and the merchant is called again.
+            let mut tries = 0u32;
+            let give_up = Instant::now() + shared.config.lease * 2;
             loop {
                 match shared.store.settle(p, crate::now_ms(), &outcomes).await {
                     Ok((head, applied)) => {
@@ -432,11 +436,14 @@ async fn settler(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>) {
                         }
                         break;
                     }
-                    Err(e) if tries < 5 => {
+                    Err(e) if Instant::now() < give_up => {
                         tries += 1;
                         shared.metrics.redis_errors.inc();
-                        warn!(error = %e, tries, "settle failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                        if tries == 1 || tries.is_power_of_two() {
+                            warn!(error = %e, tries, "settle failed; retrying");
+                        }
+                        let pause = Duration::from_millis((100u64 << tries.min(5)).min(2000));
+                        tokio::time::sleep(pause).await;
                     }
                     Err(e) => {
                         warn!(error = %e, count = outcomes.len(), "settle failed; the leases will expire and the entries come back");

@@ -123,14 +123,7 @@ async fn dead_list_and_replay_over_http_and_cli() {
     for id in ["d1", "d2", "d3"] {
         wait_state(&node, id, "dead", Duration::from_secs(10)).await;
     }
-    let list: serde_json::Value = api()
-        .get(node.url("/v1/dead"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = get_json(&node, "/v1/dead").await;
     assert_eq!(list["dead"].as_array().unwrap().len(), 3, "{list}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
         .args(["dead", "list", "--redis-url", &redis.url()])
@@ -165,14 +158,7 @@ async fn dead_list_and_replay_over_http_and_cli() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"replayed\": 2"));
     wait_state(&node, "d2", "delivered", Duration::from_secs(10)).await;
     wait_state(&node, "d3", "delivered", Duration::from_secs(10)).await;
-    let stats: serde_json::Value = api()
-        .get(node.url("/v1/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = get_json(&node, "/v1/stats").await;
     assert_eq!(stats["delivered"], 3, "{stats}");
     assert_eq!(stats["dead"], 0, "{stats}");
     node.stop().await;
@@ -300,14 +286,7 @@ async fn a_slow_destination_does_not_hold_up_others() {
         "slow destination got {} requests",
         slow.count()
     );
-    let stats: serde_json::Value = api()
-        .get(node.url("/v1/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = get_json(&node, "/v1/stats").await;
     assert!(stats["delivered"].as_i64().unwrap() >= 40, "{stats}");
     node.stop().await;
 }

@@ -145,14 +145,7 @@ async fn a_call_through_node_b_reaches_a_device_on_node_a() {
         (status, body["code"].clone()),
         (404, json!("device_offline"))
     );
-    let presence: Value = api()
-        .get(b.url("/v1/devices/gate-1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let presence = get_json(&b, "/v1/devices/gate-1").await;
     assert_eq!(presence["online"], true);
     assert!(presence["connected_since"].as_i64().unwrap() > 0);
     let r = api()
@@ -246,14 +239,7 @@ async fn a_silent_device_is_offline_within_one_and_a_half_heartbeats() {
         took >= Duration::from_millis(550) && took < Duration::from_millis(1500),
         "{took:?}"
     );
-    let presence: Value = api()
-        .get(a.url("/v1/devices/quiet-gate"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let presence = get_json(&a, "/v1/devices/quiet-gate").await;
     assert_eq!(presence["online"], false);
 }
 
@@ -269,14 +255,7 @@ async fn a_device_that_reconnects_to_another_node_takes_its_calls_along() {
     assert_eq!(bye["type"], "goodbye");
     let (status, body) = call(&a, "roamer", "amount_due", 3000).await;
     assert_eq!(status, 200, "{body}");
-    let presence: Value = api()
-        .get(a.url("/v1/devices/roamer"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let presence = get_json(&a, "/v1/devices/roamer").await;
     assert_eq!(presence["online"], true);
     new.abort();
 }
@@ -369,14 +348,7 @@ async fn the_simulator_connects_devices_that_answer_calls() {
         .spawn()
         .unwrap();
     wait_until(Duration::from_secs(10), || async {
-        let v: Value = api()
-            .get(a.url("/v1/devices/sim-4"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(&a, "/v1/devices/sim-4").await;
         v["online"] == true
     })
     .await;

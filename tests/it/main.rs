@@ -5,6 +5,8 @@ mod browser;
 mod delivery;
 mod devices;
 mod enqueue;
+mod faults;
+mod helm;
 mod push;
 mod replicas;
 mod support;

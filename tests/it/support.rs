@@ -304,16 +304,21 @@ pub async fn post_json(node: &Node, doc: serde_json::Value) -> (u16, serde_json:
     (status, r.json().await.unwrap_or_default())
 }
 
-/// GET /v1/notifications/{id}.
-pub async fn show(node: &Node, id: &str) -> serde_json::Value {
+/// An authenticated GET of `path` on `node`, as JSON.
+pub async fn get_json(node: &Node, path: &str) -> serde_json::Value {
     api()
-        .get(node.url(&format!("/v1/notifications/{id}")))
+        .get(node.url(path))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap()
+}
+
+/// GET /v1/notifications/{id}.
+pub async fn show(node: &Node, id: &str) -> serde_json::Value {
+    get_json(node, &format!("/v1/notifications/{id}")).await
 }
 
 /// Waits until notification `id` is in `state` and returns its record.

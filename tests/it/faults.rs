@@ -1,0 +1,269 @@
+//! Redis faults: a 30 s outage, and a Redis that comes back empty. Real processes, real Redis.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+async fn status(url: String) -> Option<u16> {
+    reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+async fn enqueue(addr: std::net::SocketAddr, doc: Value) -> (u16, Value) {
+    let r = api()
+        .post(format!("http://{addr}/v1/notifications"))
+        .json(&doc)
+        .send()
+        .await
+        .unwrap();
+    let code = r.status().as_u16();
+    (code, r.json().await.unwrap_or_default())
+}
+
+/// Ids the sink has received (the body of each notification is its id).
+fn delivered_ids(sink: &Sink) -> HashSet<String> {
+    sink.received()
+        .iter()
+        .map(|r| {
+            String::from_utf8_lossy(&r.body)
+                .trim_matches('"')
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30_second_redis_outage_loses_nothing_and_readiness_follows_it() {
+    let mut redis = RedisServer::start_with(true).unwrap();
+    let sink = Sink::start().await;
+    let mut procs = vec![
+        Proc::serve(&redis.url(), &["--lease", "5s"]),
+        Proc::serve(&redis.url(), &["--lease", "5s"]),
+    ];
+    for p in &procs {
+        p.wait_ready().await;
+    }
+    let a = procs[0].addr;
+    let mut expected = HashSet::new();
+    for i in 0..100 {
+        let id = format!("before-{i}");
+        let (code, body) = enqueue(a, json!({"id": id, "url": sink.url("/ok"), "body": id})).await;
+        assert_eq!(code, 201, "{body}");
+        expected.insert(id);
+    }
+    wait_until(Duration::from_secs(20), || async {
+        delivered_ids(&sink).len() == 100
+    })
+    .await;
+    // These fall due while Redis is away.
+    let due = paynotify::now_ms() + 1_500;
+    for i in 0..100 {
+        let id = format!("during-{i}");
+        let (code, body) = enqueue(
+            a,
+            json!({"id": id, "url": sink.url("/ok"), "body": id, "deliver_at": due}),
+        )
+        .await;
+        assert_eq!(code, 201, "{body}");
+        expected.insert(id);
+    }
+    redis.stop();
+    let outage = Instant::now();
+    for p in &procs {
+        let ready = format!("http://{}/readyz", p.addr);
+        wait_until(Duration::from_secs(10), || {
+            let ready = ready.clone();
+            async move { status(ready).await == Some(503) }
+        })
+        .await;
+        assert_eq!(
+            status(format!("http://{}/healthz", p.addr)).await,
+            Some(200)
+        );
+    }
+    // An enqueue during the outage is refused clearly, never accepted and dropped.
+    let (code, body) = enqueue(a, json!({"id": "refused", "url": sink.url("/ok")})).await;
+    assert_eq!((code, body["code"].clone()), (503, json!("unavailable")));
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed())).await;
+    for p in &mut procs {
+        assert!(
+            p.child.try_wait().unwrap().is_none(),
+            "a node exited during the outage"
+        );
+    }
+    redis.start_again().unwrap();
+    for p in &procs {
+        let ready = format!("http://{}/readyz", p.addr);
+        wait_until(Duration::from_secs(30), || {
+            let ready = ready.clone();
+            async move { status(ready).await == Some(200) }
+        })
+        .await;
+    }
+    for i in 0..50 {
+        let id = format!("after-{i}");
+        let (code, body) = enqueue(
+            procs[1].addr,
+            json!({"id": id, "url": sink.url("/ok"), "body": id}),
+        )
+        .await;
+        assert_eq!(code, 201, "{body}");
+        expected.insert(id);
+    }
+    wait_until(Duration::from_secs(30), || async {
+        delivered_ids(&sink).is_superset(&expected)
+    })
+    .await;
+    let received = sink.count();
+    eprintln!(
+        "outage: {} notifications, {} requests received ({} repeated)",
+        expected.len(),
+        received,
+        received - expected.len()
+    );
+    for p in &mut procs {
+        assert!(p.child.try_wait().unwrap().is_none());
+        assert!(p.sigterm().success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_comes_back_empty_gets_its_groups_subscriptions_and_presence_again() {
+    let mut redis = RedisServer::start().unwrap();
+    let sink = Sink::start().await;
+    let mut c = config(&redis);
+    c.device_heartbeat = Duration::from_millis(500);
+    let node = Node::start_with_devices(c).await;
+    // A browser following an order, and a device.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", node.addr))
+        .await
+        .unwrap();
+    let order_token = paynotify::token::mint(
+        &[TOKEN_SECRET.to_string()],
+        paynotify::token::Kind::Order,
+        "o-empty",
+        paynotify::now_ms() / 1000 + 600,
+    )
+    .unwrap();
+    ws.send(Message::Text(
+        json!({"type": "subscribe", "order_id": "o-empty", "token": order_token})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let subscribed = ws.next().await.unwrap().unwrap();
+    assert!(
+        subscribed.to_string().contains("subscribed"),
+        "{subscribed}"
+    );
+    let device_token = paynotify::token::mint(
+        &[TOKEN_SECRET.to_string()],
+        paynotify::token::Kind::Device,
+        "gate-e",
+        paynotify::now_ms() / 1000 + 600,
+    )
+    .unwrap();
+    let stream = tokio::net::TcpStream::connect(node.device_addr.unwrap())
+        .await
+        .unwrap();
+    let (r, mut w) = stream.into_split();
+    w.write_all(
+        format!(
+            "{}\n",
+            json!({"type": "hello", "device_id": "gate-e", "token": device_token})
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut lines = BufReader::new(r).lines();
+    let welcome = lines.next_line().await.unwrap().unwrap();
+    assert!(welcome.contains("welcome"), "{welcome}");
+    // The device pings and answers calls.
+    let device = tokio::spawn(async move {
+        let mut ping = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                line = lines.next_line() => match line {
+                    Ok(Some(line)) => {
+                        let frame: Value = serde_json::from_str(&line).unwrap();
+                        if frame["type"] == "call" {
+                            let reply = json!({"type": "reply", "id": frame["id"], "result": "here"});
+                            w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+                        }
+                        assert_ne!(frame["type"], "goodbye", "the device was sent away: {frame}");
+                    }
+                    _ => return,
+                },
+                _ = ping.tick() => w.write_all(b"{\"type\":\"ping\"}\n").await.unwrap(),
+            }
+        }
+    });
+
+    redis.restart().unwrap();
+    wait_until(Duration::from_secs(20), || async {
+        status(node.url("/readyz")).await == Some(200)
+    })
+    .await;
+    // The intake consumer group is created again.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let doc = json!({"id": "after-empty", "url": sink.url("/ok"), "body": "after-empty"});
+    let _: String = redis::cmd("XADD")
+        .arg("paynotify:intake")
+        .arg("*")
+        .arg("notification")
+        .arg(doc.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(20), || async { sink.count() == 1 }).await;
+    // The browser's subscription is made again: a result still reaches it.
+    let mut got = None;
+    for _ in 0..50 {
+        let r = api()
+            .post(node.url("/v1/orders/o-empty/result"))
+            .json(&json!({"status": "paid"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        if let Ok(Some(Ok(Message::Text(t)))) =
+            tokio::time::timeout(Duration::from_millis(300), ws.next()).await
+        {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "result" {
+                got = Some(v);
+                break;
+            }
+        }
+    }
+    assert_eq!(got.expect("no result after the restart")["status"], "paid");
+    // The device's presence comes back without dropping it, and calls reach it.
+    wait_until(Duration::from_secs(10), || async {
+        let v = get_json(&node, "/v1/devices/gate-e").await;
+        v["online"] == true
+    })
+    .await;
+    let r = api()
+        .post(node.url("/v1/devices/gate-e/call"))
+        .json(&json!({"method": "where", "timeout_ms": 3000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!device.is_finished(), "the device connection ended");
+    device.abort();
+}
