@@ -204,6 +204,17 @@ async fn run() {
     let mut seed: u64 = 11;
     let mut sent = 0u64;
     let mut tasks = tokio::task::JoinSet::new();
+    // CPU time of every process over the load phase: where the cores go, per call.
+    let mut pids: Vec<(&str, u32)> = vec![
+        ("node A (gateway)", nodes[0].id()),
+        ("node B (api)", nodes[1].id()),
+        ("simulators", nodes[2].id()),
+        ("simulators", nodes[3].id()),
+        ("redis", redis.pid().unwrap_or(0)),
+        ("load generator", std::process::id()),
+    ];
+    pids.retain(|(_, pid)| *pid != 0);
+    let cpu_before: Vec<u64> = pids.iter().map(|(_, pid)| cpu_ticks(*pid)).collect();
     let run_start = Instant::now();
     while sent < total {
         tick.tick().await;
@@ -265,6 +276,15 @@ async fn run() {
     // black hole's deadline) is not part of it.
     let secs = run_start.elapsed().as_secs_f64();
     while tasks.join_next().await.is_some() {}
+    let wall = run_start.elapsed().as_secs_f64();
+    let mut cpu: Vec<(&str, f64)> = Vec::new();
+    for ((name, pid), before) in pids.iter().zip(&cpu_before) {
+        let used = cpu_ticks(*pid).saturating_sub(*before) as f64 / 100.0;
+        match cpu.iter_mut().find(|(n, _)| n == name) {
+            Some((_, total)) => *total += used,
+            None => cpu.push((name, used)),
+        }
+    }
     let mut lat = latencies.lock().unwrap().clone();
     lat.sort_unstable();
     let failures = failures.lock().unwrap().clone();
@@ -288,8 +308,36 @@ async fn run() {
     let timeouts = holes.iter().filter(|(s, _)| *s == 504).count();
     let max_ms = holes.iter().map(|(_, ms)| *ms).max().unwrap_or(0);
     println!("  black-holed device: {} calls, {timeouts} answered 504, slowest {max_ms} ms (deadline 1000 ms)", holes.len());
+    let total_cpu: f64 = cpu.iter().map(|(_, c)| c).sum();
+    let parts: Vec<String> = cpu
+        .iter()
+        .map(|(name, c)| format!("{name} {:.0} µs", c * 1e6 / total as f64))
+        .collect();
+    println!(
+        "  CPU per call: {} (all: {:.0} µs; {:.2} of 2 cores busy)",
+        parts.join(", "),
+        total_cpu * 1e6 / total as f64,
+        total_cpu / wall
+    );
     for n in &mut nodes {
         let _ = n.kill();
         let _ = n.wait();
     }
+}
+
+/// utime + stime of a process, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // The command name (field 2) may hold spaces; count fields after its closing parenthesis.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(11) + get(12)
 }
