@@ -223,12 +223,14 @@ async fn drain(n: u64, worker_count: u64, partitions: u64) {
             .arg(1).arg(&k).arg(due)
             .query_async(&mut conn).await.unwrap();
     }
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg("paynotify:wake")
-        .arg(due)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    for channel in key.wake_channels() {
+        let _: i64 = redis::cmd("SPUBLISH")
+            .arg(channel)
+            .arg(due)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
     let cpu_before = cpu_times(&redis, &procs);
     let _: () = redis::cmd("CONFIG")
         .arg("RESETSTAT")

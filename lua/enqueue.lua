@@ -9,7 +9,8 @@
 -- ARGV[2] normalized spec JSON
 -- ARGV[3] first due time (ms)
 -- ARGV[4] now (ms)
--- ARGV[5] wake channel, published to when this entry becomes the earliest one
+-- ARGV[5] wake shard channel of the partition (same hash tag), SPUBLISHed to when this entry
+--         becomes the earliest one
 -- Returns: {"created", due_ms} | {"exists", state} | {"conflict", state}
 local id = ARGV[1]
 local existing = redis.call('HGET', KEYS[2], id)
@@ -34,6 +35,6 @@ redis.call('ZADD', KEYS[1], due, member)
 redis.call('HINCRBY', KEYS[5], 'enqueued', 1)
 local head = redis.call('ZRANGE', KEYS[1], 0, 0)
 if head[1] == member then
-  redis.call('PUBLISH', ARGV[5], due)
+  redis.call('SPUBLISH', ARGV[5], due)
 end
 return {'created', due}

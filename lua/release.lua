@@ -4,7 +4,8 @@
 -- KEYS[1] due    ZSET   member -> next attempt (ms)
 -- KEYS[2] meta   HASH   id -> state JSON
 -- KEYS[3] stats  HASH   counters
--- ARGV[1] wake channel, published to when a released entry becomes the earliest one
+-- ARGV[1] wake shard channel of the partition (same hash tag), SPUBLISHed to when a released
+--         entry becomes the earliest one
 -- then 3 per entry: id, token, time it is due again (ms)
 -- Returns: the number of entries released (entries whose token no longer matches are skipped)
 local released = 0
@@ -31,7 +32,7 @@ end
 if earliest then
   local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   if head[2] and tonumber(head[2]) >= earliest then
-    redis.call('PUBLISH', ARGV[1], earliest)
+    redis.call('SPUBLISH', ARGV[1], earliest)
   end
 end
 return released

@@ -4,7 +4,7 @@
 -- KEYS[2] meta   HASH   id -> state JSON
 -- KEYS[3] dead   ZSET   id -> died at (ms)
 -- ARGV[1] now (ms)
--- ARGV[2] wake channel
+-- ARGV[2] wake shard channel of the partition (same hash tag), SPUBLISHed to
 -- ARGV[3] "ids" followed by ids, or "oldest" followed by a count (replays the oldest dead entries)
 -- Returns: the ids replayed
 local ids = {}
@@ -29,5 +29,5 @@ for _, id in ipairs(ids) do
     out[#out + 1] = id
   end
 end
-if #out > 0 then redis.call('PUBLISH', ARGV[2], ARGV[1]) end
+if #out > 0 then redis.call('SPUBLISH', ARGV[2], ARGV[1]) end
 return out

@@ -1,4 +1,4 @@
-//! Following one Redis pub/sub channel for the life of the node.
+//! Following shard channels (`SSUBSCRIBE`) for the life of the node.
 //!
 //! Invariant: the follower reconnects with backoff (100 ms doubling to 3 s) whenever the
 //! connection is lost, and calls `on_connected` after every (re)subscribe, because messages
@@ -6,37 +6,37 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-/// Subscribes to `channel` and hands every message to `on_message` until `stop`.
+use crate::backend::{Message, Target};
+
+/// Subscribes to `channels` and hands every message to `on_message` until `stop`.
 pub async fn follow(
-    redis_url: &str,
-    channel: &str,
+    target: &Target,
+    channels: &[String],
     stop: &CancellationToken,
     mut on_connected: impl FnMut(),
-    mut on_message: impl FnMut(&redis::Msg),
+    mut on_message: impl FnMut(&Message),
 ) {
     let mut failures = 0u32;
+    let name = channels.first().cloned().unwrap_or_default();
     while !stop.is_cancelled() {
         let connected = async {
-            let client = redis::Client::open(redis_url)?;
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
+            let (mut subs, messages) = target.subscriber().await?;
+            subs.subscribe(channels).await?;
+            Ok::<_, redis::RedisError>((subs, messages))
         }
         .await;
         match connected {
-            Ok(pubsub) => {
+            Ok((_subs, mut messages)) => {
                 failures = 0;
                 on_connected();
-                let mut messages = pubsub.into_on_message();
                 loop {
                     tokio::select! {
                         msg = messages.next() => match msg {
                             Some(msg) => on_message(&msg),
-                            None => { warn!(%channel, "pub/sub connection lost; reconnecting"); break }
+                            None => { warn!(channel = %name, "pub/sub connection lost; reconnecting"); break }
                         },
                         _ = stop.cancelled() => return,
                     }
@@ -44,7 +44,7 @@ pub async fn follow(
             }
             Err(e) => {
                 failures += 1;
-                warn!(%channel, error = %e, "subscribe failed; retrying");
+                warn!(channel = %name, error = %e, "subscribe failed; retrying");
             }
         }
         let backoff = Duration::from_millis((100u64 << failures.min(5)).min(3000));

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::backend::Target;
 use crate::config::{Config, Roles};
 use crate::keys::Keys;
 use crate::store::{Enqueued, Store};
@@ -184,6 +185,10 @@ pub struct RedisArgs {
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
+    /// Redis is a Redis Cluster: --redis-url lists one or more seed nodes, comma-separated
+    /// (redis://10.0.0.1:6379,redis://10.0.0.2:6379). Needs Redis 7 (sharded pub/sub).
+    #[arg(long, env = "PAYNOTIFY_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
     /// Prefix of every Redis key.
     #[arg(long, env = "PAYNOTIFY_PREFIX", default_value = "paynotify")]
     pub prefix: String,
@@ -318,6 +323,7 @@ impl ServeArgs {
     pub fn to_config(&self) -> Result<Config, String> {
         let roles = Roles::parse(&self.roles).map_err(|e| format!("--roles: {e}"))?;
         let mut c = Config::for_redis(&self.redis.redis_url);
+        c.redis_cluster = self.redis.redis_cluster;
         c.prefix = self.redis.prefix.clone();
         c.partitions = self.redis.partitions;
         c.roles = roles;
@@ -360,7 +366,7 @@ fn secrets(values: &[String]) -> Vec<String> {
 
 /// Checks a config; the error names the flag.
 pub fn validate(c: &Config) -> Result<(), String> {
-    check_redis_url(&c.redis_url)?;
+    check_redis_url(&c.redis_url, c.redis_cluster)?;
     check_prefix(&c.prefix)?;
     if c.partitions == 0 || c.partitions > 1024 {
         return Err("--partitions must be from 1 to 1024".into());
@@ -413,8 +419,8 @@ pub fn validate(c: &Config) -> Result<(), String> {
     Ok(())
 }
 
-fn check_redis_url(url: &str) -> Result<(), String> {
-    redis::Client::open(url)
+fn check_redis_url(url: &str, cluster: bool) -> Result<(), String> {
+    Target::open(url, cluster)
         .map(|_| ())
         .map_err(|e| format!("--redis-url: {e}"))
 }
@@ -428,13 +434,13 @@ fn check_prefix(prefix: &str) -> Result<(), String> {
 
 impl RedisArgs {
     fn store(&self) -> Result<Store, String> {
-        check_redis_url(&self.redis_url)?;
         check_prefix(&self.prefix)?;
         if self.partitions == 0 || self.partitions > 1024 {
             return Err("--partitions must be from 1 to 1024".into());
         }
-        Store::connect(&self.redis_url, Keys::new(&self.prefix, self.partitions))
-            .map_err(|e| e.to_string())
+        let target = Target::open(&self.redis_url, self.redis_cluster)
+            .map_err(|e| format!("--redis-url: {e}"))?;
+        Ok(Store::on(target, Keys::new(&self.prefix, self.partitions)))
     }
 }
 

@@ -54,6 +54,8 @@ impl Roles {
 #[derive(Clone)]
 pub struct Config {
     pub redis_url: String,
+    /// `redis_url` lists seed nodes of a Redis Cluster (comma-separated).
+    pub redis_cluster: bool,
     pub prefix: String,
     pub partitions: u32,
     pub roles: Roles,
@@ -95,6 +97,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_cluster", &self.redis_cluster)
             .field("prefix", &self.prefix)
             .field("partitions", &self.partitions)
             .field("roles", &self.roles)
@@ -137,6 +140,7 @@ impl Config {
     pub fn for_redis(redis_url: &str) -> Self {
         Self {
             redis_url: redis_url.to_string(),
+            redis_cluster: false,
             prefix: "paynotify".into(),
             partitions: 1,
             roles: Roles::ALL,
@@ -181,11 +185,17 @@ pub fn default_node_id() -> String {
 
 /// A Redis URL with any password replaced by `***`, for logs.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
+    // A Cluster's seed list is several URLs, comma-separated: redact each.
+    url.split(',')
+        .map(|one| match url::Url::parse(one.trim()) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            Ok(u) => u.to_string(),
+            Err(_) if one.contains('@') => "<unparsable URL with credentials>".to_string(),
+            Err(_) => one.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }

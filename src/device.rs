@@ -360,12 +360,12 @@ impl Devices {
             .keys()
             .node_channel(&self.inner.config.node_id);
         crate::channel::follow(
-            &self.inner.config.redis_url,
-            &channel,
+            self.inner.store.target(),
+            &[channel],
             &shutdown,
             || {},
             |msg| {
-                if let Ok(text) = std::str::from_utf8(msg.get_payload_bytes()) {
+                if let Ok(text) = std::str::from_utf8(&msg.payload) {
                     self.on_node_message(text);
                 }
             },

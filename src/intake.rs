@@ -23,6 +23,8 @@ type Entry = (String, Vec<(String, Vec<u8>)>);
 
 /// Most entries read per call.
 const READ_COUNT: usize = 256;
+/// How long one blocking read waits for new entries.
+const BLOCK: Duration = Duration::from_secs(2);
 /// Most rejected entries kept (the stream is trimmed approximately to this length).
 const REJECTED_MAXLEN: usize = 100_000;
 
@@ -89,14 +91,7 @@ pub async fn run(
     let mut last_autoclaim = tokio::time::Instant::now();
     // A dedicated connection for the blocking read, so a BLOCK never stalls the commands on the
     // shared one. Kept across iterations; rebuilt only after an error.
-    let client = match redis::Client::open(config.redis_url.as_str()) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(error = %e, "intake consumer cannot start: bad Redis URL");
-            return;
-        }
-    };
-    let mut blocking: Option<redis::aio::MultiplexedConnection> = None;
+    let mut blocking: Option<crate::backend::Conn> = None;
     info!(%stream, "intake consumer started");
     while !shutdown.is_cancelled() {
         let step = async {
@@ -145,13 +140,7 @@ pub async fn run(
             }
             drop(conn);
             if blocking.is_none() {
-                let config = redis::AsyncConnectionConfig::new()
-                    .set_response_timeout(Some(Duration::from_secs(10)));
-                blocking = Some(
-                    client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await?,
-                );
+                blocking = Some(store.target().dedicated(BLOCK).await?);
             }
             let Some(blocking) = blocking.as_mut() else {
                 return Ok(());
@@ -159,7 +148,7 @@ pub async fn run(
             let opts = StreamReadOptions::default()
                 .group(group, &consumer)
                 .count(READ_COUNT)
-                .block(2000);
+                .block(BLOCK.as_millis() as usize);
             loop {
                 let reply: StreamReadReply =
                     redis::AsyncCommands::xread_options(blocking, &[&stream], &[">"], &opts)

@@ -82,9 +82,15 @@ impl Keys {
         format!("{}:rejected", self.prefix)
     }
 
-    /// Pub/sub channel that wakes idle workers when an entry becomes the earliest due.
-    pub fn wake_channel(&self) -> String {
-        format!("{}:wake", self.prefix)
+    /// Shard channel of partition `p` that wakes idle workers when one of its entries becomes
+    /// the earliest due (published by the partition's scripts, so it shares their hash tag).
+    pub fn wake_channel(&self, p: u32) -> String {
+        format!("{}:{{p{}}}:wake", self.prefix, p)
+    }
+
+    /// The wake channels of every partition.
+    pub fn wake_channels(&self) -> Vec<String> {
+        (0..self.partitions).map(|p| self.wake_channel(p)).collect()
     }
 
     /// HASH `{seq, result}` holding an order's latest result (own hash tag per order).
@@ -92,16 +98,18 @@ impl Keys {
         format!("{}:result:{{{}}}", self.prefix, order_id)
     }
 
-    /// Pub/sub channel carrying an order's results to the nodes with subscribers for it.
+    /// Shard channel carrying an order's results to the nodes with subscribers for it (same
+    /// hash tag as the order's result key, which `publish.lua` writes in the same script).
     pub fn order_channel(&self, order_id: &str) -> String {
-        format!("{}:order:{}", self.prefix, order_id)
+        format!("{}:order:{{{}}}", self.prefix, order_id)
     }
 
     /// The order id of an order channel, if `channel` is one.
     pub fn order_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
         channel
             .strip_prefix(self.prefix.as_str())
-            .and_then(|c| c.strip_prefix(":order:"))
+            .and_then(|c| c.strip_prefix(":order:{"))
+            .and_then(|c| c.strip_suffix('}'))
     }
 
     /// HASH `{node, conn, since, last_seen}`: where a device is connected (own hash tag per device).
@@ -111,7 +119,7 @@ impl Keys {
 
     /// Pub/sub channel of one node: calls and sends for its devices, replies to its callers.
     pub fn node_channel(&self, node_id: &str) -> String {
-        format!("{}:node:{}", self.prefix, node_id)
+        format!("{}:node:{{{}}}", self.prefix, node_id)
     }
 
     /// Consumer group name on the intake stream.
@@ -145,5 +153,16 @@ mod tests {
             assert_eq!(p, keys.partition_of(&id));
         }
         assert_eq!(Keys::new("x", 1).partition_of("anything"), 0);
+    }
+
+    #[test]
+    fn channels_share_the_hash_tag_of_their_keys() {
+        let keys = Keys::new("pn", 3);
+        assert_eq!(keys.wake_channel(2), "pn:{p2}:wake");
+        assert_eq!(keys.order_channel("o-1"), "pn:order:{o-1}");
+        assert_eq!(keys.order_result("o-1"), "pn:result:{o-1}");
+        assert_eq!(keys.order_of_channel("pn:order:{o-1}"), Some("o-1"));
+        assert_eq!(keys.order_of_channel("pn:node:{x}"), None);
+        assert_eq!(keys.wake_channels().len(), 3);
     }
 }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backend;
 pub mod channel;
 pub mod cli;
 pub mod config;
@@ -100,7 +101,9 @@ pub async fn run_with_listeners(
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
     let keys = keys::Keys::new(&config.prefix, config.partitions);
-    let store = store::Store::connect(&config.redis_url, keys)?;
+    let target = backend::Target::open(&config.redis_url, config.redis_cluster)
+        .map_err(store::StoreError::from)?;
+    let store = store::Store::on(target, keys);
     store.load_scripts().await?;
     info!(node = %config.node_id, redis = %config::redact_url(&config.redis_url), roles = ?config.roles, "node starting");
 
@@ -140,7 +143,7 @@ pub async fn run_with_listeners(
     let hub = config
         .roles
         .gateway
-        .then(|| push::Hub::new(&config.redis_url, store.clone(), metrics.clone()));
+        .then(|| push::Hub::new(store.clone(), metrics.clone()));
     if let Some(hub) = &hub {
         tasks.spawn(
             hub.clone()

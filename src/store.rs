@@ -6,11 +6,10 @@
 //! done set until retention ends) or `dead` (in the dead set). Outcomes carry the claim's token
 //! and are ignored when it no longer matches.
 
-use std::time::Duration;
-
 use redis::Value;
 use serde_json::{json, Value as Json};
 
+use crate::backend::{Conn, Target};
 use crate::keys::{Keys, PartitionKeys};
 use crate::notification::NewNotification;
 use crate::scripts::Scripts;
@@ -100,8 +99,8 @@ pub struct Stats {
 /// is no health-check round trip per call.
 #[derive(Clone)]
 pub struct Store {
-    client: redis::Client,
-    manager: std::sync::Arc<tokio::sync::OnceCell<redis::aio::ConnectionManager>>,
+    target: Target,
+    shared: std::sync::Arc<tokio::sync::OnceCell<Conn>>,
     keys: Keys,
     /// Shared: the scripts' source text is ~15 KB, and a `Store` is cloned into every
     /// websocket's state (an owned copy cost ~20 KB per connection).
@@ -109,14 +108,25 @@ pub struct Store {
 }
 
 impl Store {
-    /// A store on `url` (no round trip yet; the connection is made on first use).
+    /// A store on the standalone server at `url` (no round trip yet; the connection is made
+    /// on first use).
     pub fn connect(url: &str, keys: Keys) -> Result<Self> {
-        Ok(Self {
-            client: redis::Client::open(url)?,
-            manager: Default::default(),
+        Ok(Self::on(Target::open(url, false)?, keys))
+    }
+
+    /// A store on `target`, standalone or Cluster (no round trip yet).
+    pub fn on(target: Target, keys: Keys) -> Self {
+        Self {
+            target,
+            shared: Default::default(),
             keys,
             scripts: std::sync::Arc::new(Scripts::new()),
-        })
+        }
+    }
+
+    /// Where Redis is (for the connections a caller needs of its own: pub/sub, blocking reads).
+    pub fn target(&self) -> &Target {
+        &self.target
     }
 
     /// The key builder.
@@ -125,19 +135,9 @@ impl Store {
     }
 
     /// The shared connection (a cheap clone), for the few plain commands outside this module.
-    pub async fn conn(&self) -> Result<redis::aio::ConnectionManager> {
-        let manager = self
-            .manager
-            .get_or_try_init(|| async {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(5)))
-                    .set_response_timeout(Some(Duration::from_secs(10)))
-                    .set_number_of_retries(3)
-                    .set_max_delay(Duration::from_secs(2));
-                redis::aio::ConnectionManager::new_with_config(self.client.clone(), config).await
-            })
-            .await?;
-        Ok(manager.clone())
+    pub async fn conn(&self) -> Result<Conn> {
+        let conn = self.shared.get_or_try_init(|| self.target.shared()).await?;
+        Ok(conn.clone())
     }
 
     /// Loads every script (`SCRIPT LOAD`), which also proves Redis is reachable.
@@ -165,7 +165,7 @@ impl Store {
             .arg(n.spec.to_json())
             .arg(n.spec.first_due(now_ms))
             .arg(now_ms)
-            .arg(self.keys.wake_channel())
+            .arg(self.keys.wake_channel(self.keys.partition_of(&n.id)))
             .invoke_async(&mut conn)
             .await?;
         let kind = reply.first().and_then(as_string).unwrap_or_default();
@@ -278,7 +278,7 @@ impl Store {
         inv.key(&pk.due)
             .key(&pk.meta)
             .key(&pk.stats)
-            .arg(self.keys.wake_channel());
+            .arg(self.keys.wake_channel(p));
         for (id, token, at) in entries {
             inv.arg(id).arg(token).arg(at);
         }
@@ -324,7 +324,7 @@ impl Store {
                 .key(&pk.meta)
                 .key(&pk.dead)
                 .arg(now_ms)
-                .arg(self.keys.wake_channel())
+                .arg(self.keys.wake_channel(p))
                 .arg("ids");
             for id in ids {
                 inv.arg(id);
@@ -349,7 +349,7 @@ impl Store {
                     .key(&pk.meta)
                     .key(&pk.dead)
                     .arg(now_ms)
-                    .arg(self.keys.wake_channel())
+                    .arg(self.keys.wake_channel(p))
                     .arg("oldest")
                     .arg(500)
                     .invoke_async(&mut conn)
@@ -491,7 +491,7 @@ impl Store {
     /// Publishes on a node's channel; returns how many subscribers got it (0: the node is gone).
     pub async fn publish_to_node(&self, node: &str, message: &str) -> Result<i64> {
         let mut conn = self.conn().await?;
-        Ok(redis::cmd("PUBLISH")
+        Ok(redis::cmd("SPUBLISH")
             .arg(self.keys.node_channel(node))
             .arg(message)
             .query_async(&mut conn)

@@ -548,13 +548,13 @@ async fn renewer(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// Subscribes to the wake channel and pokes the scheduler on every message, and after every
+/// Subscribes to every partition's wake channel and pokes the scheduler on every message, and after every
 /// (re)connect, since wake-ups sent while disconnected are lost.
 async fn wake_listener(shared: Arc<Shared>, stop: CancellationToken) {
-    let channel = shared.store.keys().wake_channel();
+    let channels = shared.store.keys().wake_channels();
     crate::channel::follow(
-        &shared.config.redis_url,
-        &channel,
+        shared.store.target(),
+        &channels,
         &stop,
         || shared.wake.notify_one(),
         |_| shared.wake.notify_one(),

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::backend::{Message, Messages, Subscriptions};
 use crate::keys::Keys;
 use crate::store::Store;
 
@@ -60,9 +60,8 @@ pub struct HubStats {
 struct Inner {
     keys: Keys,
     store: Store,
-    redis_url: String,
     subs: Mutex<HashMap<String, HashMap<u64, Subscriber>>>,
-    sink: tokio::sync::Mutex<Option<redis::aio::PubSubSink>>,
+    sink: tokio::sync::Mutex<Option<Subscriptions>>,
     live: AtomicBool,
     next_id: AtomicU64,
     metrics: crate::metrics::Metrics,
@@ -75,12 +74,11 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(redis_url: &str, store: Store, metrics: crate::metrics::Metrics) -> Self {
+    pub fn new(store: Store, metrics: crate::metrics::Metrics) -> Self {
         Self {
             inner: Arc::new(Inner {
                 keys: store.keys().clone(),
                 store,
-                redis_url: redis_url.to_string(),
                 subs: Mutex::new(HashMap::new()),
                 sink: tokio::sync::Mutex::new(None),
                 live: AtomicBool::new(false),
@@ -128,7 +126,7 @@ impl Hub {
         if first {
             if let Some(s) = sink.as_mut() {
                 let channel = self.inner.keys.order_channel(order_id);
-                match tokio::time::timeout(REDIS_TIMEOUT, s.subscribe(&channel)).await {
+                match tokio::time::timeout(REDIS_TIMEOUT, s.subscribe(&[channel])).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
                         warn!(error = %e, "pub/sub subscribe failed; reconnecting");
@@ -165,7 +163,7 @@ impl Hub {
             if let Some(s) = sink.as_mut() {
                 let channel = self.inner.keys.order_channel(order_id);
                 if !matches!(
-                    tokio::time::timeout(REDIS_TIMEOUT, s.unsubscribe(&channel)).await,
+                    tokio::time::timeout(REDIS_TIMEOUT, s.unsubscribe(&[channel])).await,
                     Ok(Ok(()))
                 ) {
                     *sink = None;
@@ -235,14 +233,13 @@ impl Hub {
         info!("pub/sub hub stopped");
     }
 
-    async fn connect(&self) -> redis::RedisResult<redis::aio::PubSubStream> {
-        let client = redis::Client::open(self.inner.redis_url.as_str())?;
-        let pubsub = tokio::time::timeout(REDIS_TIMEOUT, client.get_async_pubsub())
-            .await
-            .map_err(|_| {
-                redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
-            })??;
-        let (mut sink, stream) = pubsub.split();
+    async fn connect(&self) -> redis::RedisResult<Messages> {
+        let (mut sink, stream) =
+            tokio::time::timeout(REDIS_TIMEOUT, self.inner.store.target().subscriber())
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+                })??;
         let mut guard = self.inner.sink.lock().await;
         let channels: Vec<String> = lock(&self.inner.subs)
             .keys()
@@ -271,7 +268,7 @@ impl Hub {
         }
     }
 
-    async fn relay(&self, mut stream: redis::aio::PubSubStream, shutdown: &CancellationToken) {
+    async fn relay(&self, mut stream: Messages, shutdown: &CancellationToken) {
         let mut probe = tokio::time::interval(PROBE_EVERY);
         probe.tick().await;
         loop {
@@ -286,7 +283,7 @@ impl Hub {
                 _ = probe.tick() => {
                     let mut guard = self.inner.sink.lock().await;
                     let Some(sink) = guard.as_mut() else { return };
-                    let pong = tokio::time::timeout(REDIS_TIMEOUT, sink.ping::<redis::Value>()).await;
+                    let pong = tokio::time::timeout(REDIS_TIMEOUT, sink.ping()).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         warn!("pub/sub probe failed; reconnecting");
                         return;
@@ -297,12 +294,11 @@ impl Hub {
         }
     }
 
-    fn on_message(&self, msg: &redis::Msg) {
-        let channel = msg.get_channel_name();
-        let Some(order_id) = self.inner.keys.order_of_channel(channel) else {
+    fn on_message(&self, msg: &Message) {
+        let Some(order_id) = self.inner.keys.order_of_channel(&msg.channel) else {
             return;
         };
-        let Ok(text) = std::str::from_utf8(msg.get_payload_bytes()) else {
+        let Ok(text) = std::str::from_utf8(&msg.payload) else {
             return;
         };
         let Some((seq, body)) = text.split_once(' ') else {

@@ -1,0 +1,269 @@
+//! The Redis deployment a node runs on: one server (standalone, or the primary behind a
+//! managed endpoint) or a Redis Cluster, behind one set of connection types.
+//!
+//! Invariant: every publish is `SPUBLISH` and every subscription `SSUBSCRIBE` (sharded pub/sub,
+//! Redis 7+), in both modes, so there is one code path; on a Cluster a message then travels only
+//! to the shard that owns its channel's slot, and each channel carries the hash tag of the keys
+//! its script touches (see `keys`). Subscribers speak RESP3; when one loses its connection,
+//! [`Messages::next`] ends and the caller rebuilds it and catches up, because messages published
+//! meanwhile are gone.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use tokio::sync::mpsc;
+
+/// Where Redis is.
+#[derive(Clone)]
+pub enum Target {
+    Single {
+        client: redis::Client,
+        url: String,
+    },
+    Cluster {
+        client: Box<redis::cluster::ClusterClient>,
+        seeds: Vec<String>,
+    },
+}
+
+/// How long a connection attempt and a reply may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `url` with RESP3 selected (the subscribers need push messages).
+fn resp3(url: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}protocol=resp3")
+}
+
+impl Target {
+    /// A standalone server at `url`, or, with `cluster`, a Cluster reached through the
+    /// comma-separated seed URLs in `url`. No round trip yet.
+    pub fn open(url: &str, cluster: bool) -> RedisResult<Self> {
+        if cluster {
+            let seeds: Vec<String> = url
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+            if seeds.is_empty() {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "no Redis Cluster seed URL",
+                )));
+            }
+            Ok(Target::Cluster {
+                client: Box::new(Self::cluster_client(&seeds, None)?),
+                seeds,
+            })
+        } else {
+            Ok(Target::Single {
+                client: redis::Client::open(url)?,
+                url: url.to_string(),
+            })
+        }
+    }
+
+    fn cluster_client(
+        seeds: &[String],
+        push: Option<mpsc::UnboundedSender<redis::PushInfo>>,
+    ) -> RedisResult<redis::cluster::ClusterClient> {
+        let seeds: Vec<String> = if push.is_some() {
+            seeds.iter().map(|s| resp3(s)).collect()
+        } else {
+            seeds.to_vec()
+        };
+        let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .retries(3)
+            .max_retry_wait(2000);
+        if let Some(tx) = push {
+            builder = builder
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(tx);
+        }
+        builder.build()
+    }
+
+    /// True on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Target::Cluster { .. })
+    }
+
+    /// The node's shared connection: multiplexed (concurrent calls are pipelined) and
+    /// reconnecting by itself.
+    pub async fn shared(&self) -> RedisResult<Conn> {
+        match self {
+            Target::Single { client, .. } => {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(3)
+                    .set_max_delay(Duration::from_secs(2));
+                let m =
+                    redis::aio::ConnectionManager::new_with_config(client.clone(), config).await?;
+                Ok(Conn::Manager(m))
+            }
+            Target::Cluster { client, .. } => {
+                Ok(Conn::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+
+    /// A connection of its own, for blocking reads (`XREADGROUP BLOCK`) that must not stall
+    /// the shared one. Blocks for at most `block`, so replies get that much extra time.
+    pub async fn dedicated(&self, block: Duration) -> RedisResult<Conn> {
+        match self {
+            Target::Single { client, .. } => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT + block));
+                Ok(Conn::Multiplexed(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                ))
+            }
+            Target::Cluster { client, .. } => {
+                Ok(Conn::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+
+    /// A new subscriber connection (RESP3), with no subscriptions yet.
+    pub async fn subscriber(&self) -> RedisResult<(Subscriptions, Messages)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = match self {
+            Target::Single { url, .. } => {
+                let client = redis::Client::open(resp3(url))?;
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_push_sender(tx);
+                let conn = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                Conn::Multiplexed(conn)
+            }
+            Target::Cluster { seeds, .. } => {
+                let client = Self::cluster_client(seeds, Some(tx))?;
+                Conn::Cluster(client.get_async_connection().await?)
+            }
+        };
+        Ok((Subscriptions { conn }, Messages { rx }))
+    }
+}
+
+/// One connection to the target, of whichever kind.
+#[derive(Clone)]
+pub enum Conn {
+    Manager(redis::aio::ConnectionManager),
+    Multiplexed(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Manager(c) => c.req_packed_command(cmd),
+            Conn::Multiplexed(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Manager(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Multiplexed(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Manager(c) => c.get_db(),
+            Conn::Multiplexed(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The command side of a subscriber: (un)subscribe and probe. Cheap to clone.
+#[derive(Clone)]
+pub struct Subscriptions {
+    conn: Conn,
+}
+
+impl Subscriptions {
+    /// `SSUBSCRIBE` to each channel (one command per channel, so that every confirmation
+    /// answers its own command; they are pipelined on the connection).
+    pub async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+        self.each("SSUBSCRIBE", channels).await
+    }
+
+    /// `SUNSUBSCRIBE` from each channel.
+    pub async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+        self.each("SUNSUBSCRIBE", channels).await
+    }
+
+    async fn each(&mut self, command: &str, channels: &[String]) -> RedisResult<()> {
+        let calls = channels.iter().map(|channel| {
+            let mut conn = self.conn.clone();
+            let cmd = redis::cmd(command).arg(channel).clone();
+            async move { cmd.exec_async(&mut conn).await }
+        });
+        for result in futures::future::join_all(calls).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// A round trip on the subscriber connection (every node of a Cluster).
+    pub async fn ping(&mut self) -> RedisResult<()> {
+        redis::cmd("PING").exec_async(&mut self.conn).await
+    }
+}
+
+/// A message on a subscribed channel.
+pub struct Message {
+    pub channel: String,
+    pub payload: Vec<u8>,
+}
+
+/// The message side of a subscriber.
+pub struct Messages {
+    rx: mpsc::UnboundedReceiver<redis::PushInfo>,
+}
+
+impl Messages {
+    /// The next message; `None` once the connection is lost (or any node's, on a Cluster).
+    pub async fn next(&mut self) -> Option<Message> {
+        loop {
+            let push = self.rx.recv().await?;
+            match push.kind {
+                redis::PushKind::SMessage | redis::PushKind::Message => {
+                    let mut data = push.data.into_iter();
+                    let channel = match data.next() {
+                        Some(Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+                        _ => continue,
+                    };
+                    let payload = match data.next() {
+                        Some(Value::BulkString(b)) => b,
+                        _ => continue,
+                    };
+                    return Some(Message { channel, payload });
+                }
+                redis::PushKind::Disconnection => return None,
+                _ => continue,
+            }
+        }
+    }
+}
