@@ -75,6 +75,11 @@ impl IntoResponse for ApiError {
                 }
                 (status, Json(body)).into_response()
             }
+            ApiError::Store(e @ StoreError::NotReplicated { .. }) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"code": "not_replicated", "message": e.to_string()})),
+            )
+                .into_response(),
             ApiError::Store(e) => {
                 tracing::warn!(error = %e, "request failed on redis");
                 (

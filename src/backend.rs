@@ -218,7 +218,15 @@ impl Subscriptions {
         let calls = channels.iter().map(|channel| {
             let mut conn = self.conn.clone();
             let cmd = redis::cmd(command).arg(channel).clone();
-            async move { cmd.exec_async(&mut conn).await }
+            async move {
+                match &mut conn {
+                    // The cluster connection routes each channel to its shard and subscribes
+                    // again by itself after a node reconnects.
+                    Conn::Cluster(c) if command == "SSUBSCRIBE" => c.ssubscribe(channel).await,
+                    Conn::Cluster(c) => c.sunsubscribe(channel).await,
+                    _ => cmd.exec_async(&mut conn).await,
+                }
+            }
         });
         for result in futures::future::join_all(calls).await {
             result?;

@@ -260,6 +260,15 @@ pub struct ServeArgs {
     /// On SIGTERM, how long in-flight attempts may finish before the rest is handed back.
     #[arg(long, env = "PAYNOTIFY_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Opt-in durability against asynchronous failover: after each enqueue, wait (Redis
+    /// `WAIT`) until this many replicas have it; if they do not within --wait-timeout the
+    /// enqueue answers 503 `not_replicated` (the intake leaves the entry for a retry).
+    /// 0 turns it off.
+    #[arg(long, env = "PAYNOTIFY_WAIT_REPLICAS", default_value_t = 0)]
+    pub wait_replicas: u32,
+    /// Longest `WAIT` after an enqueue (with --wait-replicas).
+    #[arg(long, env = "PAYNOTIFY_WAIT_TIMEOUT", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub wait_timeout: Duration,
     /// On SIGTERM, how long the HTTP server keeps answering (with `/readyz` at 503) before it
     /// stops, so that load balancers take the node out first. Websockets and devices are told
     /// to reconnect elsewhere at once either way.
@@ -324,6 +333,8 @@ impl ServeArgs {
         let roles = Roles::parse(&self.roles).map_err(|e| format!("--roles: {e}"))?;
         let mut c = Config::for_redis(&self.redis.redis_url);
         c.redis_cluster = self.redis.redis_cluster;
+        c.wait_replicas = self.wait_replicas;
+        c.wait_timeout = self.wait_timeout;
         c.prefix = self.redis.prefix.clone();
         c.partitions = self.redis.partitions;
         c.roles = roles;
@@ -412,6 +423,10 @@ pub fn validate(c: &Config) -> Result<(), String> {
         let doc = serde_json::json!({"url": url});
         crate::notification::parse(doc.to_string().as_bytes(), 0, String::new)
             .map_err(|e| format!("--device-events-url: {e}"))?;
+    }
+    if c.wait_replicas > 0 && (c.wait_timeout.is_zero() || c.wait_timeout > Duration::from_secs(10))
+    {
+        return Err("--wait-timeout must be from 1ms to 10s".into());
     }
     if c.claim_batch > 1000 {
         return Err("--claim-batch must be at most 1000".into());

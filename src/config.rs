@@ -56,6 +56,10 @@ pub struct Config {
     pub redis_url: String,
     /// `redis_url` lists seed nodes of a Redis Cluster (comma-separated).
     pub redis_cluster: bool,
+    /// Opt-in durability: after each enqueue, `WAIT` for this many replicas (0: off).
+    pub wait_replicas: u32,
+    /// How long that `WAIT` may take before the enqueue is refused as not replicated.
+    pub wait_timeout: Duration,
     pub prefix: String,
     pub partitions: u32,
     pub roles: Roles,
@@ -98,6 +102,8 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("redis_url", &redact_url(&self.redis_url))
             .field("redis_cluster", &self.redis_cluster)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout", &self.wait_timeout)
             .field("prefix", &self.prefix)
             .field("partitions", &self.partitions)
             .field("roles", &self.roles)
@@ -141,6 +147,8 @@ impl Config {
         Self {
             redis_url: redis_url.to_string(),
             redis_cluster: false,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(100),
             prefix: "paynotify".into(),
             partitions: 1,
             roles: Roles::ALL,

@@ -103,7 +103,7 @@ pub async fn run_with_listeners(
     let keys = keys::Keys::new(&config.prefix, config.partitions);
     let target = backend::Target::open(&config.redis_url, config.redis_cluster)
         .map_err(store::StoreError::from)?;
-    let store = store::Store::on(target, keys);
+    let store = store::Store::on(target, keys).with_wait(config.wait_replicas, config.wait_timeout);
     store.load_scripts().await?;
     info!(node = %config.node_id, redis = %config::redact_url(&config.redis_url), roles = ?config.roles, "node starting");
 

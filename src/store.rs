@@ -21,6 +21,12 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("unexpected reply from redis: {0}")]
     Reply(String),
+    #[error("stored, but only {got} of {wanted} replicas confirmed it within {timeout_ms} ms; send it again (enqueue is idempotent)")]
+    NotReplicated {
+        wanted: u32,
+        got: i64,
+        timeout_ms: u64,
+    },
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -101,6 +107,8 @@ pub struct Stats {
 pub struct Store {
     target: Target,
     shared: std::sync::Arc<tokio::sync::OnceCell<Conn>>,
+    /// Opt-in `WAIT replicas timeout_ms` after each enqueue.
+    wait: Option<(u32, u64)>,
     keys: Keys,
     /// Shared: the scripts' source text is ~15 KB, and a `Store` is cloned into every
     /// websocket's state (an owned copy cost ~20 KB per connection).
@@ -119,9 +127,18 @@ impl Store {
         Self {
             target,
             shared: Default::default(),
+            wait: None,
             keys,
             scripts: std::sync::Arc::new(Scripts::new()),
         }
+    }
+
+    /// After every enqueue, waits (Redis `WAIT`) until `replicas` replicas have the write, at
+    /// most `timeout`; an enqueue they do not confirm fails with [`StoreError::NotReplicated`].
+    /// `replicas == 0` turns it off.
+    pub fn with_wait(mut self, replicas: u32, timeout: std::time::Duration) -> Self {
+        self.wait = (replicas > 0).then_some((replicas, timeout.as_millis().max(1) as u64));
+        self
     }
 
     /// Where Redis is (for the connections a caller needs of its own: pub/sub, blocking reads).
@@ -170,6 +187,21 @@ impl Store {
             .await?;
         let kind = reply.first().and_then(as_string).unwrap_or_default();
         let second = reply.get(1);
+        if let (Some((wanted, timeout_ms)), "created" | "exists") = (self.wait, kind.as_str()) {
+            // WAIT covers every write made before it on this connection, this one included.
+            let got: i64 = redis::cmd("WAIT")
+                .arg(wanted)
+                .arg(timeout_ms)
+                .query_async(&mut conn)
+                .await?;
+            if got < i64::from(wanted) {
+                return Err(StoreError::NotReplicated {
+                    wanted,
+                    got,
+                    timeout_ms,
+                });
+            }
+        }
         Ok(match kind.as_str() {
             "created" => Enqueued::Created {
                 due_ms: second.and_then(as_i64).unwrap_or(now_ms),

@@ -221,14 +221,7 @@ async fn a_redis_that_comes_back_empty_gets_its_groups_subscriptions_and_presenc
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let doc = json!({"id": "after-empty", "url": sink.url("/ok"), "body": "after-empty"});
-    let _: String = redis::cmd("XADD")
-        .arg("paynotify:intake")
-        .arg("*")
-        .arg("notification")
-        .arg(doc.to_string())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    xadd_notification(&mut conn, &doc).await;
     wait_until(Duration::from_secs(20), || async { sink.count() == 1 }).await;
     // The browser's subscription is made again: a result still reaches it.
     let mut got = None;

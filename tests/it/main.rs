@@ -2,11 +2,13 @@
 #![allow(clippy::unwrap_used)]
 
 mod browser;
+mod cluster;
 mod delivery;
 mod devices;
 mod enqueue;
 mod faults;
 mod helm;
+mod logs;
 mod push;
 mod replicas;
 mod support;

@@ -527,6 +527,20 @@ async fn metrics_count_connections_subscriptions_and_results() {
     assert_eq!(m["paynotify_results_published_total"], 1.0, "{text}");
     assert_eq!(m["paynotify_results_pushed_total"], 2.0, "{text}");
     assert_eq!(m["paynotify_pubsub_connected"], 1.0, "{text}");
+    assert_eq!(m["paynotify_ready"], 1.0, "{text}");
+    assert_eq!(m["paynotify_devices_online"], 0.0, "{text}");
+    assert_eq!(m["paynotify_intake_lag"], 0.0, "{text}");
+    // The histograms are there, with their +Inf bucket, sum and count.
+    for h in [
+        "paynotify_lateness_seconds",
+        "paynotify_attempt_duration_seconds",
+    ] {
+        assert!(
+            m.contains_key(&format!("{h}_bucket{{le=\"+Inf\"}}")),
+            "{h}: {text}"
+        );
+        assert!(m.contains_key(&format!("{h}_count")), "{h}: {text}");
+    }
 }
 
 #[tokio::test]

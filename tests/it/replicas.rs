@@ -163,3 +163,43 @@ async fn sigterm_drains_and_hands_back_the_rest_at_once() {
     assert_eq!(stats.scheduled + stats.delivered, 200, "{stats:?}");
     assert!(stats.due_backlog > 0);
 }
+
+#[tokio::test]
+async fn readyz_turns_503_on_sigterm_while_the_node_drains() {
+    let redis = RedisServer::start().unwrap();
+    let mut node = Proc::serve(&redis.url(), &["--shutdown-delay", "3s"]);
+    node.wait_ready().await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &node.child.id().to_string()])
+        .status();
+    let ready = format!("http://{}/readyz", node.addr);
+    wait_until(Duration::from_secs(5), || {
+        let ready = ready.clone();
+        async move {
+            match reqwest::get(&ready).await {
+                Ok(r) => {
+                    r.status() == 503 && r.text().await.unwrap_or_default().contains("draining")
+                }
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    let health = reqwest::get(format!("http://{}/healthz", node.addr))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "healthz must stay up while draining");
+    // Then it stops by itself, with status 0.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = node.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}

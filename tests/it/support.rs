@@ -404,3 +404,18 @@ impl Drop for Proc {
         self.kill9();
     }
 }
+
+/// `XADD paynotify:intake * notification <doc>` on any connection (standalone or cluster).
+pub async fn xadd_notification(
+    conn: &mut impl redis::aio::ConnectionLike,
+    doc: &serde_json::Value,
+) -> String {
+    redis::cmd("XADD")
+        .arg("paynotify:intake")
+        .arg("*")
+        .arg("notification")
+        .arg(doc.to_string())
+        .query_async(conn)
+        .await
+        .unwrap()
+}

@@ -1,0 +1,222 @@
+//! A real 3-master Redis Cluster (started locally): the engine, browser push and devices run on
+//! it with partitions spread over the masters, and a master restart is survived.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use paynotify::redis_child::RedisCluster;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+const PARTITIONS: u32 = 12;
+
+fn cluster_config(cluster: &RedisCluster) -> paynotify::Config {
+    let mut c = paynotify::Config::for_redis(&cluster.url_list());
+    c.redis_cluster = true;
+    c.partitions = PARTITIONS;
+    c.api_keys = vec![API_KEY.to_string()];
+    c.token_secrets = vec![TOKEN_SECRET.to_string()];
+    c.lease = Duration::from_secs(5);
+    c.shutdown_grace = Duration::from_secs(5);
+    c
+}
+
+fn token(kind: paynotify::token::Kind, id: &str) -> String {
+    paynotify::token::mint(
+        &[TOKEN_SECRET.to_string()],
+        kind,
+        id,
+        paynotify::now_ms() / 1000 + 600,
+    )
+    .unwrap()
+}
+
+/// The masters that hold the partitions' keys.
+fn masters_of_partitions(cluster: &RedisCluster) -> HashSet<usize> {
+    let keys = paynotify::keys::Keys::new("paynotify", PARTITIONS);
+    (0..PARTITIONS)
+        .map(|p| cluster.master_of_key(&keys.partition(p).due).unwrap())
+        .collect()
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn follow(node: &Node, order: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", node.addr))
+        .await
+        .unwrap();
+    let frame = json!({"type": "subscribe", "order_id": order, "token": token(paynotify::token::Kind::Order, order)});
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+    let reply = ws.next().await.unwrap().unwrap();
+    assert!(reply.to_string().contains("subscribed"), "{reply}");
+    ws
+}
+
+/// Publishes until the follower sees a result (a restarted shard may need a moment).
+async fn publish_until_seen(node: &Node, ws: &mut Ws, order: &str) -> Value {
+    for _ in 0..100 {
+        let r = api()
+            .post(node.url(&format!("/v1/orders/{order}/result")))
+            .json(&json!({"status": "paid"}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            if let Ok(Some(Ok(Message::Text(t)))) =
+                tokio::time::timeout(Duration::from_millis(300), ws.next()).await
+            {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "result" {
+                    return v;
+                }
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    panic!("no result reached the follower of {order}");
+}
+
+/// A device that answers every call with "here" until the test ends.
+async fn device(node: &Node, id: &str) -> tokio::task::JoinHandle<()> {
+    let stream = tokio::net::TcpStream::connect(node.device_addr.unwrap())
+        .await
+        .unwrap();
+    let (r, mut w) = stream.into_split();
+    let hello = json!({"type": "hello", "device_id": id, "token": token(paynotify::token::Kind::Device, id)});
+    w.write_all(format!("{hello}\n").as_bytes()).await.unwrap();
+    let mut lines = BufReader::new(r).lines();
+    let welcome = lines.next_line().await.unwrap().unwrap();
+    assert!(welcome.contains("welcome"), "{welcome}");
+    tokio::spawn(async move {
+        let mut ping = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                line = lines.next_line() => match line {
+                    Ok(Some(line)) => {
+                        let frame: Value = serde_json::from_str(&line).unwrap();
+                        if frame["type"] == "call" {
+                            let reply = json!({"type": "reply", "id": frame["id"], "result": "here"});
+                            if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() { return }
+                        }
+                    }
+                    _ => return,
+                },
+                _ = ping.tick() => if w.write_all(b"{\"type\":\"ping\"}\n").await.is_err() { return },
+            }
+        }
+    })
+}
+
+async fn call(node: &Node, id: &str) -> (u16, Value) {
+    let r = api()
+        .post(node.url(&format!("/v1/devices/{id}/call")))
+        .json(&json!({"method": "where", "timeout_ms": 3000}))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or_default())
+}
+
+async fn enqueue_many(node: &Node, sink: &Sink, prefix: &str, n: usize, extra: Value) {
+    for i in 0..n {
+        let id = format!("{prefix}-{i}");
+        let mut doc = json!({"id": id, "url": sink.url("/ok"), "body": id});
+        if let (Some(d), Some(e)) = (doc.as_object_mut(), extra.as_object()) {
+            d.extend(e.clone());
+        }
+        let (code, body) = post_json(node, doc).await;
+        assert_eq!(code, 201, "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_push_and_devices_run_on_a_three_master_cluster() {
+    let cluster = RedisCluster::start(3).unwrap();
+    assert!(
+        masters_of_partitions(&cluster).len() >= 2,
+        "the partitions all landed on one master"
+    );
+    let sink = Sink::start().await;
+    // Two configs, not one cloned: each node has its own id (and node channel).
+    let (mut ca, mut cb) = (cluster_config(&cluster), cluster_config(&cluster));
+    ca.allow_private_targets = true;
+    cb.allow_private_targets = true;
+    let a = Node::start_with_devices(ca).await;
+    let b = Node::start(cb).await;
+    // Engine: 300 notifications over every partition, each delivered exactly once.
+    enqueue_many(&b, &sink, "c", 300, json!({})).await;
+    wait_until(Duration::from_secs(30), || async { sink.count() >= 300 }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sink.count(), 300, "a notification was delivered twice");
+    assert!(sink.counts().values().all(|n| *n == 1));
+    // Intake on the cluster.
+    let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    let doc = json!({"id": "from-intake", "url": sink.url("/ok"), "body": "from-intake"});
+    xadd_notification(&mut conn, &doc).await;
+    wait_state(&b, "from-intake", "delivered", Duration::from_secs(20)).await;
+    // Push: a follower on A, the result published through B.
+    let mut ws = follow(&a, "cl-order").await;
+    let v = publish_until_seen(&b, &mut ws, "cl-order").await;
+    assert_eq!(v["status"], "paid");
+    // Devices: a device on A, called through B.
+    let d = device(&a, "cl-gate").await;
+    let (status, body) = call(&b, "cl-gate").await;
+    assert_eq!(
+        (status, body["result"].clone()),
+        (200, json!("here")),
+        "{body}"
+    );
+    d.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_restart_is_survived() {
+    let mut cluster = RedisCluster::start(3).unwrap();
+    let sink = Sink::start().await;
+    let mut c = cluster_config(&cluster);
+    c.allow_private_targets = true;
+    c.device_heartbeat = Duration::from_secs(1);
+    let node = Node::start_with_devices(c).await;
+    let mut ws = follow(&node, "restart-order").await;
+    let d = device(&node, "restart-gate").await;
+    // Due while a master is down.
+    let due = paynotify::now_ms() + 1_000;
+    enqueue_many(&node, &sink, "r", 120, json!({"deliver_at": due})).await;
+    let keys = paynotify::keys::Keys::new("paynotify", PARTITIONS);
+    let victim = cluster.master_of_key(&keys.partition(0).due).unwrap();
+    cluster.stop_master(victim).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.start_master(victim).unwrap();
+    wait_until(Duration::from_secs(30), || async {
+        reqwest::get(node.url("/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    wait_until(Duration::from_secs(60), || async {
+        sink.counts().len() == 120
+    })
+    .await;
+    // Results and calls still get through.
+    let v = publish_until_seen(&node, &mut ws, "restart-order").await;
+    assert_eq!(v["status"], "paid");
+    let mut answered = false;
+    for _ in 0..50 {
+        if call(&node, "restart-gate").await.0 == 200 {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(answered, "calls never reached the device after the restart");
+    d.abort();
+}
