@@ -69,6 +69,20 @@ impl RedisServer {
         Self::start_configured(free_port()?, persistent, Vec::new())
     }
 
+    /// Starts a replica of `primary` (for tests of `WAIT`); returns once it answers, which may
+    /// be before its first sync has finished.
+    pub fn start_replica_of(primary: &RedisServer) -> Result<Self, RedisChildError> {
+        Self::start_configured(
+            free_port()?,
+            false,
+            vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary.port().to_string(),
+            ],
+        )
+    }
+
     /// Starts a server on `port` with `extra_args` after the standard ones; they are given
     /// again on every restart.
     fn start_configured(

@@ -260,3 +260,48 @@ async fn a_redis_that_comes_back_empty_gets_its_groups_subscriptions_and_presenc
     assert!(!device.is_finished(), "the device connection ended");
     device.abort();
 }
+
+#[tokio::test]
+async fn wait_replicas_refuses_an_enqueue_no_replica_confirmed() {
+    let redis = RedisServer::start().unwrap();
+    let mut replica = RedisServer::start_replica_of(&redis).unwrap();
+    let sink = Sink::start().await;
+    let mut c = config(&redis);
+    c.wait_replicas = 1;
+    c.wait_timeout = Duration::from_millis(200);
+    let node = Node::start(c).await;
+    // With the replica in sync, enqueues are confirmed (it may need a moment to sync first).
+    let mut created = false;
+    let later = paynotify::now_ms() + 3_600_000;
+    for i in 0..50 {
+        // The same document each time: a retry of a refused enqueue is idempotent.
+        let (code, _) = post_json(
+            &node,
+            json!({"id": "w-1", "url": sink.url("/ok"), "deliver_at": later}),
+        )
+        .await;
+        if code == 201 || code == 200 {
+            created = true;
+            break;
+        }
+        assert_eq!(code, 503, "attempt {i}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(created, "the replica never confirmed");
+    // Without it, the enqueue is refused clearly (the write is on the primary; a retry is safe).
+    replica.stop();
+    let (code, body) = post_json(
+        &node,
+        json!({"id": "w-2", "url": sink.url("/ok"), "deliver_at": paynotify::now_ms() + 3_600_000}),
+    )
+    .await;
+    assert_eq!(
+        (code, body["code"].clone()),
+        (503, json!("not_replicated")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("0 of 1"),
+        "{body}"
+    );
+}
