@@ -455,6 +455,7 @@ async fn device_call(
         CallOutcome::DeviceError(_) => "device_error",
         CallOutcome::Offline => "offline",
         CallOutcome::Timeout => "timeout",
+        CallOutcome::Busy => "busy",
     };
     state
         .metrics
@@ -472,6 +473,15 @@ async fn device_call(
             StatusCode::NOT_FOUND,
             "device_offline",
             format!("device {id:?} is not connected"),
+        )
+        .into_response(),
+        CallOutcome::Busy => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "device_busy",
+            format!(
+                "device {id:?} has {} calls in flight already; retry later",
+                crate::device::MAX_CALLS_IN_FLIGHT
+            ),
         )
         .into_response(),
         CallOutcome::Timeout => ApiError::new(

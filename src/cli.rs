@@ -178,7 +178,8 @@ pub enum DeadCommand {
 /// Where the data lives.
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
-    /// Redis URL (redis://[:password@]host:port[/db], rediss:// for TLS).
+    /// Redis URL (redis://[user:password@]host:port[/db]). TLS to Redis (rediss://) is not
+    /// built in yet: keep Redis on a private network or behind a TLS tunnel.
     #[arg(
         long,
         env = "PAYNOTIFY_REDIS_URL",

@@ -77,6 +77,10 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (seg[0] & 0xffc0) == 0xfe80 // link local fe80::/10
         || (seg[0] & 0xffc0) == 0xfec0 // site local fec0::/10
         || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
+        || (seg[0] == 0x2001 && seg[1] == 0) // Teredo 2001::/32 (tunnels to an IPv4 host)
+        || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1) // local-use NAT64 64:ff9b:1::/48
+        || (seg[0] == 0x100 && seg[1..4] == [0, 0, 0]) // discard-only 100::/64
+        || seg[0..4] == [0, 0, 0, 0] && seg[4] == 0xffff && seg[5] == 0 // IPv4-translated ::ffff:0:0:0/96
         || seg[0..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible and reserved ::/96
 }
 
@@ -163,6 +167,9 @@ impl Deliverer {
     ) -> Result<Self, DeliverError> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // An HTTP(S)_PROXY in the environment would make the guard check the proxy's
+            // address instead of the merchant's: never use one.
+            .no_proxy()
             .dns_resolver(Arc::new(GuardedResolver { allow_private }))
             .user_agent(concat!("paynotify/", env!("CARGO_PKG_VERSION")))
             .pool_max_idle_per_host(idle_per_host)
@@ -398,6 +405,10 @@ mod tests {
             "64:ff9b::a00:1",
             "2002:7f00:1::",
             "::127.0.0.1",
+            "64:ff9b:1::a00:1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "100::1",
+            "::ffff:0:7f00:1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }

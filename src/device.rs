@@ -44,6 +44,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Calls and sends queued for one device.
 const DEVICE_QUEUE: usize = 64;
+/// Calls sent to one device and not answered yet (nor past their deadline). More get
+/// `device_busy`, so a device that never answers cannot make its node hold calls without bound.
+pub const MAX_CALLS_IN_FLIGHT: usize = 256;
 /// How long a caller trusts a presence lookup. A stale entry costs one retry, never a wrong
 /// answer: the node named replies "offline" when it no longer holds the device.
 const PRESENCE_CACHE_TTL: Duration = Duration::from_secs(2);
@@ -60,6 +63,9 @@ enum NodeMessage {
         method: String,
         params: Value,
         reply_node: String,
+        /// The caller's remaining time; the holding node forgets the call after it.
+        #[serde(default = "default_call_ms")]
+        timeout_ms: u64,
     },
     Send {
         device: String,
@@ -77,7 +83,13 @@ enum NodeMessage {
         error: Option<String>,
         #[serde(default)]
         offline: bool,
+        #[serde(default)]
+        busy: bool,
     },
+}
+
+fn default_call_ms() -> u64 {
+    DEFAULT_CALL_TIMEOUT_MS
 }
 
 /// How a call ended.
@@ -87,6 +99,8 @@ pub enum CallOutcome {
     DeviceError(String),
     Offline,
     Timeout,
+    /// The device already has `MAX_CALLS_IN_FLIGHT` unanswered calls.
+    Busy,
 }
 
 enum Outgoing {
@@ -95,6 +109,7 @@ enum Outgoing {
         method: String,
         params: Value,
         reply_node: String,
+        deadline: Instant,
     },
     Message(Value),
 }
@@ -223,6 +238,10 @@ impl Devices {
             method: method.to_string(),
             params,
             reply_node: self.inner.config.node_id.clone(),
+            timeout_ms: deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .max(1) as u64,
         };
         let sent = self
             .inner
@@ -270,18 +289,28 @@ impl Devices {
                 result: Some(v),
                 error: None,
                 offline: false,
+                busy: false,
             },
             CallOutcome::DeviceError(e) => NodeMessage::Reply {
                 call_id: call_id.into(),
                 result: None,
                 error: Some(e),
                 offline: false,
+                busy: false,
+            },
+            CallOutcome::Busy => NodeMessage::Reply {
+                call_id: call_id.into(),
+                result: None,
+                error: None,
+                offline: false,
+                busy: true,
             },
             CallOutcome::Offline | CallOutcome::Timeout => NodeMessage::Reply {
                 call_id: call_id.into(),
                 result: None,
                 error: None,
                 offline: true,
+                busy: false,
             },
         };
         let store = self.inner.store.clone();
@@ -305,9 +334,11 @@ impl Devices {
                 result,
                 error,
                 offline,
+                busy,
             } => {
                 if let Some(tx) = lock(&self.inner.pending).remove(&call_id) {
                     let outcome = match (result, error, offline) {
+                        _ if busy => CallOutcome::Busy,
                         (_, _, true) => CallOutcome::Offline,
                         (_, Some(e), _) => CallOutcome::DeviceError(e),
                         (Some(v), None, false) => CallOutcome::Result(v),
@@ -322,19 +353,27 @@ impl Devices {
                 method,
                 params,
                 reply_node,
+                timeout_ms,
             } => {
                 let tx = lock(&self.inner.local).get(&device).map(|l| l.tx.clone());
-                let queued = tx.is_some_and(|tx| {
-                    tx.try_send(Outgoing::Call {
+                let deadline =
+                    Instant::now() + Duration::from_millis(timeout_ms.min(MAX_CALL_TIMEOUT_MS));
+                let refused = match tx {
+                    None => Some(CallOutcome::Offline),
+                    Some(tx) => match tx.try_send(Outgoing::Call {
                         call_id: call_id.clone(),
                         method,
                         params,
                         reply_node: reply_node.clone(),
-                    })
-                    .is_ok()
-                });
-                if !queued {
-                    self.reply(&reply_node, &call_id, CallOutcome::Offline);
+                        deadline,
+                    }) {
+                        Ok(()) => None,
+                        Err(mpsc::error::TrySendError::Full(_)) => Some(CallOutcome::Busy),
+                        Err(mpsc::error::TrySendError::Closed(_)) => Some(CallOutcome::Offline),
+                    },
+                };
+                if let Some(outcome) = refused {
+                    self.reply(&reply_node, &call_id, outcome);
                 }
             }
             NodeMessage::Send { device, data } => {
@@ -487,7 +526,8 @@ impl Devices {
         debug!(%device, "device connected");
         let heartbeat = self.inner.config.device_heartbeat;
         let silence_limit = heartbeat + heartbeat / 2;
-        let mut pending: HashMap<String, String> = HashMap::new();
+        // Calls written to the device and not answered yet: id -> (caller's node, deadline).
+        let mut pending: HashMap<String, (String, Instant)> = HashMap::new();
         let mut last_seen = Instant::now();
         let mut last_touch = Instant::now();
         let mut goodbye = None;
@@ -533,9 +573,16 @@ impl Devices {
                         }
                     },
                     out = rx.recv() => match out {
-                        Some(Outgoing::Call { call_id, method, params, reply_node }) => {
+                        Some(Outgoing::Call { call_id, method, params, reply_node, deadline }) => {
+                            // Callers past their deadline have given up: forget their calls.
+                            let now = Instant::now();
+                            pending.retain(|_, (_, d)| *d > now);
+                            if pending.len() >= MAX_CALLS_IN_FLIGHT {
+                                self.reply(&reply_node, &call_id, CallOutcome::Busy);
+                                continue;
+                            }
                             let frame = json!({"type": "call", "id": call_id, "method": method, "params": params});
-                            pending.insert(call_id, reply_node);
+                            pending.insert(call_id, (reply_node, deadline));
                             if !write.send(&frame).await { break }
                         }
                         Some(Outgoing::Message(data)) => {
@@ -563,7 +610,7 @@ impl Devices {
         if let Err(e) = self.inner.store.device_leave(&device, &conn_id).await {
             warn!(error = %e, "device presence could not be removed; it expires by itself");
         }
-        for (call_id, reply_node) in pending {
+        for (call_id, (reply_node, _)) in pending {
             self.reply(&reply_node, &call_id, CallOutcome::Offline);
         }
         debug!(%device, "device disconnected");
@@ -622,13 +669,13 @@ impl Devices {
     fn on_device_frame(
         &self,
         frame: &Value,
-        pending: &mut HashMap<String, String>,
+        pending: &mut HashMap<String, (String, Instant)>,
     ) -> Option<Value> {
         match frame.get("type").and_then(Value::as_str) {
             Some("ping") => Some(json!({"type": "pong"})),
             Some("reply") => {
                 let id = frame.get("id").and_then(Value::as_str)?;
-                let Some(reply_node) = pending.remove(id) else {
+                let Some((reply_node, _)) = pending.remove(id) else {
                     return Some(
                         json!({"type": "error", "code": "unknown_call", "message": "no pending call with that id"}),
                     );

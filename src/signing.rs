@@ -15,6 +15,8 @@ pub enum SigningError {
     Format(usize),
     #[error("signing secret #{0} is not valid base64 after whsec_")]
     Base64(usize),
+    #[error("signing secret #{0} is shorter than 16 bytes after base64 decoding")]
+    TooShort(usize),
 }
 
 /// Signs with every configured secret. The key bytes are never printed.
@@ -37,11 +39,14 @@ impl Signer {
                 .trim()
                 .strip_prefix("whsec_")
                 .ok_or(SigningError::Format(i + 1))?;
-            keys.push(
-                STANDARD
-                    .decode(b64)
-                    .map_err(|_| SigningError::Base64(i + 1))?,
-            );
+            let key = STANDARD
+                .decode(b64)
+                .map_err(|_| SigningError::Base64(i + 1))?;
+            // An empty (or trivially short) key would sign with no secret at all.
+            if key.len() < 16 {
+                return Err(SigningError::TooShort(i + 1));
+            }
+            keys.push(key);
         }
         Ok((!keys.is_empty()).then_some(Self { keys }))
     }

@@ -91,6 +91,15 @@ pub fn verify(
     let (Some("v1"), Some(expiry), Some(sig)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(TokenError::Malformed);
     };
+    // Digits only, no leading zero: `parse` would also take "+123" or "0123", so one token
+    // would have several spellings.
+    if expiry.is_empty()
+        || expiry.len() > 12
+        || !expiry.bytes().all(|b| b.is_ascii_digit())
+        || (expiry.len() > 1 && expiry.starts_with('0'))
+    {
+        return Err(TokenError::Malformed);
+    }
     let expiry: i64 = expiry.parse().map_err(|_| TokenError::Malformed)?;
     let sig = URL_SAFE_NO_PAD
         .decode(sig)

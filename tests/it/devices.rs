@@ -412,3 +412,33 @@ async fn the_device_websocket_speaks_the_same_frames() {
     let (_ok, welcome) = Device::connect_ws(&a, "kiosk-4", &device_token("kiosk-4")).await;
     assert_eq!(welcome["type"], "welcome");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_never_answers_gets_at_most_256_calls_in_flight() {
+    let redis = RedisServer::start().unwrap();
+    let mut c = config(&redis);
+    c.device_heartbeat = Duration::from_secs(30);
+    let a = Node::start_with_devices(c).await;
+    let _hole = Device::online(&a, "jammed").await;
+    let calls = (0..300).map(|_| call(&a, "jammed", "amount_due", 2000));
+    let results = futures::future::join_all(calls).await;
+    let busy: Vec<&Value> = results
+        .iter()
+        .filter(|(s, _)| *s == 429)
+        .map(|(_, b)| b)
+        .collect();
+    let timed_out = results.iter().filter(|(s, _)| *s == 504).count();
+    // 256 calls wait for the device; the rest are refused at once (more may be refused if the
+    // device's queue fills first on a slow machine).
+    let statuses: Vec<u16> = results.iter().map(|r| r.0).collect();
+    assert_eq!(timed_out + busy.len(), 300, "{statuses:?}");
+    assert!(
+        timed_out <= 256 && busy.len() >= 44,
+        "{timed_out} timed out, {} busy",
+        busy.len()
+    );
+    assert_eq!(busy[0]["code"], "device_busy");
+    // Calls past their deadline are forgotten: the device takes calls again.
+    let (status, _) = call(&a, "jammed", "amount_due", 300).await;
+    assert_eq!(status, 504);
+}

@@ -9,6 +9,7 @@ mod enqueue;
 mod faults;
 mod helm;
 mod logs;
+mod props;
 mod push;
 mod replicas;
 mod support;
