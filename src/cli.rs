@@ -270,6 +270,18 @@ pub struct ServeArgs {
     /// Longest `WAIT` after an enqueue (with --wait-replicas).
     #[arg(long, env = "PAYNOTIFY_WAIT_TIMEOUT", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub wait_timeout: Duration,
+    /// Most open connections (HTTP, websockets and devices together); more are refused with
+    /// 503 `too_many_connections` (devices: an error frame).
+    #[arg(long, env = "PAYNOTIFY_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Most open connections from one client address (0: no cap). Leave it off behind a load
+    /// balancer or ingress that does not preserve client addresses.
+    #[arg(long, env = "PAYNOTIFY_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+    /// How long a client may take to send a request's headers before the connection is closed
+    /// (slow-header attacks).
+    #[arg(long, env = "PAYNOTIFY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
     /// On SIGTERM, how long the HTTP server keeps answering (with `/readyz` at 503) before it
     /// stops, so that load balancers take the node out first. Websockets and devices are told
     /// to reconnect elsewhere at once either way.
@@ -335,6 +347,9 @@ impl ServeArgs {
         let mut c = Config::for_redis(&self.redis.redis_url);
         c.redis_cluster = self.redis.redis_cluster;
         c.wait_replicas = self.wait_replicas;
+        c.max_connections = self.max_connections;
+        c.max_connections_per_ip = self.max_connections_per_ip;
+        c.header_read_timeout = self.header_read_timeout;
         c.wait_timeout = self.wait_timeout;
         c.prefix = self.redis.prefix.clone();
         c.partitions = self.redis.partitions;
@@ -428,6 +443,12 @@ pub fn validate(c: &Config) -> Result<(), String> {
     if c.wait_replicas > 0 && (c.wait_timeout.is_zero() || c.wait_timeout > Duration::from_secs(10))
     {
         return Err("--wait-timeout must be from 1ms to 10s".into());
+    }
+    if c.max_connections == 0 {
+        return Err("--max-connections must be at least 1".into());
+    }
+    if c.header_read_timeout.is_zero() {
+        return Err("--header-read-timeout must be more than 0".into());
     }
     if c.claim_batch > 1000 {
         return Err("--claim-batch must be at most 1000".into());

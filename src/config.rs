@@ -79,6 +79,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long HTTP keeps answering (not ready) after the shutdown signal.
     pub shutdown_delay: Duration,
+    /// Open connections a node accepts (HTTP, websockets and devices together).
+    pub max_connections: usize,
+    /// Open connections from one client address (0: no cap).
+    pub max_connections_per_ip: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
     /// Secrets for subscribe and device tokens (the first mints; any verifies).
     pub token_secrets: Vec<String>,
     /// How long an order's latest result is kept.
@@ -126,6 +132,9 @@ impl std::fmt::Debug for Config {
             .field("claim_batch", &self.claim_batch)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("shutdown_delay", &self.shutdown_delay)
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("header_read_timeout", &self.header_read_timeout)
             .field(
                 "token_secrets",
                 &format!("{} configured", self.token_secrets.len()),
@@ -165,6 +174,9 @@ impl Config {
             claim_batch: 256,
             shutdown_grace: Duration::from_secs(20),
             shutdown_delay: Duration::ZERO,
+            max_connections: 100_000,
+            max_connections_per_ip: 0,
+            header_read_timeout: Duration::from_secs(10),
             token_secrets: Vec::new(),
             result_ttl: Duration::from_secs(24 * 3600),
             ws_ping_interval: Duration::from_secs(20),

@@ -413,7 +413,12 @@ impl Devices {
     }
 
     /// Accepts device connections on `listener` until `shutdown`; each one is its own task.
-    pub async fn run_listener(self, listener: TcpListener, shutdown: CancellationToken) {
+    pub async fn run_listener(
+        self,
+        listener: TcpListener,
+        limits: crate::http::ConnLimits,
+        shutdown: CancellationToken,
+    ) {
         let mut connections = tokio::task::JoinSet::new();
         info!(addr = ?listener.local_addr().ok(), "device listener started");
         loop {
@@ -421,9 +426,24 @@ impl Devices {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        let this = self.clone();
-                        let stop = shutdown.clone();
-                        connections.spawn(this.serve(stream, stop).instrument(info_span!("device", %peer)));
+                        match limits.admit(peer.ip()) {
+                            Ok(guard) => {
+                                let this = self.clone();
+                                let stop = shutdown.clone();
+                                connections.spawn(async move {
+                                    this.serve(stream, stop).await;
+                                    drop(guard);
+                                }.instrument(info_span!("device", %peer)));
+                            }
+                            Err(why) => {
+                                let (code, message) = why.describe();
+                                connections.spawn(async move {
+                                    let (read, write) = stream.into_split();
+                                    let mut link = Link::Tcp { reader: BufReader::new(read), buf: Vec::new(), write };
+                                    refuse(&mut link, code, message).await;
+                                });
+                            }
+                        }
                     }
                     Err(e) => {
                         warn!(error = %e, "device accept failed");

@@ -13,6 +13,7 @@ pub mod config;
 pub mod deliver;
 pub mod dev;
 pub mod device;
+pub mod http;
 pub mod intake;
 pub mod keys;
 pub mod metrics;
@@ -108,6 +109,8 @@ pub async fn run_with_listeners(
     info!(node = %config.node_id, redis = %config::redact_url(&config.redis_url), roles = ?config.roles, "node starting");
 
     let metrics = metrics::Metrics::new();
+    // One set of connection caps for the HTTP listener and the device listener.
+    let conn_limits = http::ConnLimits::new(config.max_connections, config.max_connections_per_ip);
     let mut tasks = tokio::task::JoinSet::new();
     // Stops the HTTP server and what it needs to answer (the node channel for device calls),
     // after the roles have drained.
@@ -164,7 +167,7 @@ pub async fn run_with_listeners(
             tasks.spawn(
                 devices
                     .clone()
-                    .run_listener(l, shutdown.clone())
+                    .run_listener(l, conn_limits.clone(), shutdown.clone())
                     .instrument(info_span!("devices")),
             );
         }
@@ -201,9 +204,13 @@ pub async fn run_with_listeners(
     // (`/readyz` says 503 draining, so a load balancer stops sending), then it stops.
     let http_stop = stop_http.clone();
     let mut http = tokio::spawn(
-        std::future::IntoFuture::into_future(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { http_stop.cancelled().await }),
+        http::serve(
+            listener,
+            app,
+            conn_limits.clone(),
+            config.header_read_timeout,
+            http_stop,
+            config.shutdown_grace,
         )
         .instrument(info_span!("http")),
     );

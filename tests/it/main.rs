@@ -8,6 +8,7 @@ mod devices;
 mod enqueue;
 mod faults;
 mod helm;
+mod hostile;
 mod logs;
 mod props;
 mod push;

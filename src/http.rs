@@ -1,0 +1,263 @@
+//! The HTTP/1.1 server loop (in place of `axum::serve`, which has no knobs for these): a
+//! deadline for request headers, a cap on open connections, and an optional cap per client
+//! address. The device TCP listener shares the connection caps ([`ConnLimits`]).
+//!
+//! Invariant: every accepted connection holds a [`ConnGuard`] for as long as its socket lives
+//! (an upgraded websocket keeps it too, since the guard travels inside the I/O object), so the
+//! caps count what is really open. A refused connection gets a one-line JSON 503 or 429 and is
+//! closed; nothing is queued.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info_span, warn, Instrument};
+
+/// Caps on open connections, shared by the listeners of a node.
+#[derive(Clone)]
+pub struct ConnLimits {
+    inner: Arc<LimitsInner>,
+}
+
+struct LimitsInner {
+    max_total: usize,
+    /// 0: no cap per address.
+    max_per_ip: usize,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `--max-connections` reached.
+    Full,
+    /// `--max-connections-per-ip` reached for this address.
+    PerIp,
+}
+
+impl Refused {
+    /// The error code and message a refused client is told.
+    pub fn describe(self) -> (&'static str, &'static str) {
+        match self {
+            Refused::Full => (
+                "too_many_connections",
+                "this node has --max-connections open; try another node or later",
+            ),
+            Refused::PerIp => (
+                "too_many_connections_from_address",
+                "this address has --max-connections-per-ip open",
+            ),
+        }
+    }
+}
+
+/// Counts one open connection until dropped.
+pub struct ConnGuard {
+    limits: ConnLimits,
+    ip: IpAddr,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut open = lock(&self.limits.inner.open);
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ConnLimits {
+    /// At most `max_total` connections, and `max_per_ip` from one address (0: no such cap).
+    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
+        Self {
+            inner: Arc::new(LimitsInner {
+                max_total: max_total.max(1),
+                max_per_ip,
+                open: Mutex::new((0, HashMap::new())),
+            }),
+        }
+    }
+
+    /// Takes a place for a connection from `ip`, or says why not.
+    pub fn admit(&self, ip: IpAddr) -> Result<ConnGuard, Refused> {
+        let mut open = lock(&self.inner.open);
+        if open.0 >= self.inner.max_total {
+            return Err(Refused::Full);
+        }
+        let from_ip = open.1.get(&ip).copied().unwrap_or(0);
+        if self.inner.max_per_ip > 0 && from_ip >= self.inner.max_per_ip {
+            return Err(Refused::PerIp);
+        }
+        open.0 += 1;
+        open.1.insert(ip, from_ip + 1);
+        Ok(ConnGuard {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        lock(&self.inner.open).0
+    }
+}
+
+/// A TCP stream that holds its [`ConnGuard`] for its whole life.
+pub struct Guarded {
+    stream: TcpStream,
+    _guard: ConnGuard,
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Tells a refused HTTP client why, in one response, and closes.
+async fn refuse_http(mut stream: TcpStream, why: Refused) {
+    use tokio::io::AsyncWriteExt;
+    let (code, message) = why.describe();
+    let status = match why {
+        Refused::Full => "503 Service Unavailable",
+        Refused::PerIp => "429 Too Many Requests",
+    };
+    let body = serde_json::json!({"code": code, "message": message}).to_string();
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        stream.write_all(response.as_bytes()),
+    )
+    .await;
+    let _ = stream.shutdown().await;
+}
+
+/// Serves `app` on `listener` until `stop`, then lets open requests finish (at most `grace`).
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ConnLimits,
+    header_timeout: Duration,
+    stop: CancellationToken,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let mut connections = JoinSet::new();
+    loop {
+        let (stream, peer): (TcpStream, SocketAddr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+            Some(_) = connections.join_next() => continue,
+        };
+        let guard = match limits.admit(peer.ip()) {
+            Ok(g) => g,
+            Err(why) => {
+                debug!(%peer, ?why, "connection refused");
+                connections.spawn(refuse_http(stream, why));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(Guarded {
+            stream,
+            _guard: guard,
+        });
+        let service = TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        connections.spawn(
+            async move {
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout);
+                let conn = builder.serve_connection(io, service).with_upgrades();
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = stop.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.as_mut().await
+                    }
+                };
+                if let Err(e) = result {
+                    debug!(error = %e, "connection ended with an error");
+                }
+            }
+            .instrument(info_span!("conn", %peer)),
+        );
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            open = connections.len(),
+            "HTTP connections still open after the grace period; closing them"
+        );
+        connections.shutdown().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! Hostile clients: slow headers, connection floods from one address and in total. Each one ends
+//! in a clear refusal, and the node keeps serving everyone else.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+async fn healthy(node: &Node) -> bool {
+    reqwest::get(node.url("/healthz"))
+        .await
+        .is_ok_and(|r| r.status() == 200)
+}
+
+/// Reads what the server sends until it closes (or `wait` passes).
+async fn read_all(stream: &mut TcpStream, wait: Duration) -> Option<String> {
+    let mut out = Vec::new();
+    match tokio::time::timeout(wait, stream.read_to_end(&mut out)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&out).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_at_the_header_deadline() {
+    let redis = RedisServer::start().unwrap();
+    let mut c = config(&redis);
+    c.header_read_timeout = Duration::from_millis(800);
+    let node = Node::start(c).await;
+    let mut slow = TcpStream::connect(node.addr).await.unwrap();
+    let started = Instant::now();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // One header byte every 200 ms would keep a connection forever without a deadline.
+    let dripping = async {
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if slow.write_all(b"X").await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), dripping).await;
+    let reply = read_all(&mut slow, Duration::from_secs(5)).await;
+    let took = started.elapsed();
+    assert!(reply.is_some(), "the slow client was never cut off");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(healthy(&node).await);
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_more_than_its_share_of_connections() {
+    let redis = RedisServer::start().unwrap();
+    let mut c = config(&redis);
+    c.max_connections_per_ip = 5;
+    let node = Node::start_with_devices(c).await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(TcpStream::connect(node.addr).await.unwrap());
+    }
+    // The sixth is told why, in JSON, and closed.
+    let mut sixth = TcpStream::connect(node.addr).await.unwrap();
+    let reply = read_all(&mut sixth, Duration::from_secs(5)).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 429"), "{reply}");
+    assert!(
+        reply.contains("\"code\":\"too_many_connections_from_address\""),
+        "{reply}"
+    );
+    // The device listener shares the cap: an error frame, then the close.
+    let device = TcpStream::connect(node.device_addr.unwrap()).await.unwrap();
+    let mut line = String::new();
+    BufReader::new(device).read_line(&mut line).await.unwrap();
+    assert!(line.contains("too_many_connections_from_address"), "{line}");
+    // Closing one makes room again.
+    drop(held.pop());
+    wait_until(Duration::from_secs(5), || healthy(&node)).await;
+}
+
+#[tokio::test]
+async fn a_full_node_refuses_new_connections_with_503() {
+    let redis = RedisServer::start().unwrap();
+    let mut c = config(&redis);
+    c.max_connections = 4;
+    let node = Node::start(c).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(node.addr).await.unwrap());
+    }
+    let mut extra = TcpStream::connect(node.addr).await.unwrap();
+    let reply = read_all(&mut extra, Duration::from_secs(5)).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(reply.contains("too_many_connections"), "{reply}");
+    held.clear();
+    wait_until(Duration::from_secs(5), || healthy(&node)).await;
+}
