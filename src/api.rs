@@ -113,18 +113,28 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     if let Some(devices) = &state.devices {
         m.devices_online.set(devices.online_here() as i64);
     }
-    let stats = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        state.store.stats(crate::now_ms()),
-    )
-    .await;
-    match stats {
-        Ok(Ok(s)) => {
-            m.due_backlog.set(s.due_backlog);
-            m.intake_lag.set(s.intake_pending);
-        }
-        _ => {
-            m.redis_errors.inc();
+    let now = crate::now_ms();
+    let last = m.stats_read_ms.load(std::sync::atomic::Ordering::Relaxed);
+    if now - last >= crate::metrics::STATS_EVERY_MS
+        && m.stats_read_ms
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+    {
+        let stats =
+            tokio::time::timeout(std::time::Duration::from_secs(2), state.store.stats(now)).await;
+        match stats {
+            Ok(Ok(s)) => {
+                m.due_backlog.set(s.due_backlog);
+                m.intake_lag.set(s.intake_pending);
+            }
+            _ => {
+                m.redis_errors.inc();
+            }
         }
     }
     (
@@ -159,6 +169,43 @@ pub fn v1_router(state: ApiState) -> Router {
 }
 
 /// JSON 404 for unknown paths.
+/// Turns every error response that is not JSON yet (refusals made by axum's extractors and
+/// routing: bad query strings, wrong methods, oversized bodies) into the API's JSON error shape,
+/// keeping the status and the original text as the message.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::NOT_FOUND => "not_found",
+        _ => "error",
+    };
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&text).trim().to_string();
+    if message.is_empty() {
+        message = status.canonical_reason().unwrap_or("error").to_string();
+    }
+    let mut out = (status, Json(json!({"code": code, "message": message}))).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }

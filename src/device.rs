@@ -504,6 +504,12 @@ impl Devices {
             let code = e.code();
             return refuse(write, code, &e.to_string()).await;
         }
+        // The connection lives no longer than its token: the device must come back with a
+        // fresh one (so an expired or rotated-out token stops working within its lifetime).
+        let token_left_ms = token::expiry_of(&token)
+            .map(|exp| (exp * 1000 - crate::now_ms()).max(0) as u64)
+            .unwrap_or(0);
+        let token_deadline = Instant::now() + Duration::from_millis(token_left_ms);
         let conn_id = uuid::Uuid::new_v4().simple().to_string();
         let ttl = self.presence_ttl_ms();
         let (tx, mut rx) = mpsc::channel(DEVICE_QUEUE);
@@ -616,6 +622,7 @@ impl Devices {
                         break;
                     }
                     _ = kick.cancelled() => { goodbye = Some("replaced by a newer connection"); break }
+                    _ = tokio::time::sleep_until(token_deadline) => { goodbye = Some("token expired"); break }
                     _ = shutdown.cancelled() => { goodbye = Some("server shutting down"); break }
                 }
             }

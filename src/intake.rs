@@ -27,6 +27,9 @@ const READ_COUNT: usize = 256;
 const BLOCK: Duration = Duration::from_secs(2);
 /// Most rejected entries kept (the stream is trimmed approximately to this length).
 const REJECTED_MAXLEN: usize = 100_000;
+/// Most bytes of each field copied into a rejected entry (the stream is for diagnosis; an
+/// oversized entry must not be stored twice at full size).
+const REJECTED_FIELD_BYTES: usize = 8 * 1024;
 
 /// Why an intake entry was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -251,8 +254,18 @@ async fn process(
                     .arg(reason.to_string())
                     .arg("entry_id")
                     .arg(entry_id);
-                for (k, v) in fields {
-                    cmd.arg(k).arg(v.as_slice());
+                for (k, v) in fields.iter().take(32) {
+                    let k: &str = if k.len() <= 256 {
+                        k
+                    } else {
+                        "oversized_field_name"
+                    };
+                    if v.len() > REJECTED_FIELD_BYTES {
+                        cmd.arg(k).arg(&v[..REJECTED_FIELD_BYTES]);
+                        cmd.arg(format!("{k}.truncated_from")).arg(v.len());
+                    } else {
+                        cmd.arg(k).arg(v.as_slice());
+                    }
                 }
                 let _: Value = cmd.query_async(&mut conn).await?;
                 ack.push(entry_id.clone());

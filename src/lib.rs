@@ -199,7 +199,10 @@ pub async fn run_with_listeners(
     if let Some(device_ws) = device_ws {
         app = app.merge(device_ws);
     }
-    let app = app.merge(extra).fallback(api::not_found);
+    let app = app
+        .merge(extra)
+        .fallback(api::not_found)
+        .layer(axum::middleware::map_response(api::json_errors));
     // The HTTP server outlives the shutdown signal: while the roles drain it keeps answering
     // (`/readyz` says 503 draining, so a load balancer stops sending), then it stops.
     let http_stop = stop_http.clone();

@@ -59,7 +59,14 @@ pub struct Metrics {
     pub device_calls: Family<Outcome, Counter>,
     /// 0 while the node drains for shutdown, else 1.
     pub ready: Gauge,
+    /// When the Redis-backed gauges were last read (ms since the epoch; not exported): scrapes
+    /// closer together than [`STATS_EVERY_MS`] reuse them, so `/metrics` (unauthenticated)
+    /// cannot be used to load Redis.
+    pub stats_read_ms: Arc<std::sync::atomic::AtomicI64>,
 }
+
+/// Least time between two reads of the Redis-backed gauges.
+pub const STATS_EVERY_MS: i64 = 2_000;
 
 /// Buckets (seconds) for lateness and attempt latency: 1 ms to about 65 s.
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -95,6 +102,7 @@ impl Metrics {
             devices_online: Gauge::default(),
             device_calls: Family::default(),
             ready: Gauge::default(),
+            stats_read_ms: Arc::default(),
         };
         r.register(
             "enqueued",

@@ -442,3 +442,34 @@ async fn a_device_that_never_answers_gets_at_most_256_calls_in_flight() {
     let (status, _) = call(&a, "jammed", "amount_due", 300).await;
     assert_eq!(status, 504);
 }
+
+#[tokio::test]
+async fn a_device_connection_ends_when_its_token_expires() {
+    let redis = RedisServer::start().unwrap();
+    let a = Node::start_with_devices(config(&redis)).await;
+    let short = paynotify::token::mint(
+        &[TOKEN_SECRET.to_string()],
+        paynotify::token::Kind::Device,
+        "brief",
+        paynotify::now_ms() / 1000 + 2,
+    )
+    .unwrap();
+    let (mut d, welcome) = Device::connect(&a, "brief", &short).await;
+    assert_eq!(welcome["type"], "welcome");
+    let mut last = None;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        d.send(json!({"type": "ping"})).await;
+        match d.recv(Duration::from_millis(500)).await {
+            Some(v) if v["type"] == "pong" => continue,
+            other => {
+                last = other;
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        last,
+        Some(json!({"type": "goodbye", "reason": "token expired"}))
+    );
+}

@@ -96,3 +96,25 @@ async fn a_full_node_refuses_new_connections_with_503() {
     held.clear();
     wait_until(Duration::from_secs(5), || healthy(&node)).await;
 }
+
+#[tokio::test]
+async fn refusals_made_by_the_framework_are_json_too() {
+    let (_redis, _sink, node) = setup().await;
+    let wrong_method = api()
+        .put(node.url("/v1/notifications"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    let body: serde_json::Value = wrong_method.json().await.unwrap();
+    assert_eq!(body["code"], "method_not_allowed", "{body}");
+    let bad_query = api()
+        .get(node.url("/v1/orders/o-1/result?wait=forever&token=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_query.status(), 400);
+    let body: serde_json::Value = bad_query.json().await.unwrap();
+    assert_eq!(body["code"], "bad_request", "{body}");
+    assert!(!body["message"].as_str().unwrap().is_empty());
+}
