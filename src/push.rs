@@ -29,6 +29,8 @@ pub use hub::{Hub, HubStats};
 pub const MAX_STATUS_LEN: usize = 64;
 /// Largest `data` (serialized).
 pub const MAX_DATA_BYTES: usize = 16 * 1024;
+/// Largest result document (its `data` plus the other fields, with room for JSON whitespace).
+pub const MAX_RESULT_BYTES: usize = 4 * MAX_DATA_BYTES;
 /// Longest long-poll wait.
 pub const MAX_WAIT_SECS: u64 = 60;
 
@@ -57,6 +59,13 @@ fn err(field: &'static str, message: impl Into<String>) -> ResultError {
 
 /// Parses `{"order_id"?, "status", "data"?}`; `order_id` comes from the path when given there.
 pub fn parse_result(order_id: Option<&str>, bytes: &[u8]) -> Result<ResultDoc, ResultError> {
+    // Refuse a document that cannot fit before parsing it (data is at most MAX_DATA_BYTES).
+    if bytes.len() > MAX_RESULT_BYTES {
+        return Err(err(
+            "body",
+            format!("is {} bytes; at most {MAX_RESULT_BYTES}", bytes.len()),
+        ));
+    }
     let value: Value =
         serde_json::from_slice(bytes).map_err(|e| err("body", format!("invalid JSON: {e}")))?;
     let Value::Object(mut map) = value else {

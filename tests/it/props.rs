@@ -127,3 +127,13 @@ fn a_token_has_one_spelling_and_signing_keys_have_a_minimum_length() {
         );
     }
 }
+
+#[test]
+fn an_oversized_result_is_refused_before_it_is_parsed() {
+    let big = format!(
+        "{{\"order_id\":\"o\",\"status\":\"paid\",\"data\":\"{}\"}}",
+        "x".repeat(paynotify::push::MAX_RESULT_BYTES)
+    );
+    let e = paynotify::push::parse_result(None, big.as_bytes()).unwrap_err();
+    assert!(e.to_string().contains("at most"), "{e}");
+}
