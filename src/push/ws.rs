@@ -124,8 +124,8 @@ async fn serve(mut socket: WebSocket, state: &GatewayState) {
     let config = &state.config;
     let (tx, mut rx) = mpsc::channel::<Arc<Push>>(config.ws_send_queue);
     let me = state.hub.subscriber(tx);
-    // order id -> last sequence number delivered on this connection
-    let mut following: HashMap<String, u64> = HashMap::new();
+    // order id -> (last sequence number delivered on this connection, token expiry in s)
+    let mut following: HashMap<String, (u64, i64)> = HashMap::new();
     let mut ping = tokio::time::interval(config.ws_ping_interval);
     ping.tick().await;
     let mut awaiting_pong = false;
@@ -153,7 +153,7 @@ async fn serve(mut socket: WebSocket, state: &GatewayState) {
             }
             push = rx.recv() => {
                 let Some(push) = push else { break };
-                if let Some(last) = following.get_mut(&push.order_id) {
+                if let Some((last, _)) = following.get_mut(&push.order_id) {
                     if push.seq > *last {
                         *last = push.seq;
                         if !send(&mut socket, &me, push.frame.clone()).await { break }
@@ -168,6 +168,14 @@ async fn serve(mut socket: WebSocket, state: &GatewayState) {
                 }
                 awaiting_pong = true;
                 if tokio::time::timeout(WRITE_TIMEOUT, socket.send(Message::Ping(Default::default()))).await.is_err() { break }
+                // A subscription lives no longer than its token (checked once per ping interval,
+                // so idle connections carry no extra timer); a fresh subscribe renews it.
+                let now_s = crate::now_ms() / 1000;
+                if following.values().any(|(_, exp)| *exp <= now_s) {
+                    // Boxed, like handle_frame: keeps idle connections' tasks small.
+                    let ok = Box::pin(expire(state, &me, &mut following, &mut socket, now_s)).await;
+                    if !ok { return cleanup(state, &me, following).await; }
+                }
             }
             _ = me.kicked.cancelled() => {
                 debug!("send queue full; cutting off a slow reader");
@@ -183,10 +191,38 @@ async fn serve(mut socket: WebSocket, state: &GatewayState) {
     cleanup(state, &me, following).await;
 }
 
+/// Ends the subscriptions whose token has expired, telling the client; false if it is gone.
+async fn expire(
+    state: &GatewayState,
+    me: &super::hub::Subscriber,
+    following: &mut HashMap<String, (u64, i64)>,
+    socket: &mut WebSocket,
+    now_s: i64,
+) -> bool {
+    let expired: Vec<String> = following
+        .iter()
+        .filter(|(_, (_, exp))| *exp <= now_s)
+        .map(|(o, _)| o.clone())
+        .collect();
+    for order_id in expired {
+        following.remove(&order_id);
+        state.hub.unsubscribe(&order_id, me.id()).await;
+        let frame = error_frame(
+            "expired_token",
+            "the subscription's token expired; subscribe again with a fresh one",
+            Some(&order_id),
+        );
+        if !send(socket, me, frame).await {
+            return false;
+        }
+    }
+    true
+}
+
 async fn cleanup(
     state: &GatewayState,
     me: &super::hub::Subscriber,
-    following: HashMap<String, u64>,
+    following: HashMap<String, (u64, i64)>,
 ) {
     for order_id in following.keys() {
         state.hub.unsubscribe(order_id, me.id()).await;
@@ -197,7 +233,7 @@ async fn cleanup(
 async fn handle_frame(
     state: &GatewayState,
     me: &super::hub::Subscriber,
-    following: &mut HashMap<String, u64>,
+    following: &mut HashMap<String, (u64, i64)>,
     text: &str,
 ) -> Vec<String> {
     let frame: ClientFrame = match serde_json::from_str(text) {
@@ -222,8 +258,11 @@ async fn handle_frame(
                 let code = e.code();
                 return vec![error_frame(code, &e.to_string(), Some(&order_id))];
             }
+            let expiry = token::expiry_of(&token).unwrap_or(0);
             let subscribed = json!({"type": "subscribed", "order_id": order_id}).to_string();
-            if following.contains_key(&order_id) {
+            if let Some((_, exp)) = following.get_mut(&order_id) {
+                // Subscribing again with a fresh token extends the subscription.
+                *exp = (*exp).max(expiry);
                 return vec![subscribed];
             }
             if following.len() >= state.config.ws_max_subscriptions {
@@ -238,10 +277,10 @@ async fn handle_frame(
             }
             // Subscribe in Redis first, then read the stored result: nothing falls in between.
             state.hub.subscribe(&order_id, me.clone()).await;
-            following.insert(order_id.clone(), 0);
+            following.insert(order_id.clone(), (0, expiry));
             let mut out = vec![subscribed];
             if let Ok(Some((seq, payload))) = state.store.read_result(&order_id).await {
-                if let Some(last) = following.get_mut(&order_id) {
+                if let Some((last, _)) = following.get_mut(&order_id) {
                     *last = seq;
                 }
                 out.push(super::result_frame(seq, &payload));

@@ -583,3 +583,38 @@ async fn a_socket_that_stops_answering_pings_is_closed() {
         "the closed socket's subscription is gone"
     );
 }
+
+#[tokio::test]
+async fn a_subscription_ends_when_its_token_expires() {
+    let redis = RedisServer::start().unwrap();
+    let mut c = config(&redis);
+    c.ws_ping_interval = Duration::from_millis(300);
+    let node = Node::start(c).await;
+    let short = paynotify::token::mint(
+        &[TOKEN_SECRET.to_string()],
+        paynotify::token::Kind::Order,
+        "brief-order",
+        paynotify::now_ms() / 1000 + 2,
+    )
+    .unwrap();
+    let mut ws = connect(&node).await;
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "order_id": "brief-order", "token": short}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut ws, Duration::from_secs(5)).await.unwrap()["type"],
+        "subscribed"
+    );
+    // Within a ping interval of the expiry, the subscription ends with an error frame...
+    let v = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (v["code"].clone(), v["order_id"].clone()),
+        (json!("expired_token"), json!("brief-order")),
+        "{v}"
+    );
+    // ...and later results for the order no longer arrive on this connection.
+    publish(&node, "brief-order", "paid").await;
+    assert!(next(&mut ws, Duration::from_millis(500)).await.is_none());
+}
