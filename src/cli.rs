@@ -477,7 +477,12 @@ impl RedisArgs {
         }
         let target = Target::open(&self.redis_url, self.redis_cluster)
             .map_err(|e| format!("--redis-url: {e}"))?;
-        Ok(Store::on(target, Keys::new(&self.prefix, self.partitions)))
+        let keys = if self.redis_cluster {
+            Keys::for_cluster(&self.prefix, self.partitions)
+        } else {
+            Keys::new(&self.prefix, self.partitions)
+        };
+        Ok(Store::on(target, keys))
     }
 }
 

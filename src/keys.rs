@@ -9,6 +9,27 @@
 pub struct Keys {
     prefix: String,
     partitions: u32,
+    /// The hash tag of each partition (`pN`, or on a Cluster a tag chosen by its slot).
+    tags: std::sync::Arc<Vec<String>>,
+}
+
+/// Redis Cluster's slot of a hash tag (CRC16/XMODEM modulo 16384).
+pub fn slot_of(tag: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % 16384
+}
+
+/// A tag for partition `p` of `n` whose slot falls in the `p`-th `n`th of the slot space, so the
+/// partitions spread evenly over masters that split the slots evenly (as `redis-cli --cluster
+/// create` does). Deterministic: every node computes the same tags.
+fn spread_tag(p: u32, n: u32) -> String {
+    let (low, high) = (
+        (u64::from(p) * 16384 / u64::from(n)) as u16,
+        (u64::from(p + 1) * 16384 / u64::from(n)) as u16,
+    );
+    (0u32..)
+        .map(|k| format!("p{p}.{k}"))
+        .find(|tag| (low..high).contains(&slot_of(tag)))
+        .unwrap_or_else(|| format!("p{p}"))
 }
 
 /// The keys of one partition.
@@ -33,12 +54,34 @@ pub struct PartitionKeys {
 }
 
 impl Keys {
-    /// Keys under `prefix`, notifications spread over `partitions` (at least 1).
+    /// Keys under `prefix`, notifications spread over `partitions` (at least 1), with the
+    /// partition tags `{p0}`, `{p1}`, … (one Redis server).
     pub fn new(prefix: &str, partitions: u32) -> Self {
+        let partitions = partitions.max(1);
         Self {
             prefix: prefix.to_string(),
-            partitions: partitions.max(1),
+            partitions,
+            tags: std::sync::Arc::new((0..partitions).map(|p| format!("p{p}")).collect()),
         }
+    }
+
+    /// The same for a Redis Cluster: each partition's tag is chosen so that the partitions'
+    /// slots spread evenly over the slot space (`{p0.3}`, `{p1.17}`, …); plain `{pN}` tags put
+    /// 6 of 12 partitions on one of 3 masters.
+    pub fn for_cluster(prefix: &str, partitions: u32) -> Self {
+        let partitions = partitions.max(1);
+        Self {
+            prefix: prefix.to_string(),
+            partitions,
+            tags: std::sync::Arc::new((0..partitions).map(|p| spread_tag(p, partitions)).collect()),
+        }
+    }
+
+    fn tag(&self, p: u32) -> &str {
+        self.tags
+            .get(p as usize)
+            .map(String::as_str)
+            .unwrap_or("p0")
     }
 
     /// Number of partitions.
@@ -58,7 +101,7 @@ impl Keys {
 
     /// The keys of partition `p`.
     pub fn partition(&self, p: u32) -> PartitionKeys {
-        let base = format!("{}:{{p{}}}", self.prefix, p);
+        let base = format!("{}:{{{}}}", self.prefix, self.tag(p));
         let k = |name: &str| format!("{base}:{name}");
         PartitionKeys {
             due: k("due"),
@@ -85,7 +128,7 @@ impl Keys {
     /// Shard channel of partition `p` that wakes idle workers when one of its entries becomes
     /// the earliest due (published by the partition's scripts, so it shares their hash tag).
     pub fn wake_channel(&self, p: u32) -> String {
-        format!("{}:{{p{}}}:wake", self.prefix, p)
+        format!("{}:{{{}}}:wake", self.prefix, self.tag(p))
     }
 
     /// The wake channels of every partition.
@@ -153,6 +196,29 @@ mod tests {
             assert_eq!(p, keys.partition_of(&id));
         }
         assert_eq!(Keys::new("x", 1).partition_of("anything"), 0);
+    }
+
+    #[test]
+    fn cluster_tags_spread_the_partitions_over_the_slot_space() {
+        for n in [1u32, 3, 12, 64] {
+            let keys = Keys::for_cluster("paynotify", n);
+            for p in 0..n {
+                let due = keys.partition(p).due;
+                let tag = due
+                    .split('{')
+                    .nth(1)
+                    .and_then(|t| t.split('}').next())
+                    .unwrap();
+                let slot = u64::from(slot_of(tag));
+                assert!(
+                    slot * u64::from(n) / 16384 == u64::from(p),
+                    "partition {p} of {n}: slot {slot}"
+                );
+                assert!(keys.wake_channel(p).contains(&format!("{{{tag}}}")));
+            }
+        }
+        // The known answer for Redis' slot function: CLUSTER KEYSLOT foo = 12182.
+        assert_eq!(slot_of("foo"), 12182);
     }
 
     #[test]

@@ -37,7 +37,7 @@ fn token(kind: paynotify::token::Kind, id: &str) -> String {
 
 /// The masters that hold the partitions' keys.
 fn masters_of_partitions(cluster: &RedisCluster) -> HashSet<usize> {
-    let keys = paynotify::keys::Keys::new("paynotify", PARTITIONS);
+    let keys = paynotify::keys::Keys::for_cluster("paynotify", PARTITIONS);
     (0..PARTITIONS)
         .map(|p| cluster.master_of_key(&keys.partition(p).due).unwrap())
         .collect()
@@ -140,10 +140,14 @@ async fn enqueue_many(node: &Node, sink: &Sink, prefix: &str, n: usize, extra: V
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_push_and_devices_run_on_a_three_master_cluster() {
     let cluster = RedisCluster::start(3).unwrap();
-    assert!(
-        masters_of_partitions(&cluster).len() >= 2,
-        "the partitions all landed on one master"
-    );
+    // Partition tags are chosen by slot: 12 partitions, 4 on each of the 3 masters.
+    let keys = paynotify::keys::Keys::for_cluster("paynotify", PARTITIONS);
+    let mut per_master = [0usize; 3];
+    for p in 0..PARTITIONS {
+        per_master[cluster.master_of_key(&keys.partition(p).due).unwrap()] += 1;
+    }
+    assert_eq!(per_master, [4, 4, 4]);
+    assert_eq!(masters_of_partitions(&cluster).len(), 3);
     let sink = Sink::start().await;
     // Two configs, not one cloned: each node has its own id (and node channel).
     let (mut ca, mut cb) = (cluster_config(&cluster), cluster_config(&cluster));
@@ -191,7 +195,7 @@ async fn a_master_restart_is_survived() {
     // Due while a master is down.
     let due = paynotify::now_ms() + 1_000;
     enqueue_many(&node, &sink, "r", 120, json!({"deliver_at": due})).await;
-    let keys = paynotify::keys::Keys::new("paynotify", PARTITIONS);
+    let keys = paynotify::keys::Keys::for_cluster("paynotify", PARTITIONS);
     let victim = cluster.master_of_key(&keys.partition(0).due).unwrap();
     cluster.stop_master(victim).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
