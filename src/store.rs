@@ -662,7 +662,13 @@ impl Store {
 
 /// Builds the public JSON view of a notification from its stored parts.
 fn render(id: &str, spec: &str, meta: &str, log: Option<&str>) -> Json {
-    let spec: Json = serde_json::from_str(spec).unwrap_or(Json::Null);
+    let mut spec: Json = serde_json::from_str(spec).unwrap_or(Json::Null);
+    // Header values may be the merchant's credentials: views show the names only.
+    if let Some(headers) = spec.get_mut("headers").and_then(Json::as_object_mut) {
+        for value in headers.values_mut() {
+            *value = Json::String("<redacted>".into());
+        }
+    }
     let meta: Json = serde_json::from_str(meta).unwrap_or(Json::Null);
     let attempts: Json = log
         .and_then(|l| serde_json::from_str(&format!("[{l}]")).ok())

@@ -118,3 +118,33 @@ async fn refusals_made_by_the_framework_are_json_too() {
     assert_eq!(body["code"], "bad_request", "{body}");
     assert!(!body["message"].as_str().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn views_never_show_the_merchants_header_values() {
+    let (_redis, sink, node) = setup().await;
+    let (code, body) = post_json(
+        &node,
+        serde_json::json!({"id": "with-creds", "url": sink.url("/ok"),
+            "headers": {"Authorization": "Bearer merchant-secret-123"}}),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let shown = wait_state(&node, "with-creds", "delivered", Duration::from_secs(10)).await;
+    let text = shown.to_string();
+    assert!(!text.contains("merchant-secret-123"), "{text}");
+    assert_eq!(
+        shown["spec"]["headers"]["authorization"]
+            .as_str()
+            .or(shown["spec"]["headers"]["Authorization"].as_str()),
+        Some("<redacted>"),
+        "{text}"
+    );
+    // The merchant still gets the real header.
+    let got = &sink.received()[0];
+    assert_eq!(
+        got.headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer merchant-secret-123")
+    );
+}
