@@ -305,6 +305,11 @@ pub struct ServeArgs {
     /// Orders one websocket may follow.
     #[arg(long, env = "PAYNOTIFY_WS_MAX_SUBSCRIPTIONS", default_value_t = 32)]
     pub ws_max_subscriptions: usize,
+    /// Browser origins allowed to open `/ws`, comma-separated (https://shop.example); a request
+    /// with another `Origin` header gets 403. Empty: any origin (subscriptions need a token
+    /// either way). Clients that send no `Origin` (servers, devices) are not affected.
+    #[arg(long, env = "PAYNOTIFY_WS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub ws_allowed_origins: Vec<String>,
     /// Frames queued for one websocket before it is cut off as too slow a reader.
     #[arg(long, env = "PAYNOTIFY_WS_SEND_QUEUE", default_value_t = 64)]
     pub ws_send_queue: usize,
@@ -373,6 +378,12 @@ impl ServeArgs {
         c.result_ttl = self.result_ttl;
         c.ws_ping_interval = self.ws_ping_interval;
         c.ws_max_subscriptions = self.ws_max_subscriptions;
+        c.ws_allowed_origins = self
+            .ws_allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+            .filter(|o| !o.is_empty())
+            .collect();
         c.ws_send_queue = self.ws_send_queue;
         c.device_listen = self.device_listen.clone();
         c.device_heartbeat = self.device_heartbeat;

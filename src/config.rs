@@ -93,6 +93,8 @@ pub struct Config {
     pub ws_ping_interval: Duration,
     /// Orders one websocket may follow.
     pub ws_max_subscriptions: usize,
+    /// Origins allowed to open `/ws` (lowercase, no trailing slash); empty: any.
+    pub ws_allowed_origins: Vec<String>,
     /// Frames queued for one websocket before it is cut off as too slow.
     pub ws_send_queue: usize,
     /// Where devices connect (TCP, newline-delimited JSON); none: no device listener.
@@ -145,6 +147,7 @@ impl std::fmt::Debug for Config {
             .field("ws_send_queue", &self.ws_send_queue)
             .field("device_listen", &self.device_listen)
             .field("device_heartbeat", &self.device_heartbeat)
+            .field("ws_allowed_origins", &self.ws_allowed_origins)
             .field("device_events_url", &self.device_events_url)
             .finish()
     }
@@ -181,6 +184,7 @@ impl Config {
             result_ttl: Duration::from_secs(24 * 3600),
             ws_ping_interval: Duration::from_secs(20),
             ws_max_subscriptions: 32,
+            ws_allowed_origins: Vec::new(),
             ws_send_queue: 64,
             device_listen: None,
             device_heartbeat: Duration::from_secs(5),

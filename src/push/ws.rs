@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -77,7 +77,24 @@ async fn client_js() -> impl axum::response::IntoResponse {
 }
 
 /// The upgrade handler, with buffers sized for many idle connections.
-pub async fn handler(ws: WebSocketUpgrade, State(state): State<GatewayState>) -> Response {
+pub async fn handler(
+    ws: WebSocketUpgrade,
+    headers: axum::http::HeaderMap,
+    State(state): State<GatewayState>,
+) -> Response {
+    let allowed = &state.config.ws_allowed_origins;
+    if !allowed.is_empty() {
+        if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
+            if !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+                return (
+                    axum::http::StatusCode::FORBIDDEN,
+                    axum::Json(json!({"code": "origin_not_allowed", "message": "this Origin may not open /ws (--ws-allowed-origins)"})),
+                )
+                    .into_response();
+            }
+        }
+    }
     // Client frames are small (a subscribe is ~200 bytes); the buffer grows for a larger one.
     ws.read_buffer_size(1024)
         .write_buffer_size(0)

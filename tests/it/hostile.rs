@@ -148,3 +148,34 @@ async fn views_never_show_the_merchants_header_values() {
         Some("Bearer merchant-secret-123")
     );
 }
+
+#[tokio::test]
+async fn only_allowed_origins_open_a_websocket_when_a_list_is_set() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let redis = RedisServer::start().unwrap();
+    let mut c = config(&redis);
+    c.ws_allowed_origins = vec!["https://shop.example".into()];
+    let node = Node::start(c).await;
+    let open = |origin: Option<&'static str>| {
+        let url = format!("ws://{}/ws", node.addr);
+        async move {
+            let mut request = url.into_client_request().unwrap();
+            if let Some(o) = origin {
+                request.headers_mut().insert("Origin", o.parse().unwrap());
+            }
+            match tokio_tungstenite::connect_async(request).await {
+                Ok(_) => 101,
+                Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    assert_eq!(open(Some("https://evil.example")).await, 403);
+    assert_eq!(open(Some("https://shop.example")).await, 101);
+    assert_eq!(open(Some("https://SHOP.example/")).await, 101);
+    assert_eq!(
+        open(None).await,
+        101,
+        "clients without an Origin are not browsers"
+    );
+}
