@@ -165,6 +165,11 @@ impl Keys {
         format!("{}:node:{{{}}}", self.prefix, node_id)
     }
 
+    /// STRING: the process instance holding node id `node_id` (TTL, refreshed while it runs).
+    pub fn node_alive(&self, node_id: &str) -> String {
+        format!("{}:node:{{{}}}:alive", self.prefix, node_id)
+    }
+
     /// Consumer group name on the intake stream.
     pub fn intake_group(&self) -> &'static str {
         "paynotify"

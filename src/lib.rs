@@ -46,6 +46,8 @@ pub enum RunError {
     Signing(#[from] signing::SigningError),
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("node id {0:?} is held by another running node; give each node its own --node-id (or leave it unset)")]
+    NodeIdInUse(String),
 }
 
 /// Milliseconds since the Unix epoch.
@@ -59,6 +61,35 @@ pub fn now_ms() -> i64 {
 /// A new notification id: a UUIDv7, so generated ids sort by creation time.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+/// How long a node's hold on its id lasts without a refresh (refreshed every third of it).
+const NODE_ID_TTL: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Keeps this process's hold on its node id until `stop`, then lets go of it.
+async fn hold_node_id(
+    store: store::Store,
+    node_id: String,
+    instance: String,
+    stop: CancellationToken,
+) {
+    let ttl = NODE_ID_TTL.as_millis() as u64;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(NODE_ID_TTL / 3) => {}
+            _ = stop.cancelled() => break,
+        }
+        match store.hold_node_id(&node_id, &instance, ttl).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(%node_id, "another node took this node id while Redis was unreachable; device calls may be misrouted until one of them stops")
+            }
+            Err(e) => tracing::debug!(error = %e, "node id not refreshed"),
+        }
+    }
+    if let Err(e) = store.hold_node_id(&node_id, &instance, 0).await {
+        tracing::debug!(error = %e, "node id not released; it expires by itself");
+    }
 }
 
 /// Runs one node until `shutdown` is cancelled, then drains and returns.
@@ -110,6 +141,14 @@ pub async fn run_with_listeners(
         .map_err(store::StoreError::from)?;
     let store = store::Store::on(target, keys).with_wait(config.wait_replicas, config.wait_timeout);
     store.load_scripts().await?;
+    // Two live nodes with one id would answer each other's device calls: refuse to start.
+    let instance = new_id();
+    if !store
+        .hold_node_id(&config.node_id, &instance, NODE_ID_TTL.as_millis() as u64)
+        .await?
+    {
+        return Err(RunError::NodeIdInUse(config.node_id.clone()));
+    }
     info!(node = %config.node_id, redis = %config::redact_url(&config.redis_url), roles = ?config.roles, "node starting");
 
     let metrics = metrics::Metrics::new();
@@ -120,6 +159,15 @@ pub async fn run_with_listeners(
     // after the roles have drained.
     let stop_http = CancellationToken::new();
     let mut late_tasks = tokio::task::JoinSet::new();
+    late_tasks.spawn(
+        hold_node_id(
+            store.clone(),
+            config.node_id.clone(),
+            instance,
+            stop_http.clone(),
+        )
+        .instrument(info_span!("node_id")),
+    );
     if config.roles.worker {
         let signer = signing::Signer::new(&config.signing_secrets)?;
         let deliverer = deliver::Deliverer::new(

@@ -20,6 +20,7 @@ pub struct Scripts {
     pub device_join: Script,
     pub device_touch: Script,
     pub device_leave: Script,
+    pub node_id: Script,
 }
 
 impl Scripts {
@@ -38,11 +39,12 @@ impl Scripts {
             device_join: Script::new(include_str!("../lua/device_join.lua")),
             device_touch: Script::new(include_str!("../lua/device_touch.lua")),
             device_leave: Script::new(include_str!("../lua/device_leave.lua")),
+            node_id: Script::new(include_str!("../lua/node_id.lua")),
         }
     }
 
     /// Every script with its name, for loading at startup (`SCRIPT LOAD`).
-    pub fn all(&self) -> [(&'static str, &Script); 12] {
+    pub fn all(&self) -> [(&'static str, &Script); 13] {
         [
             ("enqueue", &self.enqueue),
             ("claim", &self.claim),
@@ -56,6 +58,7 @@ impl Scripts {
             ("device_join", &self.device_join),
             ("device_touch", &self.device_touch),
             ("device_leave", &self.device_leave),
+            ("node_id", &self.node_id),
         ]
     }
 }

@@ -495,6 +495,21 @@ impl Store {
         })
     }
 
+    /// Holds node id `node_id` for `instance` for `ttl_ms` (0: lets go of it). False when
+    /// another live instance holds it.
+    pub async fn hold_node_id(&self, node_id: &str, instance: &str, ttl_ms: u64) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        let n: i64 = self
+            .scripts
+            .node_id
+            .key(self.keys.node_alive(node_id))
+            .arg(instance)
+            .arg(ttl_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(n == 1)
+    }
+
     /// Removes a device's presence if `conn_id` still owns it.
     pub async fn device_leave(&self, device_id: &str, conn_id: &str) -> Result<()> {
         let mut conn = self.conn().await?;

@@ -203,3 +203,33 @@ async fn readyz_turns_503_on_sigterm_while_the_node_drains() {
     };
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn a_second_node_with_the_same_id_refuses_to_start() {
+    let redis = RedisServer::start().unwrap();
+    let mut c = config(&redis);
+    c.node_id = "fixed-node".into();
+    let first = Node::start(c.clone()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second = tokio::time::timeout(
+        Duration::from_secs(10),
+        paynotify::run(
+            c.clone(),
+            listener,
+            tokio_util::sync::CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("the second node started and kept running");
+    let err = second.unwrap_err().to_string();
+    assert!(
+        err.contains("fixed-node") && err.contains("another running node"),
+        "{err}"
+    );
+    // Once the first one has stopped (and let go of the id), the id can be used again.
+    first.stop().await;
+    let again = Node::start(c).await;
+    assert!(reqwest::get(again.url("/readyz"))
+        .await
+        .is_ok_and(|r| r.status() == 200));
+}
