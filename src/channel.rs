@@ -4,8 +4,6 @@
 //! connection is lost, and calls `on_connected` after every (re)subscribe, because messages
 //! published while it was disconnected are gone and the caller must catch up another way.
 
-use std::time::Duration;
-
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -47,7 +45,7 @@ pub async fn follow(
                 warn!(channel = %name, error = %e, "subscribe failed; retrying");
             }
         }
-        let backoff = Duration::from_millis((100u64 << failures.min(5)).min(3000));
+        let backoff = crate::backoff(failures);
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {},
             _ = stop.cancelled() => return,

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::lock;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -133,10 +134,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Devices {
     inner: Arc<Inner>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Devices {

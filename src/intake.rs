@@ -186,7 +186,7 @@ pub async fn run(
                 }
                 failures += 1;
                 metrics.redis_errors.inc();
-                let backoff = Duration::from_millis((100u64 << failures.min(5)).min(3000));
+                let backoff = crate::backoff(failures);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {},
                     _ = shutdown.cancelled() => break,

@@ -50,6 +50,18 @@ pub enum RunError {
     NodeIdInUse(String),
 }
 
+/// Locks `m`, also after a panic elsewhere poisoned it (the data are counters and maps that
+/// stay consistent between statements).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Pause before the next attempt to reach Redis after `failures` failures in a row: 100 ms
+/// doubling to at most 3 s.
+pub(crate) fn backoff(failures: u32) -> std::time::Duration {
+    std::time::Duration::from_millis((100u64 << failures.min(5)).min(3000))
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -223,7 +223,7 @@ async fn scheduler(
         }
         start = start.wrapping_add(1);
         if error {
-            let backoff = Duration::from_millis((100u64 << failures.min(5)).min(3000));
+            let backoff = crate::backoff(failures);
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {},
                 _ = shutdown.cancelled() => break,
@@ -442,7 +442,7 @@ async fn settler(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>) {
                         if tries == 1 || tries.is_power_of_two() {
                             warn!(error = %e, tries, "settle failed; retrying");
                         }
-                        let pause = Duration::from_millis((100u64 << tries.min(5)).min(2000));
+                        let pause = crate::backoff(tries).min(Duration::from_secs(2));
                         tokio::time::sleep(pause).await;
                     }
                     Err(e) => {

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::backend::{Message, Messages, Subscriptions};
 use crate::keys::Keys;
+use crate::lock;
 use crate::store::Store;
 
 /// How often the pub/sub connection is probed with PING.
@@ -224,7 +225,7 @@ impl Hub {
                     warn!(error = %e, failures, "pub/sub connect failed");
                 }
             }
-            let backoff = Duration::from_millis((100u64 << failures.min(5)).min(3000));
+            let backoff = crate::backoff(failures);
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {},
                 _ = shutdown.cancelled() => break,
@@ -314,8 +315,4 @@ impl Hub {
             frame,
         }));
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
