@@ -88,11 +88,6 @@ impl Target {
         builder.build()
     }
 
-    /// True on a Redis Cluster.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self, Target::Cluster { .. })
-    }
-
     /// The node's shared connection: multiplexed (concurrent calls are pipelined) and
     /// reconnecting by itself.
     pub async fn shared(&self) -> RedisResult<Conn> {
@@ -206,25 +201,35 @@ impl Subscriptions {
     /// `SSUBSCRIBE` to each channel (one command per channel, so that every confirmation
     /// answers its own command; they are pipelined on the connection).
     pub async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
-        self.each("SSUBSCRIBE", channels).await
+        self.each(true, channels).await
     }
 
     /// `SUNSUBSCRIBE` from each channel.
     pub async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
-        self.each("SUNSUBSCRIBE", channels).await
+        self.each(false, channels).await
     }
 
-    async fn each(&mut self, command: &str, channels: &[String]) -> RedisResult<()> {
+    async fn each(&mut self, subscribe: bool, channels: &[String]) -> RedisResult<()> {
         let calls = channels.iter().map(|channel| {
             let mut conn = self.conn.clone();
-            let cmd = redis::cmd(command).arg(channel).clone();
             async move {
-                match &mut conn {
+                match (&mut conn, subscribe) {
                     // The cluster connection routes each channel to its shard and subscribes
                     // again by itself after a node reconnects.
-                    Conn::Cluster(c) if command == "SSUBSCRIBE" => c.ssubscribe(channel).await,
-                    Conn::Cluster(c) => c.sunsubscribe(channel).await,
-                    _ => cmd.exec_async(&mut conn).await,
+                    (Conn::Cluster(c), true) => c.ssubscribe(channel).await,
+                    (Conn::Cluster(c), false) => c.sunsubscribe(channel).await,
+                    (_, true) => {
+                        redis::cmd("SSUBSCRIBE")
+                            .arg(channel)
+                            .exec_async(&mut conn)
+                            .await
+                    }
+                    (_, false) => {
+                        redis::cmd("SUNSUBSCRIBE")
+                            .arg(channel)
+                            .exec_async(&mut conn)
+                            .await
+                    }
                 }
             }
         });

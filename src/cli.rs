@@ -488,12 +488,10 @@ impl RedisArgs {
         }
         let target = Target::open(&self.redis_url, self.redis_cluster)
             .map_err(|e| format!("--redis-url: {e}"))?;
-        let keys = if self.redis_cluster {
-            Keys::for_cluster(&self.prefix, self.partitions)
-        } else {
-            Keys::new(&self.prefix, self.partitions)
-        };
-        Ok(Store::on(target, keys))
+        Ok(Store::on(
+            target,
+            Keys::for_target(&self.prefix, self.partitions, self.redis_cluster),
+        ))
     }
 }
 

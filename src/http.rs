@@ -109,11 +109,6 @@ impl ConnLimits {
             ip,
         })
     }
-
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        lock(&self.inner.open).0
-    }
 }
 
 /// A TCP stream that holds its [`ConnGuard`] for its whole life.

@@ -77,6 +77,15 @@ impl Keys {
         }
     }
 
+    /// [`for_cluster`](Self::for_cluster) on a Redis Cluster, else [`new`](Self::new).
+    pub fn for_target(prefix: &str, partitions: u32, cluster: bool) -> Self {
+        if cluster {
+            Self::for_cluster(prefix, partitions)
+        } else {
+            Self::new(prefix, partitions)
+        }
+    }
+
     fn tag(&self, p: u32) -> &str {
         self.tags
             .get(p as usize)

@@ -144,11 +144,7 @@ pub async fn run_with_listeners(
     extra: axum::Router,
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
-    let keys = if config.redis_cluster {
-        keys::Keys::for_cluster(&config.prefix, config.partitions)
-    } else {
-        keys::Keys::new(&config.prefix, config.partitions)
-    };
+    let keys = keys::Keys::for_target(&config.prefix, config.partitions, config.redis_cluster);
     let target = backend::Target::open(&config.redis_url, config.redis_cluster)
         .map_err(store::StoreError::from)?;
     let store = store::Store::on(target, keys).with_wait(config.wait_replicas, config.wait_timeout);
