@@ -597,9 +597,13 @@ impl Devices {
                     },
                     out = rx.recv() => match out {
                         Some(Outgoing::Call { call_id, method, params, reply_node, deadline }) => {
-                            // Callers past their deadline have given up: forget their calls.
-                            let now = Instant::now();
-                            pending.retain(|_, (_, d)| *d > now);
+                            // At the cap, first forget the calls whose caller has given up (past
+                            // their deadline); only a device that is really that busy refuses. Below the
+                            // cap nothing is scanned, so the usual call costs no extra work.
+                            if pending.len() >= MAX_CALLS_IN_FLIGHT {
+                                let now = Instant::now();
+                                pending.retain(|_, (_, d)| *d > now);
+                            }
                             if pending.len() >= MAX_CALLS_IN_FLIGHT {
                                 self.reply(&reply_node, &call_id, CallOutcome::Busy);
                                 continue;
