@@ -328,6 +328,24 @@ async fn enqueue(
     })
 }
 
+/// Refuses call params or sent data that would not fit in a device frame.
+fn check_device_payload(field: &str, value: &Value) -> Result<(), ApiError> {
+    let len = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
+    if len > crate::device::MAX_DEVICE_PAYLOAD {
+        return Err(ApiError::Invalid {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "too_large",
+            message: format!(
+                "{field} is {len} bytes as JSON; a device is sent at most {} (its frames are {} bytes)",
+                crate::device::MAX_DEVICE_PAYLOAD,
+                crate::device::MAX_DEVICE_FRAME
+            ),
+            field: Some(field.to_string()),
+        });
+    }
+    Ok(())
+}
+
 fn check_id(id: &str) -> Result<(), ApiError> {
     notification::validate_id(id).map_err(|m| ApiError::Invalid {
         status: StatusCode::BAD_REQUEST,
@@ -475,6 +493,7 @@ async fn device_call(
             "method must be 1 to 64 characters",
         ));
     }
+    check_device_payload("params", &body.params)?;
     let timeout_ms = body
         .timeout_ms
         .unwrap_or(crate::device::DEFAULT_CALL_TIMEOUT_MS);
@@ -541,6 +560,7 @@ async fn device_call(
 }
 
 /// `POST /v1/devices/{id}/send` with any JSON: delivered as `{"type":"message","data":…}`.
+/// 202 once the node holding the device has queued it; 429 when that queue is full.
 async fn device_send(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -549,14 +569,30 @@ async fn device_send(
     check_id(&id)?;
     let Json(data) =
         body.map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "invalid", r.body_text()))?;
-    if devices(&state)?.send(&id, data).await? {
-        Ok((StatusCode::ACCEPTED, Json(json!({"id": id, "sent": true}))).into_response())
-    } else {
-        Err(ApiError::new(
+    check_device_payload("data", &data)?;
+    use crate::device::CallOutcome;
+    match devices(&state)?.send(&id, data).await? {
+        CallOutcome::Result(_) => {
+            Ok((StatusCode::ACCEPTED, Json(json!({"id": id, "sent": true}))).into_response())
+        }
+        CallOutcome::Busy => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "device_busy",
+            format!("device {id:?} has a full outgoing queue; retry later"),
+        )),
+        CallOutcome::Timeout => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "device_timeout",
+            format!(
+                "the node holding device {id:?} did not confirm within {} s",
+                crate::device::SEND_ACK_TIMEOUT.as_secs()
+            ),
+        )),
+        CallOutcome::Offline | CallOutcome::DeviceError(_) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "device_offline",
             format!("device {id:?} is not connected"),
-        ))
+        )),
     }
 }
 

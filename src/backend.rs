@@ -8,6 +8,7 @@
 //! [`Messages::next`] ends and the caller rebuilds it and catches up, because messages published
 //! meanwhile are gone.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
@@ -18,13 +19,69 @@ use tokio::sync::mpsc;
 #[derive(Clone)]
 pub enum Target {
     Single {
-        client: redis::Client,
+        client: Box<redis::Client>,
         url: String,
+        certs: Option<redis::TlsCertificates>,
     },
     Cluster {
         client: Box<redis::cluster::ClusterClient>,
         seeds: Vec<String>,
+        certs: Option<redis::TlsCertificates>,
     },
+}
+
+/// Files for TLS to Redis (`rediss://`), all optional: a CA bundle to trust instead of the
+/// system's store, and a client certificate and key for mutual TLS. PEM.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+fn config_error(message: String) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::InvalidClientConfig,
+        "invalid TLS settings",
+        message,
+    ))
+}
+
+impl TlsFiles {
+    /// Reads the files; `None` when none is set (a `rediss://` URL then trusts the system's
+    /// store). Every URL must be `rediss://` when any file is set.
+    fn load(&self, urls: &[String]) -> RedisResult<Option<redis::TlsCertificates>> {
+        if *self == TlsFiles::default() {
+            return Ok(None);
+        }
+        if let Some(url) = urls.iter().find(|u| !u.starts_with("rediss://")) {
+            return Err(config_error(format!(
+                "a Redis CA file or client certificate needs rediss:// URLs, not {:?}",
+                url.split('@').next_back().unwrap_or_default()
+            )));
+        }
+        let read = |path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|e| config_error(format!("cannot read {}: {e}", path.display())))
+        };
+        let client_tls = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(config_error(
+                    "a Redis client certificate and its key go together".into(),
+                ))
+            }
+        };
+        let root_cert = self.ca_file.as_ref().map(read).transpose()?;
+        Ok(Some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
+    }
 }
 
 /// How long a connection attempt and a reply may take.
@@ -39,8 +96,9 @@ fn resp3(url: &str) -> String {
 
 impl Target {
     /// A standalone server at `url`, or, with `cluster`, a Cluster reached through the
-    /// comma-separated seed URLs in `url`. No round trip yet.
-    pub fn open(url: &str, cluster: bool) -> RedisResult<Self> {
+    /// comma-separated seed URLs in `url`; `tls` applies to `rediss://` URLs. Reads the TLS
+    /// files, but makes no round trip yet.
+    pub fn open(url: &str, cluster: bool, tls: &TlsFiles) -> RedisResult<Self> {
         if cluster {
             let seeds: Vec<String> = url
                 .split(',')
@@ -54,20 +112,35 @@ impl Target {
                     "no Redis Cluster seed URL",
                 )));
             }
+            let certs = tls.load(&seeds)?;
             Ok(Target::Cluster {
-                client: Box::new(Self::cluster_client(&seeds, None)?),
+                client: Box::new(Self::cluster_client(&seeds, &certs, None)?),
                 seeds,
+                certs,
             })
         } else {
+            let certs = tls.load(&[url.to_string()])?;
             Ok(Target::Single {
-                client: redis::Client::open(url)?,
+                client: Box::new(Self::single_client(url, &certs)?),
                 url: url.to_string(),
+                certs,
             })
+        }
+    }
+
+    fn single_client(
+        url: &str,
+        certs: &Option<redis::TlsCertificates>,
+    ) -> RedisResult<redis::Client> {
+        match certs {
+            Some(certs) => redis::Client::build_with_tls(url, certs.clone()),
+            None => redis::Client::open(url),
         }
     }
 
     fn cluster_client(
         seeds: &[String],
+        certs: &Option<redis::TlsCertificates>,
         push: Option<mpsc::UnboundedSender<redis::PushInfo>>,
     ) -> RedisResult<redis::cluster::ClusterClient> {
         let seeds: Vec<String> = if push.is_some() {
@@ -80,6 +153,9 @@ impl Target {
             .response_timeout(RESPONSE_TIMEOUT)
             .retries(3)
             .max_retry_wait(2000);
+        if let Some(certs) = certs {
+            builder = builder.certs(certs.clone());
+        }
         if let Some(tx) = push {
             builder = builder
                 .use_protocol(redis::ProtocolVersion::RESP3)
@@ -98,8 +174,8 @@ impl Target {
                     .set_response_timeout(Some(RESPONSE_TIMEOUT))
                     .set_number_of_retries(3)
                     .set_max_delay(Duration::from_secs(2));
-                let m =
-                    redis::aio::ConnectionManager::new_with_config(client.clone(), config).await?;
+                let m = redis::aio::ConnectionManager::new_with_config((**client).clone(), config)
+                    .await?;
                 Ok(Conn::Manager(m))
             }
             Target::Cluster { client, .. } => {
@@ -132,8 +208,8 @@ impl Target {
     pub async fn subscriber(&self) -> RedisResult<(Subscriptions, Messages)> {
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = match self {
-            Target::Single { url, .. } => {
-                let client = redis::Client::open(resp3(url))?;
+            Target::Single { url, certs, .. } => {
+                let client = Self::single_client(&resp3(url), certs)?;
                 let config = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -143,8 +219,8 @@ impl Target {
                     .await?;
                 Conn::Multiplexed(conn)
             }
-            Target::Cluster { seeds, .. } => {
-                let client = Self::cluster_client(seeds, Some(tx))?;
+            Target::Cluster { seeds, certs, .. } => {
+                let client = Self::cluster_client(seeds, certs, Some(tx))?;
                 Conn::Cluster(client.get_async_connection().await?)
             }
         };

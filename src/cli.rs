@@ -178,8 +178,8 @@ pub enum DeadCommand {
 /// Where the data lives.
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
-    /// Redis URL (redis://[user:password@]host:port[/db]). TLS to Redis (rediss://) is not
-    /// built in yet: keep Redis on a private network or behind a TLS tunnel.
+    /// Redis URL (redis://[user:password@]host:port[/db]); rediss:// for TLS, which checks the
+    /// server's certificate against the system's trust store or --redis-ca-file.
     #[arg(
         long,
         env = "PAYNOTIFY_REDIS_URL",
@@ -190,6 +190,16 @@ pub struct RedisArgs {
     /// (redis://10.0.0.1:6379,redis://10.0.0.2:6379). Needs Redis 7 (sharded pub/sub).
     #[arg(long, env = "PAYNOTIFY_REDIS_CLUSTER")]
     pub redis_cluster: bool,
+    /// PEM file of the CA(s) to trust for rediss:// instead of the system's trust store (a
+    /// private CA, as managed Redis services and cert-manager issue).
+    #[arg(long, env = "PAYNOTIFY_REDIS_CA_FILE", value_name = "PEM")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate for mutual TLS to Redis (with --redis-client-key).
+    #[arg(long, env = "PAYNOTIFY_REDIS_CLIENT_CERT", value_name = "PEM")]
+    pub redis_client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --redis-client-cert.
+    #[arg(long, env = "PAYNOTIFY_REDIS_CLIENT_KEY", value_name = "PEM")]
+    pub redis_client_key: Option<std::path::PathBuf>,
     /// Prefix of every Redis key.
     #[arg(long, env = "PAYNOTIFY_PREFIX", default_value = "paynotify")]
     pub prefix: String,
@@ -351,6 +361,7 @@ impl ServeArgs {
         let roles = Roles::parse(&self.roles).map_err(|e| format!("--roles: {e}"))?;
         let mut c = Config::for_redis(&self.redis.redis_url);
         c.redis_cluster = self.redis.redis_cluster;
+        c.redis_tls = self.redis.tls_files();
         c.wait_replicas = self.wait_replicas;
         c.max_connections = self.max_connections;
         c.max_connections_per_ip = self.max_connections_per_ip;
@@ -404,7 +415,7 @@ fn secrets(values: &[String]) -> Vec<String> {
 
 /// Checks a config; the error names the flag.
 pub fn validate(c: &Config) -> Result<(), String> {
-    check_redis_url(&c.redis_url, c.redis_cluster)?;
+    check_redis_url(&c.redis_url, c.redis_cluster, &c.redis_tls)?;
     check_prefix(&c.prefix)?;
     if c.partitions == 0 || c.partitions > 1024 {
         return Err("--partitions must be from 1 to 1024".into());
@@ -467,8 +478,8 @@ pub fn validate(c: &Config) -> Result<(), String> {
     Ok(())
 }
 
-fn check_redis_url(url: &str, cluster: bool) -> Result<(), String> {
-    Target::open(url, cluster)
+fn check_redis_url(url: &str, cluster: bool, tls: &crate::backend::TlsFiles) -> Result<(), String> {
+    Target::open(url, cluster, tls)
         .map(|_| ())
         .map_err(|e| format!("--redis-url: {e}"))
 }
@@ -481,12 +492,20 @@ fn check_prefix(prefix: &str) -> Result<(), String> {
 }
 
 impl RedisArgs {
+    fn tls_files(&self) -> crate::backend::TlsFiles {
+        crate::backend::TlsFiles {
+            ca_file: self.redis_ca_file.clone(),
+            client_cert: self.redis_client_cert.clone(),
+            client_key: self.redis_client_key.clone(),
+        }
+    }
+
     fn store(&self) -> Result<Store, String> {
         check_prefix(&self.prefix)?;
         if self.partitions == 0 || self.partitions > 1024 {
             return Err("--partitions must be from 1 to 1024".into());
         }
-        let target = Target::open(&self.redis_url, self.redis_cluster)
+        let target = Target::open(&self.redis_url, self.redis_cluster, &self.tls_files())
             .map_err(|e| format!("--redis-url: {e}"))?;
         Ok(Store::on(
             target,

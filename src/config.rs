@@ -56,6 +56,8 @@ pub struct Config {
     pub redis_url: String,
     /// `redis_url` lists seed nodes of a Redis Cluster (comma-separated).
     pub redis_cluster: bool,
+    /// CA and client certificate files for `rediss://` (all optional).
+    pub redis_tls: crate::backend::TlsFiles,
     /// Opt-in durability: after each enqueue, `WAIT` for this many replicas (0: off).
     pub wait_replicas: u32,
     /// How long that `WAIT` may take before the enqueue is refused as not replicated.
@@ -110,6 +112,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("redis_url", &redact_url(&self.redis_url))
             .field("redis_cluster", &self.redis_cluster)
+            .field("redis_tls", &self.redis_tls)
             .field("wait_replicas", &self.wait_replicas)
             .field("wait_timeout", &self.wait_timeout)
             .field("prefix", &self.prefix)
@@ -159,6 +162,7 @@ impl Config {
         Self {
             redis_url: redis_url.to_string(),
             redis_cluster: false,
+            redis_tls: Default::default(),
             wait_replicas: 0,
             wait_timeout: Duration::from_millis(100),
             prefix: "paynotify".into(),

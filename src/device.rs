@@ -35,6 +35,9 @@ use crate::token::{self, Kind};
 
 /// Largest frame a device may send, in bytes (including the newline).
 pub const MAX_DEVICE_FRAME: usize = 4096;
+/// Most bytes of call `params` or sent `data` (as JSON), so that every frame a device is sent
+/// fits in `MAX_DEVICE_FRAME` too, envelope included.
+pub const MAX_DEVICE_PAYLOAD: usize = MAX_DEVICE_FRAME - 512;
 /// Longest call deadline.
 pub const MAX_CALL_TIMEOUT_MS: u64 = 30_000;
 /// Default call deadline.
@@ -45,6 +48,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Calls and sends queued for one device.
 const DEVICE_QUEUE: usize = 64;
+/// How long a one-way send waits for the holding node to say it queued the message.
+pub const SEND_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Calls sent to one device and not answered yet (nor past their deadline). More get
 /// `device_busy`, so a device that never answers cannot make its node hold calls without bound.
 pub const MAX_CALLS_IN_FLIGHT: usize = 256;
@@ -71,6 +76,12 @@ enum NodeMessage {
     Send {
         device: String,
         data: Value,
+        /// Set by senders that want to know whether the message was queued (absent from
+        /// older nodes, whose sends are fire-and-forget).
+        #[serde(default)]
+        call_id: Option<String>,
+        #[serde(default)]
+        reply_node: Option<String>,
     },
     Kick {
         device: String,
@@ -91,6 +102,13 @@ enum NodeMessage {
 
 fn default_call_ms() -> u64 {
     DEFAULT_CALL_TIMEOUT_MS
+}
+
+/// What is taken to the node holding a device.
+#[derive(Clone)]
+enum Ask {
+    Call { method: String, params: Value },
+    Send { data: Value },
 }
 
 /// How a call ended.
@@ -172,11 +190,38 @@ impl Devices {
         params: Value,
         timeout: Duration,
     ) -> Result<CallOutcome, crate::store::StoreError> {
-        let deadline = Instant::now() + timeout;
+        let ask = Ask::Call {
+            method: method.to_string(),
+            params,
+        };
+        self.route(device, ask, Instant::now() + timeout).await
+    }
+
+    /// Queues a one-way message for a device, wherever it is connected: `Result(Null)` once
+    /// the holding node has queued it, `Busy` when the device's queue is full, `Offline`, or
+    /// `Timeout` when the holding node did not confirm within [`SEND_ACK_TIMEOUT`].
+    pub async fn send(
+        &self,
+        device: &str,
+        data: Value,
+    ) -> Result<CallOutcome, crate::store::StoreError> {
+        let deadline = Instant::now() + SEND_ACK_TIMEOUT;
+        self.route(device, Ask::Send { data }, deadline).await
+    }
+
+    /// Takes `ask` to the node holding `device` and waits for its answer until `deadline`.
+    ///
+    /// The holding node comes from a short-lived local cache of presence when it can (one
+    /// Redis round trip less per call); if that node no longer holds the device (it moved or
+    /// went away), the request is retried once on fresh presence, within the same deadline.
+    async fn route(
+        &self,
+        device: &str,
+        ask: Ask,
+        deadline: Instant,
+    ) -> Result<CallOutcome, crate::store::StoreError> {
         if let Some(node) = self.cached_node(device) {
-            let outcome = self
-                .call_on(&node, device, method, params.clone(), deadline)
-                .await?;
+            let outcome = self.ask_on(&node, device, ask.clone(), deadline).await?;
             if outcome != CallOutcome::Offline {
                 return Ok(outcome);
             }
@@ -187,7 +232,7 @@ impl Devices {
             return Ok(CallOutcome::Offline);
         };
         self.remember_node(device, node);
-        let outcome = self.call_on(node, device, method, params, deadline).await?;
+        let outcome = self.ask_on(node, device, ask, deadline).await?;
         if outcome == CallOutcome::Offline {
             self.forget_node(device);
         }
@@ -217,28 +262,36 @@ impl Devices {
         lock(&self.inner.presence_cache).remove(device);
     }
 
-    /// One call through `node`'s channel, waiting until `deadline`.
-    async fn call_on(
+    /// One request through `node`'s channel, waiting for its reply until `deadline`.
+    async fn ask_on(
         &self,
         node: &str,
         device: &str,
-        method: &str,
-        params: Value,
+        ask: Ask,
         deadline: Instant,
     ) -> Result<CallOutcome, crate::store::StoreError> {
         let call_id = uuid::Uuid::new_v4().simple().to_string();
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.pending).insert(call_id.clone(), tx);
-        let message = NodeMessage::Call {
-            call_id: call_id.clone(),
-            device: device.to_string(),
-            method: method.to_string(),
-            params,
-            reply_node: self.inner.config.node_id.clone(),
-            timeout_ms: deadline
-                .saturating_duration_since(Instant::now())
-                .as_millis()
-                .max(1) as u64,
+        let reply_node = self.inner.config.node_id.clone();
+        let message = match ask {
+            Ask::Call { method, params } => NodeMessage::Call {
+                call_id: call_id.clone(),
+                device: device.to_string(),
+                method,
+                params,
+                reply_node,
+                timeout_ms: deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .max(1) as u64,
+            },
+            Ask::Send { data } => NodeMessage::Send {
+                device: device.to_string(),
+                data,
+                call_id: Some(call_id.clone()),
+                reply_node: Some(reply_node),
+            },
         };
         let sent = self
             .inner
@@ -259,24 +312,6 @@ impl Devices {
         };
         lock(&self.inner.pending).remove(&call_id);
         Ok(outcome)
-    }
-
-    /// Sends a one-way message; false when the device is offline.
-    pub async fn send(&self, device: &str, data: Value) -> Result<bool, crate::store::StoreError> {
-        let presence = self.inner.store.device_presence(device).await?;
-        let Some(node) = presence.get("node") else {
-            return Ok(false);
-        };
-        let message = NodeMessage::Send {
-            device: device.to_string(),
-            data,
-        };
-        let n = self
-            .inner
-            .store
-            .publish_to_node(node, &serde_json::to_string(&message).unwrap_or_default())
-            .await?;
-        Ok(n > 0)
     }
 
     fn reply(&self, reply_node: &str, call_id: &str, outcome: CallOutcome) {
@@ -373,9 +408,25 @@ impl Devices {
                     self.reply(&reply_node, &call_id, outcome);
                 }
             }
-            NodeMessage::Send { device, data } => {
-                if let Some(l) = lock(&self.inner.local).get(&device) {
-                    let _ = l.tx.try_send(Outgoing::Message(data));
+            NodeMessage::Send {
+                device,
+                data,
+                call_id,
+                reply_node,
+            } => {
+                let tx = lock(&self.inner.local).get(&device).map(|l| l.tx.clone());
+                let outcome = match tx {
+                    None => CallOutcome::Offline,
+                    Some(tx) => match tx.try_send(Outgoing::Message(data)) {
+                        Ok(()) => CallOutcome::Result(Value::Null),
+                        Err(mpsc::error::TrySendError::Full(_)) => CallOutcome::Busy,
+                        Err(mpsc::error::TrySendError::Closed(_)) => CallOutcome::Offline,
+                    },
+                };
+                if let (Some(call_id), Some(reply_node)) = (call_id, reply_node) {
+                    self.reply(&reply_node, &call_id, outcome);
+                } else if outcome != CallOutcome::Result(Value::Null) {
+                    debug!(%device, ?outcome, "fire-and-forget message not queued");
                 }
             }
             NodeMessage::Kick { device, conn } => {

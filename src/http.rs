@@ -1,6 +1,12 @@
 //! The HTTP/1.1 server loop (in place of `axum::serve`, which has no knobs for these): a
-//! deadline for request headers, a cap on open connections, and an optional cap per client
-//! address. The device TCP listener shares the connection caps ([`ConnLimits`]).
+//! deadline for request headers, a cap on open connections, an optional cap per client
+//! address, and limits on the request head ([`head_limits`]). The device TCP listener shares
+//! the connection caps ([`ConnLimits`]).
+//!
+//! Request heads are checked twice: [`head_limits`] refuses, with a JSON error naming the
+//! limit, any request over [`MAX_URI_BYTES`], [`MAX_REQUEST_HEADERS`] or
+//! [`MAX_HEADER_BYTES`]; hyper's own parser stops at twice those (and answers a bodiless
+//! 431/414), so a head far over the limits is never buffered whole.
 //!
 //! Invariant: every accepted connection holds a [`ConnGuard`] for as long as its socket lives
 //! (an upgraded websocket keeps it too, since the guard travels inside the I/O object), so the
@@ -22,6 +28,70 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, warn, Instrument};
+
+/// Longest request target (path and query) accepted: 414 `uri_too_long` beyond it.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most request header fields accepted: 431 `too_many_headers` beyond it.
+pub const MAX_REQUEST_HEADERS: usize = 64;
+/// Most bytes of header names and values together: 431 `headers_too_large` beyond it.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Refuses requests whose head is over the limits above, before any handler runs.
+pub async fn head_limits(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
+    let refusal = if uri_len > MAX_URI_BYTES {
+        Some((
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is {uri_len} bytes; the limit is {MAX_URI_BYTES}"),
+        ))
+    } else if req.headers().len() > MAX_REQUEST_HEADERS {
+        Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too_many_headers",
+            format!(
+                "the request has {} header fields; the limit is {MAX_REQUEST_HEADERS}",
+                req.headers().len()
+            ),
+        ))
+    } else if header_bytes > MAX_HEADER_BYTES {
+        Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "the request headers are {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}"
+            ),
+        ))
+    } else {
+        None
+    };
+    match refusal {
+        Some((status, code, message)) => {
+            use axum::response::IntoResponse;
+            let mut response = (
+                status,
+                axum::Json(serde_json::json!({"code": code, "message": message})),
+            )
+                .into_response();
+            // The rest of an oversized head may still be arriving: do not reuse the connection.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            response
+        }
+        None => next.run(req).await,
+    }
+}
 
 /// Caps on open connections, shared by the listeners of a node.
 #[derive(Clone)]
@@ -222,7 +292,9 @@ pub async fn serve(
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder
                     .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout);
+                    .header_read_timeout(header_timeout)
+                    .max_headers(MAX_REQUEST_HEADERS * 2)
+                    .max_buf_size(4 * (MAX_URI_BYTES + MAX_HEADER_BYTES));
                 let conn = builder.serve_connection(io, service).with_upgrades();
                 tokio::pin!(conn);
                 let result = tokio::select! {

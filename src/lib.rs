@@ -145,7 +145,7 @@ pub async fn run_with_listeners(
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
     let keys = keys::Keys::for_target(&config.prefix, config.partitions, config.redis_cluster);
-    let target = backend::Target::open(&config.redis_url, config.redis_cluster)
+    let target = backend::Target::open(&config.redis_url, config.redis_cluster, &config.redis_tls)
         .map_err(store::StoreError::from)?;
     let store = store::Store::on(target, keys).with_wait(config.wait_replicas, config.wait_timeout);
     store.load_scripts().await?;
@@ -262,7 +262,8 @@ pub async fn run_with_listeners(
     let app = app
         .merge(extra)
         .fallback(api::not_found)
-        .layer(axum::middleware::map_response(api::json_errors));
+        .layer(axum::middleware::map_response(api::json_errors))
+        .layer(axum::middleware::from_fn(http::head_limits));
     // The HTTP server outlives the shutdown signal: while the roles drain it keeps answering
     // (`/readyz` says 503 draining, so a load balancer stops sending), then it stops.
     let http_stop = stop_http.clone();

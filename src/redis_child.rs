@@ -69,6 +69,12 @@ impl RedisServer {
         Self::start_configured(free_port()?, persistent, Vec::new())
     }
 
+    /// Starts a throwaway server with `extra_args` after the standard ones (TLS options, say);
+    /// it still listens in plain text on [`port`](Self::port), which readiness is checked on.
+    pub fn start_with_args(extra_args: Vec<String>) -> Result<Self, RedisChildError> {
+        Self::start_configured(free_port()?, false, extra_args)
+    }
+
     /// Starts a replica of `primary` (for tests of `WAIT`); returns once it answers, which may
     /// be before its first sync has finished.
     pub fn start_replica_of(primary: &RedisServer) -> Result<Self, RedisChildError> {

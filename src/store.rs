@@ -119,7 +119,10 @@ impl Store {
     /// A store on the standalone server at `url` (no round trip yet; the connection is made
     /// on first use).
     pub fn connect(url: &str, keys: Keys) -> Result<Self> {
-        Ok(Self::on(Target::open(url, false)?, keys))
+        Ok(Self::on(
+            Target::open(url, false, &Default::default())?,
+            keys,
+        ))
     }
 
     /// A store on `target`, standalone or Cluster (no round trip yet).

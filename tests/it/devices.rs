@@ -116,15 +116,24 @@ impl Device {
     }
 }
 
-async fn call(node: &Node, id: &str, method: &str, timeout_ms: u64) -> (u16, Value) {
-    let r = api()
-        .post(node.url(&format!("/v1/devices/{id}/call")))
-        .json(&json!({"method": method, "params": {"lane": 2}, "timeout_ms": timeout_ms}))
-        .send()
-        .await
-        .unwrap();
+/// An authenticated POST of `body` to `path` on `node`: (status, JSON body).
+async fn post(node: &Node, path: &str, body: Value) -> (u16, Value) {
+    let r = api().post(node.url(path)).json(&body).send().await.unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or_default())
+}
+
+/// Node A, holding devices that may stay silent for 30 s, and node B, which calls them.
+async fn patient_pair(redis: &RedisServer) -> (Node, Node) {
+    let mut c = config(redis);
+    c.device_heartbeat = Duration::from_secs(30);
+    let a = Node::start_with_devices(c).await;
+    (a, Node::start(config(redis)).await)
+}
+
+async fn call(node: &Node, id: &str, method: &str, timeout_ms: u64) -> (u16, Value) {
+    let body = json!({"method": method, "params": {"lane": 2}, "timeout_ms": timeout_ms});
+    post(node, &format!("/v1/devices/{id}/call"), body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,13 +157,12 @@ async fn a_call_through_node_b_reaches_a_device_on_node_a() {
     let presence = get_json(&b, "/v1/devices/gate-1").await;
     assert_eq!(presence["online"], true);
     assert!(presence["connected_since"].as_i64().unwrap() > 0);
-    let r = api()
-        .post(b.url("/v1/devices/nobody/send"))
-        .json(&json!({"open": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(
+        post(&b, "/v1/devices/nobody/send", json!({"open": true}))
+            .await
+            .0,
+        404
+    );
     gate.abort();
 }
 
@@ -162,10 +170,7 @@ async fn a_call_through_node_b_reaches_a_device_on_node_a() {
 async fn a_black_holed_device_times_out_without_holding_up_the_others() {
     let redis = RedisServer::start().unwrap();
     // The black hole sends no heartbeats either: give it longer than the call's deadline.
-    let mut c = config(&redis);
-    c.device_heartbeat = Duration::from_secs(30);
-    let a = Node::start_with_devices(c).await;
-    let b = Node::start(config(&redis)).await;
+    let (a, b) = patient_pair(&redis).await;
     // This device reads nothing and answers nothing, but its connection stays up.
     let _hole = Device::online(&a, "hole").await;
     let mut healthy = Vec::new();
@@ -471,5 +476,70 @@ async fn a_device_connection_ends_when_its_token_expires() {
     assert_eq!(
         last,
         Some(json!({"type": "goodbye", "reason": "token expired"}))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_say_when_the_device_queue_is_full_and_oversized_payloads_are_refused() {
+    let redis = RedisServer::start().unwrap();
+    let (a, b) = patient_pair(&redis).await;
+    // A device that reads what it is sent gets the message (sent through the other node).
+    let mut reader = Device::online(&a, "reader").await;
+    assert_eq!(
+        post(&b, "/v1/devices/reader/send", json!({"open": true}))
+            .await
+            .0,
+        202
+    );
+    let frame = reader.recv(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(frame, json!({"type": "message", "data": {"open": true}}));
+    // Params or data that would not fit in a device frame are refused, naming the field.
+    let big = "x".repeat(paynotify::device::MAX_DEVICE_PAYLOAD);
+    let (status, body) = post(&b, "/v1/devices/reader/send", json!({ "pad": big })).await;
+    assert_eq!(status, 413);
+    assert_eq!(
+        (body["code"].as_str(), body["field"].as_str()),
+        (Some("too_large"), Some("data"))
+    );
+    assert_eq!(
+        post(
+            &b,
+            "/v1/devices/reader/call",
+            json!({"method": "m", "params": { "pad": big }})
+        )
+        .await
+        .0,
+        413
+    );
+    // A device that stops reading: once the socket buffers and its queue are full, sends are
+    // refused with 429 device_busy instead of being accepted and dropped.
+    let _stuck = Device::online(&a, "stuck").await;
+    let data = json!({ "pad": "y".repeat(paynotify::device::MAX_DEVICE_PAYLOAD - 20) });
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    let mut busy_body = Value::Null;
+    for _ in 0..60 {
+        let sends = (0..50).map(|_| {
+            api()
+                .post(b.url("/v1/devices/stuck/send"))
+                .json(&data)
+                .send()
+        });
+        for r in futures::future::join_all(sends).await {
+            let r = r.unwrap();
+            let status = r.status().as_u16();
+            *statuses.entry(status).or_default() += 1;
+            if status == 429 {
+                busy_body = r.json().await.unwrap();
+            }
+        }
+        if statuses.contains_key(&429) {
+            break;
+        }
+    }
+    assert!(statuses.contains_key(&429), "{statuses:?}");
+    assert_eq!(busy_body["code"], "device_busy", "{busy_body}");
+    assert!(
+        statuses.keys().all(|s| [202, 429, 404].contains(s)),
+        "{statuses:?}"
     );
 }

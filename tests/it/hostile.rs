@@ -179,3 +179,62 @@ async fn only_allowed_origins_open_a_websocket_when_a_list_is_set() {
         "clients without an Origin are not browsers"
     );
 }
+
+/// Sends `GET target` with `headers` (raw lines) and returns the status and body of the answer.
+async fn raw_get(node: &Node, target: &str, headers: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(node.addr).await.unwrap();
+    let head = format!("GET {target} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let reply = read_all(&mut s, Duration::from_secs(10))
+        .await
+        .unwrap_or_default();
+    let status = reply
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[tokio::test]
+async fn request_heads_over_the_limits_are_refused_naming_the_limit() {
+    use paynotify::http::{MAX_HEADER_BYTES, MAX_REQUEST_HEADERS, MAX_URI_BYTES};
+    let redis = RedisServer::start().unwrap();
+    let node = Node::start(config(&redis)).await;
+    let lines = |n: usize| -> String { (0..n).map(|i| format!("X-H{i}: v\r\n")).collect() };
+    // Just under every limit: served.
+    let longest = format!("/healthz?{}", "a".repeat(MAX_URI_BYTES - 9));
+    assert_eq!(
+        raw_get(&node, &longest, &lines(MAX_REQUEST_HEADERS - 2))
+            .await
+            .0,
+        200
+    );
+    // Over one limit each: refused in JSON, naming it.
+    let cases = [
+        (format!("{longest}a"), String::new(), 414, "uri_too_long"),
+        (
+            "/healthz".to_string(),
+            lines(MAX_REQUEST_HEADERS),
+            431,
+            "too_many_headers",
+        ),
+        (
+            "/healthz".to_string(),
+            format!("X-Fat: {}\r\n", "f".repeat(MAX_HEADER_BYTES)),
+            431,
+            "headers_too_large",
+        ),
+    ];
+    for (target, headers, want, code) in cases {
+        let (status, body) = raw_get(&node, &target, &headers).await;
+        assert_eq!(status, want, "{code}: {body}");
+        assert!(body.contains(&format!("\"code\":\"{code}\"")), "{body}");
+    }
+    // Far over: the parser stops reading and refuses without buffering it all.
+    let huge = format!("X-Huge: {}\r\n", "h".repeat(1 << 20));
+    assert_eq!(raw_get(&node, "/healthz", &huge).await.0, 431);
+    assert_eq!(raw_get(&node, "/healthz", &lines(1000)).await.0, 431);
+    assert!(healthy(&node).await);
+}

@@ -14,3 +14,4 @@ mod props;
 mod push;
 mod replicas;
 mod support;
+mod tls;
