@@ -804,18 +804,30 @@ async fn read_frame<R: tokio::io::AsyncBufRead + Unpin>(
             }
             // End of stream after an unterminated frame: take it as the last one.
         }
-        let parsed = match std::str::from_utf8(buf) {
-            Ok(text) if text.trim().is_empty() => None,
-            Ok(text) => Some(serde_json::from_str(text.trim()).map_err(|_| "bad_frame")),
-            Err(_) => Some(Err("bad_frame")),
-        };
+        let parsed = decode_frame(buf);
         buf.clear();
         match parsed {
-            None if n == 0 => return Ok(None),
-            None => continue,
-            Some(result) => return result.map(Some),
+            Ok(None) if n == 0 => return Ok(None),
+            Ok(None) => continue,
+            other => return other,
         }
     }
+}
+
+/// Decodes one device frame (a TCP line without its newline, or a `/device` websocket
+/// message): `Ok(None)` for a blank frame, `Err(code)` for one over [`MAX_DEVICE_FRAME`],
+/// not UTF-8, or not JSON. Every frame a device sends goes through here.
+pub fn decode_frame(bytes: &[u8]) -> Result<Option<Value>, &'static str> {
+    if bytes.len() > MAX_DEVICE_FRAME {
+        return Err("frame_too_large");
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| "bad_frame")?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(text.trim())
+        .map(Some)
+        .map_err(|_| "bad_frame")
 }
 
 /// A device's connection: newline-delimited JSON over TCP, or one JSON frame per websocket
@@ -842,13 +854,10 @@ impl Link {
                     Some(Ok(Message::Binary(b))) => b.to_vec(),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 };
-                if bytes.len() > MAX_DEVICE_FRAME {
-                    return Err("frame_too_large");
+                match decode_frame(&bytes)? {
+                    Some(frame) => return Ok(Some(frame)),
+                    None => return Err("bad_frame"),
                 }
-                let text = std::str::from_utf8(&bytes).map_err(|_| "bad_frame")?;
-                return serde_json::from_str(text.trim())
-                    .map(Some)
-                    .map_err(|_| "bad_frame");
             },
         }
     }

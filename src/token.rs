@@ -118,12 +118,12 @@ pub fn verify(
     Ok(())
 }
 
-/// [`verify`] against the current time.
 /// The expiry (Unix seconds) written in a token, without checking it; use after [`verify`].
 pub fn expiry_of(token: &str) -> Option<i64> {
     token.split('.').nth(1)?.parse().ok()
 }
 
+/// [`verify`] against the current time.
 pub fn verify_now(secrets: &[String], kind: Kind, id: &str, token: &str) -> Result<(), TokenError> {
     verify(secrets, kind, id, token, crate::now_ms() / 1000)
 }

@@ -42,9 +42,10 @@ pub struct GatewayState {
     pub shutdown: CancellationToken,
 }
 
-#[derive(Deserialize)]
+/// A frame a browser sends.
+#[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-enum ClientFrame {
+pub enum ClientFrame {
     Subscribe { order_id: String, token: String },
     Unsubscribe { order_id: String },
     Ping,
@@ -246,6 +247,12 @@ async fn cleanup(
     }
 }
 
+/// Decodes a browser's frame (the text of one websocket message, at most `MAX_CLIENT_FRAME`
+/// bytes by then); the error is the message of a `bad_frame` reply.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, String> {
+    serde_json::from_str(text).map_err(|e| format!("not a valid frame: {e}"))
+}
+
 /// Handles one client frame; returns the frames to send back (in order).
 async fn handle_frame(
     state: &GatewayState,
@@ -253,15 +260,9 @@ async fn handle_frame(
     following: &mut HashMap<String, (u64, i64)>,
     text: &str,
 ) -> Vec<String> {
-    let frame: ClientFrame = match serde_json::from_str(text) {
+    let frame = match parse_client_frame(text) {
         Ok(f) => f,
-        Err(e) => {
-            return vec![error_frame(
-                "bad_frame",
-                &format!("not a valid frame: {e}"),
-                None,
-            )]
-        }
+        Err(message) => return vec![error_frame("bad_frame", &message, None)],
     };
     match frame {
         ClientFrame::Ping => vec![json!({"type": "pong"}).to_string()],

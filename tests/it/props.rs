@@ -1,6 +1,7 @@
 //! Property tests: every decoder that takes input from outside (the notification schema, intake
 //! entries, results, tokens) refuses arbitrary and mutated bytes with an error, never a panic.
-//! They stand in for `cargo fuzz` targets, which need a nightly toolchain (see SECURITY.md).
+//! They run with every test run; the coverage-guided `cargo fuzz` targets in `fuzz/` cover the
+//! same decoders and the websocket and device frames (`scripts/fuzz`, which CI runs too).
 
 use proptest::prelude::*;
 use serde_json::json;
