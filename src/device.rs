@@ -48,6 +48,10 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Calls and sends queued for one device.
 const DEVICE_QUEUE: usize = 64;
+/// Events a device may send per second (each one is stored and delivered as a notification),
+/// after a first burst of `EVENT_BURST`; more get `rate_limited` and are not stored.
+pub const EVENTS_PER_SEC: u32 = 5;
+pub const EVENT_BURST: u32 = 20;
 /// How long a one-way send waits for the holding node to say it queued the message.
 pub const SEND_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Calls sent to one device and not answered yet (nor past their deadline). More get
@@ -602,6 +606,7 @@ impl Devices {
         let silence_limit = heartbeat + heartbeat / 2;
         // Calls written to the device and not answered yet: id -> (caller's node, deadline).
         let mut pending: HashMap<String, (String, Instant)> = HashMap::new();
+        let mut events = crate::Budget::new(EVENTS_PER_SEC, EVENT_BURST);
         let mut last_seen = Instant::now();
         let mut last_touch = Instant::now();
         let mut goodbye = None;
@@ -632,7 +637,11 @@ impl Devices {
                                 }
                             }
                             let reply = if frame.get("type").and_then(Value::as_str) == Some("event") {
-                                self.on_event(&device, &frame).await
+                                if events.take() {
+                                    self.on_event(&device, &frame).await
+                                } else {
+                                    Some(json!({"type": "error", "code": "rate_limited", "message": format!("at most {EVENTS_PER_SEC} events per second; this one was not stored")}))
+                                }
                             } else {
                                 self.on_device_frame(&frame, &mut pending)
                             };

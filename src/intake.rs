@@ -31,11 +31,20 @@ const REJECTED_MAXLEN: usize = 100_000;
 /// oversized entry must not be stored twice at full size).
 const REJECTED_FIELD_BYTES: usize = 8 * 1024;
 
+/// Most bytes in one entry, field names and values together: a notification document at its
+/// limit plus a result at its limit, with room for names.
+pub const MAX_ENTRY_BYTES: usize =
+    notification::MAX_DOCUMENT_BYTES + crate::push::MAX_RESULT_BYTES + 4096;
+/// Most fields in one entry (two are used).
+pub const MAX_ENTRY_FIELDS: usize = 16;
+
 /// Why an intake entry was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
     #[error("entry has neither a `notification` nor a `result` field (fields: {0})")]
     NoNotification(String),
+    #[error("entry is {size} bytes in {fields} fields; the limits are {MAX_ENTRY_BYTES} bytes and {MAX_ENTRY_FIELDS} fields")]
+    TooLarge { size: usize, fields: usize },
     #[error("`{0}` field is not UTF-8 text")]
     NotText(&'static str),
     #[error("{0}")]
@@ -59,6 +68,13 @@ pub fn decode_entry(
     fields: &[(String, Vec<u8>)],
     now_ms: i64,
 ) -> Result<IntakeEntry, IntakeError> {
+    let size: usize = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_ENTRY_BYTES || fields.len() > MAX_ENTRY_FIELDS {
+        return Err(IntakeError::TooLarge {
+            size,
+            fields: fields.len(),
+        });
+    }
     let field = |name: &str| {
         fields
             .iter()

@@ -62,6 +62,40 @@ pub(crate) fn backoff(failures: u32) -> std::time::Duration {
     std::time::Duration::from_millis((100u64 << failures.min(5)).min(3000))
 }
 
+/// A token bucket with one owner (a connection's loop, so no locking): up to `burst` at once,
+/// refilled at `per_sec`. Used to bound what one client can make the node do per second.
+pub(crate) struct Budget {
+    per_sec: f64,
+    burst: f64,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Budget {
+    pub(crate) fn new(per_sec: u32, burst: u32) -> Self {
+        Self {
+            per_sec: f64::from(per_sec),
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes one token; false when there is none left.
+    pub(crate) fn take(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -194,7 +194,7 @@ pub async fn poll_handler(
     )
     .map_err(|e| ApiError::Invalid {
         status: StatusCode::FORBIDDEN,
-        code: "bad_token",
+        code: e.code(),
         message: e.to_string(),
         field: Some("token".into()),
     })?;

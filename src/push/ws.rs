@@ -30,6 +30,12 @@ use crate::token::{self, Kind};
 
 /// Largest frame a client may send.
 pub const MAX_CLIENT_FRAME: usize = 4096;
+/// Frames a browser may send per second (each subscribe or unsubscribe is a Redis round trip),
+/// after a first burst of `CLIENT_FRAME_BURST`; more get `rate_limited` and are not acted on.
+pub const CLIENT_FRAMES_PER_SEC: u32 = 10;
+pub const CLIENT_FRAME_BURST: u32 = 50;
+/// Refused frames after which the connection is closed (1008).
+pub const MAX_REFUSED_FRAMES: u32 = 20;
 /// How long one write to a client may take before the connection is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -148,12 +154,24 @@ async fn serve(mut socket: WebSocket, state: &GatewayState) {
     ping.tick().await;
     let mut awaiting_pong = false;
     let mut last_seen = Instant::now();
+    let mut budget = crate::Budget::new(CLIENT_FRAMES_PER_SEC, CLIENT_FRAME_BURST);
+    let mut refused = 0;
     loop {
         tokio::select! {
             incoming = socket.recv() => {
                 let Some(Ok(msg)) = incoming else { break };
                 last_seen = Instant::now();
                 match msg {
+                    Message::Text(_) if !budget.take() => {
+                        refused += 1;
+                        if refused >= MAX_REFUSED_FRAMES {
+                            debug!("frame flood; closing");
+                            close(&mut socket, 1008, "too many frames").await;
+                            break;
+                        }
+                        let message = format!("at most {CLIENT_FRAMES_PER_SEC} frames per second; this one was not acted on");
+                        if !send(&mut socket, &me, error_frame("rate_limited", &message, None)).await { break }
+                    }
                     Message::Text(text) => {
                         // Boxed, so the Redis futures inside are not part of every idle connection's task.
                         let reply = Box::pin(handle_frame(state, &me, &mut following, text.as_str())).await;

@@ -170,9 +170,10 @@ async fn signatures_verify_with_the_standardwebhooks_crate_and_bodies_go_out_unc
     let sink = Sink::start().await;
     let old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let new = paynotify::signing::generate_secret();
-    let mut c = config(&redis);
-    c.signing_secrets = vec![old.to_string(), new.clone()];
-    let node = Node::start(c).await;
+    let node = node_with(&redis, |c| {
+        c.signing_secrets = vec![old.to_string(), new.clone()]
+    })
+    .await;
     let form = "charset=utf-8&notify_id=abc&out_trade_no=o-1&sign=Qx%2Bz9%2F%3D%3D&sign_type=RSA2&trade_status=TRADE_SUCCESS";
     post_json(
         &node,
@@ -226,9 +227,7 @@ async fn signatures_verify_with_the_standardwebhooks_crate_and_bodies_go_out_unc
 async fn private_targets_are_refused_unless_allowed() {
     let redis = RedisServer::start().unwrap();
     let sink = Sink::start().await;
-    let mut c = config(&redis);
-    c.allow_private_targets = false;
-    let node = Node::start(c).await;
+    let node = node_with(&redis, |c| c.allow_private_targets = false).await;
     let port = sink.addr.port();
     let targets = [
         ("literal", format!("http://127.0.0.1:{port}/ok")),
@@ -266,9 +265,7 @@ async fn a_slow_destination_does_not_hold_up_others() {
     let redis = RedisServer::start().unwrap();
     let slow = Sink::start().await;
     let fast = Sink::start().await;
-    let mut c = config(&redis);
-    c.per_destination_concurrency = 4;
-    let node = Node::start(c).await;
+    let node = node_with(&redis, |c| c.per_destination_concurrency = 4).await;
     for i in 0..40 {
         post_json(&node, json!({"id": format!("slow-{i}"), "url": slow.url("/sleep/2000"), "body": format!("slow-{i}")})).await;
     }

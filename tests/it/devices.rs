@@ -224,9 +224,7 @@ async fn a_black_holed_device_times_out_without_holding_up_the_others() {
 #[tokio::test]
 async fn a_silent_device_is_offline_within_one_and_a_half_heartbeats() {
     let redis = RedisServer::start().unwrap();
-    let mut c = config(&redis);
-    c.device_heartbeat = Duration::from_millis(400);
-    let a = Node::start_with_devices(c).await;
+    let a = device_node_with(&redis, |c| c.device_heartbeat = Duration::from_millis(400)).await;
     let mut d = Device::online(&a, "quiet-gate").await;
     // Pings keep it alive.
     for _ in 0..4 {
@@ -312,13 +310,17 @@ async fn bad_tokens_oversized_frames_and_garbage_are_refused() {
     let _ok = Device::online(&a, "gate-z").await;
 }
 
-#[tokio::test]
-async fn device_events_become_notifications_for_the_app() {
+/// A Redis, a sink for device events, and a node that sends them there.
+async fn events_setup() -> (RedisServer, Sink, Node) {
     let redis = RedisServer::start().unwrap();
     let sink = Sink::start().await;
-    let mut c = config(&redis);
-    c.device_events_url = Some(sink.url("/ok"));
-    let a = Node::start_with_devices(c).await;
+    let a = device_node_with(&redis, |c| c.device_events_url = Some(sink.url("/ok"))).await;
+    (redis, sink, a)
+}
+
+#[tokio::test]
+async fn device_events_become_notifications_for_the_app() {
+    let (_redis, sink, a) = events_setup().await;
     let mut d = Device::online(&a, "vending-7").await;
     d.send(json!({"type": "event", "name": "coin_jam", "data": {"slot": 3}}))
         .await;
@@ -421,9 +423,7 @@ async fn the_device_websocket_speaks_the_same_frames() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_never_answers_gets_at_most_256_calls_in_flight() {
     let redis = RedisServer::start().unwrap();
-    let mut c = config(&redis);
-    c.device_heartbeat = Duration::from_secs(30);
-    let a = Node::start_with_devices(c).await;
+    let a = device_node_with(&redis, |c| c.device_heartbeat = Duration::from_secs(30)).await;
     let _hole = Device::online(&a, "jammed").await;
     let calls = (0..300).map(|_| call(&a, "jammed", "amount_due", 2000));
     let results = futures::future::join_all(calls).await;
@@ -541,5 +541,41 @@ async fn sends_say_when_the_device_queue_is_full_and_oversized_payloads_are_refu
     assert!(
         statuses.keys().all(|s| [202, 429, 404].contains(s)),
         "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_event_flood_is_rate_limited_and_every_acknowledged_event_is_delivered() {
+    use paynotify::device::EVENT_BURST;
+    let (_redis, sink, a) = events_setup().await;
+    let mut d = Device::online(&a, "chatty").await;
+    let sent = EVENT_BURST * 2;
+    for i in 0..sent {
+        d.send(json!({"type": "event", "name": "tick", "data": {"i": i}}))
+            .await;
+    }
+    let (mut acked, mut limited) = (0, 0);
+    for _ in 0..sent {
+        let v = d.recv(Duration::from_secs(5)).await.unwrap();
+        match v["type"].as_str() {
+            Some("event_ack") => acked += 1,
+            _ if v["code"] == "rate_limited" => limited += 1,
+            _ => panic!("unexpected frame {v}"),
+        }
+    }
+    assert!(
+        acked >= EVENT_BURST as usize && limited > 0,
+        "{acked} acked, {limited} limited"
+    );
+    assert_eq!(acked + limited, sent as usize);
+    // What was acknowledged was stored and is delivered; nothing else was.
+    wait_until(Duration::from_secs(10), || async { sink.count() == acked }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sink.count(), acked);
+    // The connection stays up.
+    d.send(json!({"type": "ping"})).await;
+    assert_eq!(
+        d.recv(Duration::from_secs(5)).await.unwrap()["type"],
+        "pong"
     );
 }

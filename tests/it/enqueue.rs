@@ -79,6 +79,13 @@ async fn intake_stream_enqueues_once_and_rejects_with_reason() {
             .await
             .unwrap();
     }
+    // An entry over the field-count limit (app servers are trusted, but not unbounded).
+    let mut many = redis::cmd("XADD");
+    many.arg("paynotify:intake").arg("*");
+    for i in 0..=paynotify::intake::MAX_ENTRY_FIELDS {
+        many.arg(format!("f{i}")).arg("v");
+    }
+    let _: String = many.query_async(&mut conn).await.unwrap();
     wait_until(Duration::from_secs(10), || {
         let mut conn = conn.clone();
         async move {
@@ -87,7 +94,7 @@ async fn intake_stream_enqueues_once_and_rejects_with_reason() {
                 .query_async(&mut conn)
                 .await
                 .unwrap();
-            n == 4
+            n == 5
         }
     })
     .await;
@@ -117,6 +124,7 @@ async fn intake_stream_enqueues_once_and_rejects_with_reason() {
         "{reasons:?}"
     );
     assert!(reasons[3].contains("different content"), "{reasons:?}");
+    assert!(reasons[4].contains("the limits are"), "{reasons:?}");
     // Every entry was acknowledged and removed: the stream does not grow.
     let len: i64 = redis::cmd("XLEN")
         .arg("paynotify:intake")

@@ -142,9 +142,7 @@ async fn a_30_second_redis_outage_loses_nothing_and_readiness_follows_it() {
 async fn a_redis_that_comes_back_empty_gets_its_groups_subscriptions_and_presence_again() {
     let mut redis = RedisServer::start().unwrap();
     let sink = Sink::start().await;
-    let mut c = config(&redis);
-    c.device_heartbeat = Duration::from_millis(500);
-    let node = Node::start_with_devices(c).await;
+    let node = device_node_with(&redis, |c| c.device_heartbeat = Duration::from_millis(500)).await;
     // A browser following an order, and a device.
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", node.addr))
         .await

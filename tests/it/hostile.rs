@@ -23,12 +23,18 @@ async fn read_all(stream: &mut TcpStream, wait: Duration) -> Option<String> {
     }
 }
 
+/// A node with a header deadline of 800 ms.
+async fn impatient_node(redis: &RedisServer) -> Node {
+    node_with(redis, |c| {
+        c.header_read_timeout = Duration::from_millis(800)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn slow_headers_are_cut_off_at_the_header_deadline() {
     let redis = RedisServer::start().unwrap();
-    let mut c = config(&redis);
-    c.header_read_timeout = Duration::from_millis(800);
-    let node = Node::start(c).await;
+    let node = impatient_node(&redis).await;
     let mut slow = TcpStream::connect(node.addr).await.unwrap();
     let started = Instant::now();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -54,9 +60,7 @@ async fn slow_headers_are_cut_off_at_the_header_deadline() {
 #[tokio::test]
 async fn one_address_cannot_take_more_than_its_share_of_connections() {
     let redis = RedisServer::start().unwrap();
-    let mut c = config(&redis);
-    c.max_connections_per_ip = 5;
-    let node = Node::start_with_devices(c).await;
+    let node = device_node_with(&redis, |c| c.max_connections_per_ip = 5).await;
     let mut held = Vec::new();
     for _ in 0..5 {
         held.push(TcpStream::connect(node.addr).await.unwrap());
@@ -82,9 +86,7 @@ async fn one_address_cannot_take_more_than_its_share_of_connections() {
 #[tokio::test]
 async fn a_full_node_refuses_new_connections_with_503() {
     let redis = RedisServer::start().unwrap();
-    let mut c = config(&redis);
-    c.max_connections = 4;
-    let node = Node::start(c).await;
+    let node = node_with(&redis, |c| c.max_connections = 4).await;
     let mut held = Vec::new();
     for _ in 0..4 {
         held.push(TcpStream::connect(node.addr).await.unwrap());
@@ -153,9 +155,10 @@ async fn views_never_show_the_merchants_header_values() {
 async fn only_allowed_origins_open_a_websocket_when_a_list_is_set() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let redis = RedisServer::start().unwrap();
-    let mut c = config(&redis);
-    c.ws_allowed_origins = vec!["https://shop.example".into()];
-    let node = Node::start(c).await;
+    let node = node_with(&redis, |c| {
+        c.ws_allowed_origins = vec!["https://shop.example".into()]
+    })
+    .await;
     let open = |origin: Option<&'static str>| {
         let url = format!("ws://{}/ws", node.addr);
         async move {
@@ -236,5 +239,77 @@ async fn request_heads_over_the_limits_are_refused_naming_the_limit() {
     let huge = format!("X-Huge: {}\r\n", "h".repeat(1 << 20));
     assert_eq!(raw_get(&node, "/healthz", &huge).await.0, 431);
     assert_eq!(raw_get(&node, "/healthz", &lines(1000)).await.0, 431);
+    assert!(healthy(&node).await);
+}
+
+#[tokio::test]
+async fn connections_that_go_quiet_are_closed_at_the_header_deadline() {
+    let redis = RedisServer::start().unwrap();
+    let node = impatient_node(&redis).await;
+    // A peer that connects and then says nothing (or vanished without a FIN: the same, seen from
+    // here) holds a connection only until the header deadline.
+    let mut silent = TcpStream::connect(node.addr).await.unwrap();
+    assert!(read_all(&mut silent, Duration::from_secs(5))
+        .await
+        .is_some());
+    // The same after one request on a kept-alive connection.
+    let mut idle = TcpStream::connect(node.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = read_all(&mut idle, Duration::from_secs(5)).await;
+    assert!(reply.is_some_and(|r| r.starts_with("HTTP/1.1 200")));
+    assert!(healthy(&node).await);
+}
+
+#[tokio::test]
+async fn forged_cross_kind_and_replayed_expired_tokens_are_refused() {
+    use paynotify::token::{mint, Kind};
+    let redis = RedisServer::start().unwrap();
+    let node = Node::start_with_devices(config(&redis)).await;
+    let secrets = [TOKEN_SECRET.to_string()];
+    let later = paynotify::now_ms() / 1000 + 600;
+    let order = mint(&secrets, Kind::Order, "order-1", later).unwrap();
+    let device = mint(&secrets, Kind::Device, "order-1", later).unwrap();
+    let expired = mint(&secrets, Kind::Order, "order-1", later - 1200).unwrap();
+    let mut forged = order.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let other_secret = mint(
+        &["another-secret-0123456789".into()],
+        Kind::Order,
+        "order-1",
+        later,
+    )
+    .unwrap();
+    let longer = format!("v1.{}.{}", later + 3600, order.rsplit('.').next().unwrap());
+    let cases = [
+        (device.as_str(), "bad_token"),
+        (forged.as_str(), "bad_token"),
+        (other_secret.as_str(), "bad_token"),
+        (longer.as_str(), "bad_token"),
+        (expired.as_str(), "expired_token"),
+    ];
+    for (token, code) in cases {
+        let r = reqwest::get(node.url(&format!("/v1/orders/order-1/result?token={token}")))
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (403, Some(code)),
+            "{token}: {body}"
+        );
+    }
+    // An order token is not a device token either.
+    let stream = TcpStream::connect(node.device_addr.unwrap()).await.unwrap();
+    let (r, mut w) = stream.into_split();
+    let hello = serde_json::json!({"type": "hello", "device_id": "order-1", "token": order});
+    w.write_all(format!("{hello}\n").as_bytes()).await.unwrap();
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await.unwrap();
+    assert!(line.contains("\"code\":\"bad_token\""), "{line}");
     assert!(healthy(&node).await);
 }

@@ -89,9 +89,7 @@ async fn a_subscriber_on_node_a_gets_a_result_published_through_node_b() {
 #[tokio::test]
 async fn results_published_before_during_and_after_subscribe_arrive_exactly_once() {
     let redis = RedisServer::start().unwrap();
-    let mut c = config(&redis);
-    c.ws_max_subscriptions = 64;
-    let a = Node::start(c).await;
+    let a = node_with(&redis, |c| c.ws_max_subscriptions = 64).await;
     let b = Node::start(config(&redis)).await;
     // Before.
     publish(&b, "before", "paid").await;
@@ -244,9 +242,7 @@ async fn two_tabs_both_get_the_result_and_an_unsubscribed_one_does_not() {
 #[tokio::test]
 async fn too_many_subscriptions_and_oversized_frames_are_refused() {
     let redis = RedisServer::start().unwrap();
-    let mut c = config(&redis);
-    c.ws_max_subscriptions = 3;
-    let node = Node::start(c).await;
+    let node = node_with(&redis, |c| c.ws_max_subscriptions = 3).await;
     let mut ws = connect(&node).await;
     for i in 0..3 {
         subscribe(&mut ws, &format!("many-{i}")).await;
@@ -281,9 +277,7 @@ async fn too_many_subscriptions_and_oversized_frames_are_refused() {
 #[tokio::test]
 async fn a_slow_reader_is_cut_off_and_the_others_carry_on() {
     let redis = RedisServer::start().unwrap();
-    let mut c = config(&redis);
-    c.ws_send_queue = 4;
-    let node = Node::start(c).await;
+    let node = node_with(&redis, |c| c.ws_send_queue = 4).await;
     // The slow client has a tiny receive buffer, so the server's writes back up quickly.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -546,9 +540,7 @@ async fn metrics_count_connections_subscriptions_and_results() {
 #[tokio::test]
 async fn a_socket_that_stops_answering_pings_is_closed() {
     let redis = RedisServer::start().unwrap();
-    let mut c = config(&redis);
-    c.ws_ping_interval = Duration::from_millis(200);
-    let node = Node::start(c).await;
+    let node = node_with(&redis, |c| c.ws_ping_interval = Duration::from_millis(200)).await;
     let mut ws = connect(&node).await;
     subscribe(&mut ws, "quiet").await;
     // Not reading means not answering pings (the client answers them as it reads).
@@ -587,9 +579,7 @@ async fn a_socket_that_stops_answering_pings_is_closed() {
 #[tokio::test]
 async fn a_subscription_ends_when_its_token_expires() {
     let redis = RedisServer::start().unwrap();
-    let mut c = config(&redis);
-    c.ws_ping_interval = Duration::from_millis(300);
-    let node = Node::start(c).await;
+    let node = node_with(&redis, |c| c.ws_ping_interval = Duration::from_millis(300)).await;
     let short = paynotify::token::mint(
         &[TOKEN_SECRET.to_string()],
         paynotify::token::Kind::Order,
@@ -617,4 +607,48 @@ async fn a_subscription_ends_when_its_token_expires() {
     // ...and later results for the order no longer arrive on this connection.
     publish(&node, "brief-order", "paid").await;
     assert!(next(&mut ws, Duration::from_millis(500)).await.is_none());
+}
+
+#[tokio::test]
+async fn a_frame_flood_is_rate_limited_then_closed_and_others_are_unaffected() {
+    use paynotify::push::ws::{CLIENT_FRAME_BURST, MAX_REFUSED_FRAMES};
+    let redis = RedisServer::start().unwrap();
+    let node = Node::start(config(&redis)).await;
+    let mut flood = connect(&node).await;
+    let sent = CLIENT_FRAME_BURST + MAX_REFUSED_FRAMES + 10;
+    for _ in 0..sent {
+        // Sends can fail once the server has closed: that is the point.
+        let _ = flood
+            .send(Message::Text(json!({"type": "ping"}).to_string().into()))
+            .await;
+    }
+    let (mut pongs, mut limited, mut close_code) = (0, 0, None);
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), flood.next()).await {
+        match msg {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                match v["type"].as_str() {
+                    Some("pong") => pongs += 1,
+                    _ if v["code"] == "rate_limited" => limited += 1,
+                    _ => panic!("unexpected frame {v}"),
+                }
+            }
+            Message::Close(frame) => {
+                close_code = frame.map(|f| u16::from(f.code));
+                break;
+            }
+            _ => {}
+        }
+    }
+    // The burst is served; then each frame is refused, until the connection is closed.
+    assert!(pongs >= CLIENT_FRAME_BURST, "{pongs} pongs");
+    assert!(pongs < sent, "{pongs} pongs");
+    assert_eq!(limited, MAX_REFUSED_FRAMES - 1, "{limited} refusals");
+    assert_eq!(close_code, Some(1008));
+    // Another browser subscribes and gets its result as usual.
+    let mut calm = connect(&node).await;
+    subscribe(&mut calm, "order-calm").await;
+    publish(&node, "order-calm", "paid").await;
+    let v = next(&mut calm, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(v["status"], "paid", "{v}");
 }

@@ -254,6 +254,20 @@ pub fn config(redis: &RedisServer) -> Config {
     c
 }
 
+/// A node on `redis` with the test config as changed by `tweak`.
+pub async fn node_with(redis: &RedisServer, tweak: impl FnOnce(&mut Config)) -> Node {
+    let mut c = config(redis);
+    tweak(&mut c);
+    Node::start(c).await
+}
+
+/// The same, listening for devices too.
+pub async fn device_node_with(redis: &RedisServer, tweak: impl FnOnce(&mut Config)) -> Node {
+    let mut c = config(redis);
+    tweak(&mut c);
+    Node::start_with_devices(c).await
+}
+
 /// An authenticated API client.
 pub fn api() -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
