@@ -1,5 +1,10 @@
 //! The Redis deployment a node runs on: one server (standalone, or the primary behind a
-//! managed endpoint) or a Redis Cluster, behind one set of connection types.
+//! managed endpoint), a primary found through Redis Sentinel, or a Redis Cluster, behind one set
+//! of connection types.
+//!
+//! With Sentinel, a connection asks the Sentinels for the primary when it (re)connects, and
+//! drops itself on a connection error or a `READONLY` reply (a demoted primary), so the next
+//! command, retried by the caller with its usual backoff, reaches the new primary.
 //!
 //! Invariant: every publish is `SPUBLISH` and every subscription `SSUBSCRIBE` (sharded pub/sub,
 //! Redis 7+), in both modes, so there is one code path; on a Cluster a message then travels only
@@ -11,9 +16,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use redis::aio::ConnectionLike;
+use redis::sentinel::SentinelClient;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Mutex as TokioMutex};
 
 /// Where Redis is.
 #[derive(Clone)]
@@ -28,6 +36,34 @@ pub enum Target {
         seeds: Vec<String>,
         certs: Option<redis::TlsCertificates>,
     },
+    /// The primary of `master`, as Sentinels say: one lookup per (re)connection.
+    Sentinel {
+        /// Looks up the primary for RESP2 connections.
+        plain: Arc<TokioMutex<SentinelClient>>,
+        /// The same for RESP3 subscriber connections.
+        resp3: Arc<TokioMutex<SentinelClient>>,
+    },
+}
+
+/// Builds a client that asks the Sentinels at `urls` for `master`'s primary.
+fn sentinel_client(
+    urls: &[String],
+    master: &str,
+    password: Option<&str>,
+    protocol: redis::ProtocolVersion,
+) -> RedisResult<SentinelClient> {
+    let mut info = redis::RedisConnectionInfo::default().set_protocol(protocol);
+    if let Some(p) = password {
+        info = info.set_password(p);
+    }
+    let node =
+        redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
+    SentinelClient::build(
+        urls.to_vec(),
+        master,
+        Some(node),
+        redis::sentinel::SentinelServerType::Master,
+    )
 }
 
 /// Files for TLS to Redis (`rediss://`), all optional: a CA bundle to trust instead of the
@@ -37,6 +73,20 @@ pub struct TlsFiles {
     pub ca_file: Option<PathBuf>,
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+}
+
+/// The URLs of a comma-separated list (Cluster seeds, Sentinels); at least one.
+fn split_urls(url: &str) -> RedisResult<Vec<String>> {
+    let urls: Vec<String> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if urls.is_empty() {
+        return Err(config_error("no Redis URL".into()));
+    }
+    Ok(urls)
 }
 
 fn config_error(message: String) -> redis::RedisError {
@@ -100,18 +150,7 @@ impl Target {
     /// files, but makes no round trip yet.
     pub fn open(url: &str, cluster: bool, tls: &TlsFiles) -> RedisResult<Self> {
         if cluster {
-            let seeds: Vec<String> = url
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect();
-            if seeds.is_empty() {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::InvalidClientConfig,
-                    "no Redis Cluster seed URL",
-                )));
-            }
+            let seeds = split_urls(url)?;
             let certs = tls.load(&seeds)?;
             Ok(Target::Cluster {
                 client: Box::new(Self::cluster_client(&seeds, &certs, None)?),
@@ -125,6 +164,44 @@ impl Target {
                 url: url.to_string(),
                 certs,
             })
+        }
+    }
+
+    /// The primary named `master` as the Sentinels at the comma-separated `urls` report it,
+    /// authenticating to it with `password`. No round trip yet.
+    pub fn open_sentinel(url: &str, master: &str, password: Option<&str>) -> RedisResult<Self> {
+        let urls = split_urls(url)?;
+        if master.is_empty() {
+            return Err(config_error("the Sentinel master name is empty".into()));
+        }
+        let client = |protocol| -> RedisResult<_> {
+            let c = sentinel_client(&urls, master, password, protocol)?;
+            Ok(Arc::new(TokioMutex::new(c)))
+        };
+        Ok(Target::Sentinel {
+            plain: client(redis::ProtocolVersion::RESP2)?,
+            resp3: client(redis::ProtocolVersion::RESP3)?,
+        })
+    }
+
+    /// [`open_sentinel`](Self::open_sentinel) when `sentinel` names a master (TLS is not
+    /// combined with Sentinel yet), else [`open`](Self::open).
+    pub fn choose(
+        url: &str,
+        cluster: bool,
+        sentinel: Option<&str>,
+        master_password: Option<&str>,
+        tls: &TlsFiles,
+    ) -> RedisResult<Self> {
+        match sentinel {
+            Some(_) if cluster => Err(config_error(
+                "Sentinel and Cluster exclude each other".into(),
+            )),
+            Some(_) if *tls != TlsFiles::default() || url.contains("rediss://") => Err(
+                config_error("TLS with Sentinel is not supported yet".into()),
+            ),
+            Some(master) => Self::open_sentinel(url, master, master_password),
+            None => Self::open(url, cluster, tls),
         }
     }
 
@@ -181,6 +258,9 @@ impl Target {
             Target::Cluster { client, .. } => {
                 Ok(Conn::Cluster(client.get_async_connection().await?))
             }
+            Target::Sentinel { plain, .. } => Ok(Conn::Sentinel(
+                FollowPrimary::new(plain.clone(), RESPONSE_TIMEOUT).await?,
+            )),
         }
     }
 
@@ -201,6 +281,9 @@ impl Target {
             Target::Cluster { client, .. } => {
                 Ok(Conn::Cluster(client.get_async_connection().await?))
             }
+            Target::Sentinel { plain, .. } => Ok(Conn::Sentinel(
+                FollowPrimary::new(plain.clone(), RESPONSE_TIMEOUT + block).await?,
+            )),
         }
     }
 
@@ -223,6 +306,19 @@ impl Target {
                 let client = Self::cluster_client(seeds, certs, Some(tx))?;
                 Conn::Cluster(client.get_async_connection().await?)
             }
+            Target::Sentinel { resp3, .. } => {
+                // Looked up afresh: after a failover the follower rebuilds its subscriber here.
+                let client = resp3.lock().await.async_get_client().await?;
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_push_sender(tx);
+                Conn::Multiplexed(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
         };
         Ok((Subscriptions { conn }, Messages { rx }))
     }
@@ -234,6 +330,74 @@ pub enum Conn {
     Manager(redis::aio::ConnectionManager),
     Multiplexed(redis::aio::MultiplexedConnection),
     Cluster(redis::cluster_async::ClusterConnection),
+    Sentinel(FollowPrimary),
+}
+
+/// A multiplexed connection to whichever server the Sentinels call primary: looked up on first
+/// use and again after the connection fails or the server answers `READONLY` (it was demoted).
+/// The failing command itself is not retried here; callers retry Redis errors with backoff.
+#[derive(Clone)]
+pub struct FollowPrimary {
+    sentinel: Arc<TokioMutex<SentinelClient>>,
+    current: Arc<TokioMutex<Option<redis::aio::MultiplexedConnection>>>,
+    response_timeout: Duration,
+}
+
+impl FollowPrimary {
+    async fn new(
+        sentinel: Arc<TokioMutex<SentinelClient>>,
+        response_timeout: Duration,
+    ) -> RedisResult<Self> {
+        let me = Self {
+            sentinel,
+            current: Arc::new(TokioMutex::new(None)),
+            response_timeout,
+        };
+        me.conn().await?;
+        Ok(me)
+    }
+
+    async fn conn(&self) -> RedisResult<redis::aio::MultiplexedConnection> {
+        let mut current = self.current.lock().await;
+        if let Some(c) = current.as_ref() {
+            return Ok(c.clone());
+        }
+        let client = self.sentinel.lock().await.async_get_client().await?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(self.response_timeout));
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        tracing::info!(primary = %client.get_connection_info().addr(), "connected to the primary the Sentinels name");
+        *current = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Forgets the connection when `result` shows the primary is gone or demoted.
+    async fn check<T>(&self, result: &RedisResult<T>, values: impl Fn(&T) -> bool) {
+        let stale = match result {
+            Err(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+            }
+            Ok(v) => values(v),
+        };
+        if stale {
+            tracing::warn!(
+                "the primary's connection failed or was demoted; asking the Sentinels again"
+            );
+            *self.current.lock().await = None;
+        }
+    }
+}
+
+/// A `READONLY` error among replies (a script or pipeline run against a demoted primary).
+fn read_only(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::ReadOnly))
 }
 
 impl ConnectionLike for Conn {
@@ -242,6 +406,12 @@ impl ConnectionLike for Conn {
             Conn::Manager(c) => c.req_packed_command(cmd),
             Conn::Multiplexed(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(f) => Box::pin(async move {
+                let mut conn = f.conn().await?;
+                let result = conn.req_packed_command(cmd).await;
+                f.check(&result, read_only).await;
+                result
+            }),
         }
     }
 
@@ -255,6 +425,13 @@ impl ConnectionLike for Conn {
             Conn::Manager(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Multiplexed(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Sentinel(f) => Box::pin(async move {
+                let mut conn = f.conn().await?;
+                let result = conn.req_packed_commands(cmd, offset, count).await;
+                f.check(&result, |vs: &Vec<Value>| vs.iter().any(read_only))
+                    .await;
+                result
+            }),
         }
     }
 
@@ -263,6 +440,7 @@ impl ConnectionLike for Conn {
             Conn::Manager(c) => c.get_db(),
             Conn::Multiplexed(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Sentinel(_) => 0,
         }
     }
 }

@@ -190,6 +190,14 @@ pub struct RedisArgs {
     /// (redis://10.0.0.1:6379,redis://10.0.0.2:6379). Needs Redis 7 (sharded pub/sub).
     #[arg(long, env = "PAYNOTIFY_REDIS_CLUSTER")]
     pub redis_cluster: bool,
+    /// Find the primary through Redis Sentinel: the name of the monitored master.
+    /// --redis-url then lists the Sentinels (redis://10.0.0.1:26379,redis://10.0.0.2:26379); every
+    /// (re)connection asks them for the current primary, so a failover is followed.
+    #[arg(long, env = "PAYNOTIFY_REDIS_SENTINEL", value_name = "MASTER")]
+    pub redis_sentinel: Option<String>,
+    /// With --redis-sentinel: the primary's password (the Sentinels' own goes in their URLs).
+    #[arg(long, env = "PAYNOTIFY_REDIS_MASTER_PASSWORD", hide_env_values = true)]
+    pub redis_master_password: Option<String>,
     /// PEM file of the CA(s) to trust for rediss:// instead of the system's trust store (a
     /// private CA, as managed Redis services and cert-manager issue).
     #[arg(long, env = "PAYNOTIFY_REDIS_CA_FILE", value_name = "PEM")]
@@ -362,6 +370,8 @@ impl ServeArgs {
         let mut c = Config::for_redis(&self.redis.redis_url);
         c.redis_cluster = self.redis.redis_cluster;
         c.redis_tls = self.redis.tls_files();
+        c.redis_sentinel = self.redis.redis_sentinel.clone();
+        c.redis_master_password = self.redis.redis_master_password.clone();
         c.wait_replicas = self.wait_replicas;
         c.max_connections = self.max_connections;
         c.max_connections_per_ip = self.max_connections_per_ip;
@@ -415,7 +425,14 @@ fn secrets(values: &[String]) -> Vec<String> {
 
 /// Checks a config; the error names the flag.
 pub fn validate(c: &Config) -> Result<(), String> {
-    check_redis_url(&c.redis_url, c.redis_cluster, &c.redis_tls)?;
+    Target::choose(
+        &c.redis_url,
+        c.redis_cluster,
+        c.redis_sentinel.as_deref(),
+        c.redis_master_password.as_deref(),
+        &c.redis_tls,
+    )
+    .map_err(|e| format!("--redis-url: {e}"))?;
     check_prefix(&c.prefix)?;
     if c.partitions == 0 || c.partitions > 1024 {
         return Err("--partitions must be from 1 to 1024".into());
@@ -478,12 +495,6 @@ pub fn validate(c: &Config) -> Result<(), String> {
     Ok(())
 }
 
-fn check_redis_url(url: &str, cluster: bool, tls: &crate::backend::TlsFiles) -> Result<(), String> {
-    Target::open(url, cluster, tls)
-        .map(|_| ())
-        .map_err(|e| format!("--redis-url: {e}"))
-}
-
 fn check_prefix(prefix: &str) -> Result<(), String> {
     if prefix.is_empty() || prefix.len() > 64 || prefix.contains(['{', '}', ' ']) {
         return Err("--prefix must be 1 to 64 characters without braces or spaces".into());
@@ -505,8 +516,14 @@ impl RedisArgs {
         if self.partitions == 0 || self.partitions > 1024 {
             return Err("--partitions must be from 1 to 1024".into());
         }
-        let target = Target::open(&self.redis_url, self.redis_cluster, &self.tls_files())
-            .map_err(|e| format!("--redis-url: {e}"))?;
+        let target = Target::choose(
+            &self.redis_url,
+            self.redis_cluster,
+            self.redis_sentinel.as_deref(),
+            self.redis_master_password.as_deref(),
+            &self.tls_files(),
+        )
+        .map_err(|e| format!("--redis-url: {e}"))?;
         Ok(Store::on(
             target,
             Keys::for_target(&self.prefix, self.partitions, self.redis_cluster),

@@ -56,6 +56,10 @@ pub struct Config {
     pub redis_url: String,
     /// `redis_url` lists seed nodes of a Redis Cluster (comma-separated).
     pub redis_cluster: bool,
+    /// With Sentinel: the master's name (`redis_url` then lists the Sentinels).
+    pub redis_sentinel: Option<String>,
+    /// With Sentinel: the password of the primary (the Sentinels' own is in their URLs).
+    pub redis_master_password: Option<String>,
     /// CA and client certificate files for `rediss://` (all optional).
     pub redis_tls: crate::backend::TlsFiles,
     /// Opt-in durability: after each enqueue, `WAIT` for this many replicas (0: off).
@@ -113,6 +117,11 @@ impl std::fmt::Debug for Config {
             .field("redis_url", &redact_url(&self.redis_url))
             .field("redis_cluster", &self.redis_cluster)
             .field("redis_tls", &self.redis_tls)
+            .field("redis_sentinel", &self.redis_sentinel)
+            .field(
+                "redis_master_password",
+                &self.redis_master_password.as_ref().map(|_| "<redacted>"),
+            )
             .field("wait_replicas", &self.wait_replicas)
             .field("wait_timeout", &self.wait_timeout)
             .field("prefix", &self.prefix)
@@ -163,6 +172,8 @@ impl Config {
             redis_url: redis_url.to_string(),
             redis_cluster: false,
             redis_tls: Default::default(),
+            redis_sentinel: None,
+            redis_master_password: None,
             wait_replicas: 0,
             wait_timeout: Duration::from_millis(100),
             prefix: "paynotify".into(),

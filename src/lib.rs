@@ -179,8 +179,14 @@ pub async fn run_with_listeners(
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
     let keys = keys::Keys::for_target(&config.prefix, config.partitions, config.redis_cluster);
-    let target = backend::Target::open(&config.redis_url, config.redis_cluster, &config.redis_tls)
-        .map_err(store::StoreError::from)?;
+    let target = backend::Target::choose(
+        &config.redis_url,
+        config.redis_cluster,
+        config.redis_sentinel.as_deref(),
+        config.redis_master_password.as_deref(),
+        &config.redis_tls,
+    )
+    .map_err(store::StoreError::from)?;
     let store = store::Store::on(target, keys).with_wait(config.wait_replicas, config.wait_timeout);
     store.load_scripts().await?;
     // Two live nodes with one id would answer each other's device calls: refuse to start.

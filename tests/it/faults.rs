@@ -224,13 +224,7 @@ async fn a_redis_that_comes_back_empty_gets_its_groups_subscriptions_and_presenc
     // The browser's subscription is made again: a result still reaches it.
     let mut got = None;
     for _ in 0..50 {
-        let r = api()
-            .post(node.url("/v1/orders/o-empty/result"))
-            .json(&json!({"status": "paid"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(post_result(&node, "o-empty", "paid").await, 200);
         if let Ok(Some(Ok(Message::Text(t)))) =
             tokio::time::timeout(Duration::from_millis(300), ws.next()).await
         {

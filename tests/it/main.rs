@@ -13,5 +13,6 @@ mod logs;
 mod props;
 mod push;
 mod replicas;
+mod sentinel;
 mod support;
 mod tls;

@@ -268,6 +268,24 @@ pub async fn device_node_with(redis: &RedisServer, tweak: impl FnOnce(&mut Confi
     Node::start_with_devices(c).await
 }
 
+/// Publishes `{"status": status}` as `order_id`'s result through `node`; the HTTP status.
+pub async fn post_result(node: &Node, order_id: &str, status: &str) -> u16 {
+    api()
+        .post(node.url(&format!("/v1/orders/{order_id}/result")))
+        .json(&serde_json::json!({ "status": status }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A token for `id` of `kind`, valid for ten minutes, signed with the test secret.
+pub fn mint_token(kind: paynotify::token::Kind, id: &str) -> String {
+    let expiry = paynotify::now_ms() / 1000 + 600;
+    paynotify::token::mint(&[TOKEN_SECRET.to_string()], kind, id, expiry).unwrap()
+}
+
 /// An authenticated API client.
 pub fn api() -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
