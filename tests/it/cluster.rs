@@ -96,7 +96,8 @@ async fn device(node: &Node, id: &str) -> tokio::task::JoinHandle<()> {
     let welcome = lines.next_line().await.unwrap().unwrap();
     assert!(welcome.contains("welcome"), "{welcome}");
     tokio::spawn(async move {
-        let mut ping = tokio::time::interval(Duration::from_secs(1));
+        // Well inside the heartbeat, so a loaded machine does not get it closed as silent.
+        let mut ping = tokio::time::interval(Duration::from_millis(300));
         loop {
             tokio::select! {
                 line = lines.next_line() => match line {
@@ -188,7 +189,7 @@ async fn a_master_restart_is_survived() {
     let sink = Sink::start().await;
     let mut c = cluster_config(&cluster);
     c.allow_private_targets = true;
-    c.device_heartbeat = Duration::from_secs(1);
+    c.device_heartbeat = Duration::from_secs(2);
     let node = Node::start_with_devices(c).await;
     let mut ws = follow(&node, "restart-order").await;
     let d = device(&node, "restart-gate").await;
@@ -223,4 +224,148 @@ async fn a_master_restart_is_survived() {
     }
     assert!(answered, "calls never reached the device after the restart");
     d.abort();
+}
+
+/// The engine's semantics, partition by partition, on the cluster: retries on a schedule, the
+/// dead set and replay (one id and all, across masters), idempotency and conflicts, intake
+/// rejections, stats over every partition, and the CLI against the seed list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_semantics_hold_on_a_three_master_cluster() {
+    let cluster = RedisCluster::start(3).unwrap();
+    let sink = Sink::start().await;
+    let mut c = cluster_config(&cluster);
+    c.allow_private_targets = true;
+    let node = Node::start(c).await;
+    // 24 ids over 12 partitions: each one fails once, is dead after one try, and is replayed.
+    let ids: Vec<String> = (0..24).map(|i| format!("dead-{i}")).collect();
+    for id in &ids {
+        let doc = json!({"id": id, "url": sink.url("/flaky/1"), "body": id, "schedule": [0]});
+        assert_eq!(post_json(&node, doc).await.0, 201);
+    }
+    for id in &ids {
+        wait_state(&node, id, "dead", Duration::from_secs(20)).await;
+    }
+    let dead = get_json(&node, "/v1/dead?limit=100").await;
+    assert_eq!(dead["dead"].as_array().unwrap().len(), 24, "{dead}");
+    assert_eq!(post_empty(&node, "/v1/dead/dead-0/replay").await, 200);
+    wait_state(&node, "dead-0", "delivered", Duration::from_secs(20)).await;
+    let r = api()
+        .post(node.url("/v1/dead/replay"))
+        .json(&json!({"all": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for id in &ids {
+        let v = wait_state(&node, id, "delivered", Duration::from_secs(20)).await;
+        assert_eq!(v["attempts"].as_array().unwrap().len(), 2, "{v}");
+    }
+    // Retries on a schedule: two failures, then success.
+    let doc = json!({"id": "flaky", "url": sink.url("/flaky/2"), "body": "flaky", "schedule": [0, 0.1, 0.1]});
+    assert_eq!(post_json(&node, doc).await.0, 201);
+    let v = wait_state(&node, "flaky", "delivered", Duration::from_secs(20)).await;
+    assert_eq!(v["attempts"].as_array().unwrap().len(), 3);
+    // Idempotency and conflicts.
+    let doc = json!({"id": "once", "url": sink.url("/ok"), "body": "once"});
+    assert_eq!(post_json(&node, doc.clone()).await.0, 201);
+    assert_eq!(post_json(&node, doc).await.0, 200);
+    let other = json!({"id": "once", "url": sink.url("/ok"), "body": "other"});
+    assert_eq!(post_json(&node, other).await.0, 409);
+    wait_state(&node, "once", "delivered", Duration::from_secs(20)).await;
+    // The intake rejects a bad entry with its reason.
+    let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("paynotify:intake")
+        .arg("*")
+        .arg("notification")
+        .arg("{not json")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    wait_xlen(&conn, "paynotify:rejected", 1).await;
+    // Stats add up over every partition.
+    let stats = get_json(&node, "/v1/stats").await;
+    assert_eq!(stats["dead"], 0, "{stats}");
+    assert_eq!(stats["delivered"], 26, "{stats}");
+    assert_eq!(stats["total_dead"], 24, "{stats}");
+    // The CLI works against the seed list.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
+        .args(["show", "once", "--redis-cluster", "--partitions", "12"])
+        .args(["--redis-url", &cluster.url_list()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("delivered"));
+    // Every delivery reached the merchant exactly as often as the attempts say.
+    assert_eq!(sink.counts().get(&b"once"[..]).copied(), Some(1));
+}
+
+/// Browser push and devices on the cluster, beyond the happy path: a result stored before the
+/// subscribe arrives at subscribe, once; long-poll; refused tokens; offline, sent messages and
+/// device events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_and_device_semantics_hold_on_a_three_master_cluster() {
+    let cluster = RedisCluster::start(3).unwrap();
+    let sink = Sink::start().await;
+    let (mut ca, mut cb) = (cluster_config(&cluster), cluster_config(&cluster));
+    ca.allow_private_targets = true;
+    ca.device_events_url = Some(sink.url("/ok"));
+    cb.allow_private_targets = true;
+    let a = Node::start_with_devices(ca).await;
+    let b = Node::start(cb).await;
+    // Published before anyone follows: the subscribe delivers it, once.
+    for order in ["early-1", "early-2", "early-3"] {
+        assert_eq!(post_result(&b, order, "paid").await, 200);
+        let mut ws = follow(&a, order).await;
+        let first = ws.next().await.unwrap().unwrap();
+        assert!(first.to_string().contains("paid"), "{first}");
+        let again = tokio::time::timeout(Duration::from_millis(300), ws.next()).await;
+        assert!(again.is_err(), "delivered twice: {again:?}");
+    }
+    // Long-poll through the other node.
+    let t = mint_token(paynotify::token::Kind::Order, "early-2");
+    let r = reqwest::get(a.url(&format!("/v1/orders/early-2/result?token={t}")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let wrong = mint_token(paynotify::token::Kind::Order, "early-3");
+    let r = reqwest::get(a.url(&format!("/v1/orders/early-2/result?token={wrong}")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Devices: offline, a one-way message through the other node, an event.
+    assert_eq!(call(&b, "nobody").await.0, 404);
+    let stream = tokio::net::TcpStream::connect(a.device_addr.unwrap())
+        .await
+        .unwrap();
+    let (r, mut w) = stream.into_split();
+    let hello = json!({"type": "hello", "device_id": "cl-vend", "token": token(paynotify::token::Kind::Device, "cl-vend")});
+    w.write_all(format!("{hello}\n").as_bytes()).await.unwrap();
+    let mut lines = BufReader::new(r).lines();
+    assert!(lines
+        .next_line()
+        .await
+        .unwrap()
+        .unwrap()
+        .contains("welcome"));
+    let r = api()
+        .post(b.url("/v1/devices/cl-vend/send"))
+        .json(&json!({"open": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let msg = lines.next_line().await.unwrap().unwrap();
+    assert!(msg.contains("\"open\":1"), "{msg}");
+    w.write_all(b"{\"type\":\"event\",\"name\":\"coin\",\"data\":{\"n\":1}}\n")
+        .await
+        .unwrap();
+    let ack = lines.next_line().await.unwrap().unwrap();
+    assert!(ack.contains("event_ack"), "{ack}");
+    wait_until(Duration::from_secs(20), || async { sink.count() == 1 }).await;
 }

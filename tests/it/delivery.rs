@@ -131,12 +131,7 @@ async fn dead_list_and_replay_over_http_and_cli() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"d2\""));
 
-    let r = api()
-        .post(node.url("/v1/dead/d1/replay"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(post_empty(&node, "/v1/dead/d1/replay").await, 200);
     let v = wait_state(&node, "d1", "delivered", Duration::from_secs(10)).await;
     assert_eq!(v["attempts"].as_array().unwrap().len(), 2);
     let r = api()

@@ -86,18 +86,7 @@ async fn intake_stream_enqueues_once_and_rejects_with_reason() {
         many.arg(format!("f{i}")).arg("v");
     }
     let _: String = many.query_async(&mut conn).await.unwrap();
-    wait_until(Duration::from_secs(10), || {
-        let mut conn = conn.clone();
-        async move {
-            let n: i64 = redis::cmd("XLEN")
-                .arg("paynotify:rejected")
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            n == 5
-        }
-    })
-    .await;
+    wait_xlen(&conn, "paynotify:rejected", 5).await;
     wait_state(&node, "order-2", "delivered", Duration::from_secs(10)).await;
     wait_until(Duration::from_secs(10), || async {
         sink.counts().contains_key(&b"anonymous"[..])

@@ -280,6 +280,36 @@ pub async fn post_result(node: &Node, order_id: &str, status: &str) -> u16 {
         .as_u16()
 }
 
+/// An authenticated POST without a body; the HTTP status.
+pub async fn post_empty(node: &Node, path: &str) -> u16 {
+    api()
+        .post(node.url(path))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Waits (up to 20 s) until the stream `key` has `n` entries.
+pub async fn wait_xlen<C>(conn: &C, key: &str, n: i64)
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync,
+{
+    wait_until(Duration::from_secs(20), || {
+        let mut conn = conn.clone();
+        async move {
+            let len: i64 = redis::cmd("XLEN")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            len == n
+        }
+    })
+    .await;
+}
+
 /// A token for `id` of `kind`, valid for ten minutes, signed with the test secret.
 pub fn mint_token(kind: paynotify::token::Kind, id: &str) -> String {
     let expiry = paynotify::now_ms() / 1000 + 600;
