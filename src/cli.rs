@@ -340,6 +340,23 @@ pub struct ServeArgs {
     /// App URL that device events are delivered to, as notifications with the default schedule.
     #[arg(long, env = "PAYNOTIFY_DEVICE_EVENTS_URL")]
     pub device_events_url: Option<String>,
+    /// PEM certificate chain for the device listener: with --device-tls-key, devices must
+    /// connect with TLS (their tokens then never cross in the clear).
+    #[arg(
+        long,
+        env = "PAYNOTIFY_DEVICE_TLS_CERT",
+        value_name = "PEM",
+        requires = "device_tls_key"
+    )]
+    pub device_tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --device-tls-cert.
+    #[arg(
+        long,
+        env = "PAYNOTIFY_DEVICE_TLS_KEY",
+        value_name = "PEM",
+        requires = "device_tls_cert"
+    )]
+    pub device_tls_key: Option<std::path::PathBuf>,
 }
 
 /// `dev`: like serve, with a private Redis and laptop defaults.
@@ -408,6 +425,14 @@ impl ServeArgs {
         c.ws_send_queue = self.ws_send_queue;
         c.device_listen = self.device_listen.clone();
         c.device_heartbeat = self.device_heartbeat;
+        c.device_tls = self
+            .device_tls_cert
+            .clone()
+            .zip(self.device_tls_key.clone());
+        if let Some((cert, key)) = &c.device_tls {
+            crate::device::tls_acceptor(cert, key)
+                .map_err(|e| format!("--device-tls-cert/--device-tls-key: {e}"))?;
+        }
         c.device_events_url = self.device_events_url.clone();
         validate(&c)?;
         Ok(c)

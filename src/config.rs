@@ -107,6 +107,8 @@ pub struct Config {
     pub device_listen: Option<String>,
     /// Expected device heartbeat interval; a device silent for 1.5 of them is closed.
     pub device_heartbeat: Duration,
+    /// PEM certificate chain and key: the device TCP listener then speaks TLS only.
+    pub device_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Where device events are delivered (as notifications, with retries); none: refused.
     pub device_events_url: Option<String>,
 }
@@ -159,6 +161,7 @@ impl std::fmt::Debug for Config {
             .field("ws_send_queue", &self.ws_send_queue)
             .field("device_listen", &self.device_listen)
             .field("device_heartbeat", &self.device_heartbeat)
+            .field("device_tls", &self.device_tls)
             .field("ws_allowed_origins", &self.ws_allowed_origins)
             .field("device_events_url", &self.device_events_url)
             .finish()
@@ -203,6 +206,7 @@ impl Config {
             ws_send_queue: 64,
             device_listen: None,
             device_heartbeat: Duration::from_secs(5),
+            device_tls: None,
             device_events_url: None,
         }
     }

@@ -22,7 +22,7 @@ use crate::lock;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -468,11 +468,12 @@ impl Devices {
     pub async fn run_listener(
         self,
         listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         limits: crate::http::ConnLimits,
         shutdown: CancellationToken,
     ) {
         let mut connections = tokio::task::JoinSet::new();
-        info!(addr = ?listener.local_addr().ok(), "device listener started");
+        info!(addr = ?listener.local_addr().ok(), tls = tls.is_some(), "device listener started");
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -482,17 +483,21 @@ impl Devices {
                             Ok(guard) => {
                                 let this = self.clone();
                                 let stop = shutdown.clone();
+                                let tls = tls.clone();
                                 connections.spawn(async move {
-                                    this.serve(stream, stop).await;
+                                    if let Some(link) = Link::open(stream, tls.as_ref()).await {
+                                        this.serve_link(link, stop).await;
+                                    }
                                     drop(guard);
                                 }.instrument(info_span!("device", %peer)));
                             }
                             Err(why) => {
                                 let (code, message) = why.describe();
+                                let tls = tls.clone();
                                 connections.spawn(async move {
-                                    let (read, write) = stream.into_split();
-                                    let mut link = Link::Tcp { reader: BufReader::new(read), buf: Vec::new(), write };
-                                    refuse(&mut link, code, message).await;
+                                    if let Some(mut link) = Link::open(stream, tls.as_ref()).await {
+                                        refuse(&mut link, code, message).await;
+                                    }
                                 });
                             }
                         }
@@ -507,16 +512,6 @@ impl Devices {
             }
         }
         while connections.join_next().await.is_some() {}
-    }
-
-    async fn serve(self, stream: TcpStream, shutdown: CancellationToken) {
-        let (read, write) = stream.into_split();
-        let link = Link::Tcp {
-            reader: BufReader::with_capacity(1024, read),
-            buf: Vec::with_capacity(256),
-            write,
-        };
-        self.serve_link(link, shutdown).await
     }
 
     /// One device connection, over TCP or a websocket: hello, then frames until it ends.
@@ -843,14 +838,70 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Option<Value>, &'static str> {
 /// message at `/device`. Same frames, same limits.
 enum Link {
     Tcp {
-        reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+        reader: BufReader<Box<dyn AsyncRead + Send + Unpin>>,
         buf: Vec<u8>,
-        write: tokio::net::tcp::OwnedWriteHalf,
+        write: Box<dyn AsyncWrite + Send + Unpin>,
     },
     Ws(Box<WebSocket>),
 }
 
+/// The TLS acceptor for the device listener, from PEM files; the error says what is wrong.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in it", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
 impl Link {
+    /// A TCP device connection, after the TLS handshake when the listener has `tls` (which
+    /// must finish within the hello deadline); `None` if the handshake fails.
+    async fn open(stream: TcpStream, tls: Option<&tokio_rustls::TlsAcceptor>) -> Option<Link> {
+        let (reader, write): (
+            Box<dyn AsyncRead + Send + Unpin>,
+            Box<dyn AsyncWrite + Send + Unpin>,
+        ) = match tls {
+            None => {
+                let (r, w) = stream.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Some(acceptor) => {
+                match tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => {
+                        let (r, w) = tokio::io::split(s);
+                        (Box::new(r), Box::new(w))
+                    }
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "device TLS handshake failed");
+                        return None;
+                    }
+                    Err(_) => {
+                        debug!("device TLS handshake timed out");
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(Link::Tcp {
+            reader: BufReader::with_capacity(1024, reader),
+            buf: Vec::with_capacity(256),
+            write,
+        })
+    }
+
     /// The next frame; `Ok(None)` when the device closed. Cancel-safe.
     async fn recv(&mut self) -> Result<Option<Value>, &'static str> {
         match self {

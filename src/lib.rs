@@ -48,6 +48,8 @@ pub enum RunError {
     Io(#[from] std::io::Error),
     #[error("node id {0:?} is held by another running node; give each node its own --node-id (or leave it unset)")]
     NodeIdInUse(String),
+    #[error("device TLS: {0}")]
+    DeviceTls(String),
 }
 
 /// Locks `m`, also after a panic elsewhere poisoned it (the data are counters and maps that
@@ -264,10 +266,16 @@ pub async fn run_with_listeners(
                 .instrument(info_span!("node_channel")),
         );
         if let (Some(l), true) = (device_listener, config.roles.gateway) {
+            let tls = match &config.device_tls {
+                Some((cert, key)) => {
+                    Some(device::tls_acceptor(cert, key).map_err(RunError::DeviceTls)?)
+                }
+                None => None,
+            };
             tasks.spawn(
                 devices
                     .clone()
-                    .run_listener(l, conn_limits.clone(), shutdown.clone())
+                    .run_listener(l, tls, conn_limits.clone(), shutdown.clone())
                     .instrument(info_span!("devices")),
             );
         }

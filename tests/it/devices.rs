@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -578,4 +578,77 @@ async fn an_event_flood_is_rate_limited_and_every_acknowledged_event_is_delivere
         d.recv(Duration::from_secs(5)).await.unwrap()["type"],
         "pong"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_listener_speaks_tls_only_when_given_a_certificate() {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let pki = crate::tls::Pki::new();
+    let redis = RedisServer::start().unwrap();
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    let a = device_node_with(&redis, |c| c.device_tls = Some((cert, key))).await;
+    let b = Node::start(config(&redis)).await;
+    // A device that trusts the CA connects with TLS and is called through the other node.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(pki.path("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let client = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = TcpStream::connect(a.device_addr.unwrap()).await.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (r, mut w) = tokio::io::split(tls);
+    let hello =
+        json!({"type": "hello", "device_id": "tls-gate", "token": device_token("tls-gate")});
+    w.write_all(format!("{hello}\n").as_bytes()).await.unwrap();
+    let mut lines = BufReader::new(r).lines();
+    let welcome = lines.next_line().await.unwrap().unwrap();
+    assert!(welcome.contains("welcome"), "{welcome}");
+    let answering = tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let frame: Value = serde_json::from_str(&line).unwrap();
+            if frame["type"] == "call" {
+                let reply = json!({"type": "reply", "id": frame["id"], "result": "over tls"});
+                w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+            }
+        }
+    });
+    let (status, body) = call(&b, "tls-gate", "where", 3000).await;
+    assert_eq!(
+        (status, body["result"].clone()),
+        (200, json!("over tls")),
+        "{body}"
+    );
+    answering.abort();
+    // A plaintext hello (a token in the clear) is never answered: the handshake fails and the
+    // connection is closed.
+    let mut plain = TcpStream::connect(a.device_addr.unwrap()).await.unwrap();
+    let hello = json!({"type": "hello", "device_id": "plain", "token": device_token("plain")});
+    plain
+        .write_all(format!("{hello}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the plaintext connection was left open");
+    assert!(!String::from_utf8_lossy(&got).contains("welcome"));
+    let presence = get_json(&b, "/v1/devices/plain").await;
+    assert_eq!(presence["online"], false, "{presence}");
+    // Files that cannot work are refused with the reason (the node would not start).
+    let acceptor = paynotify::device::tls_acceptor;
+    let e = acceptor(&pki.path("missing.pem"), &pki.path("server.key"))
+        .err()
+        .unwrap();
+    assert!(e.contains("missing.pem"), "{e}");
+    let e = acceptor(&pki.path("server.key"), &pki.path("server.key"))
+        .err()
+        .unwrap();
+    assert!(e.contains("no certificate"), "{e}");
+    let e = acceptor(&pki.path("server.pem"), &pki.path("client.key"))
+        .err()
+        .unwrap();
+    assert!(!e.is_empty());
 }

@@ -12,14 +12,14 @@ use serde_json::json;
 
 use crate::support::*;
 
-struct Pki {
+pub struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
     /// Writes `ca.pem`, `server.pem`/`server.key`, `client.pem`/`client.key`, and `other-ca.pem`
     /// (a CA that signed nothing here).
-    fn new() -> Pki {
+    pub fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
         let ca = |name: &str| {
@@ -55,7 +55,7 @@ impl Pki {
         Pki { dir }
     }
 
-    fn path(&self, name: &str) -> std::path::PathBuf {
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(name)
     }
 
