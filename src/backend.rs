@@ -510,12 +510,36 @@ pub struct Messages {
     rx: mpsc::UnboundedReceiver<redis::PushInfo>,
 }
 
+/// What a subscriber hears.
+pub enum Event {
+    Message(Message),
+    /// The server ended the subscription to this channel: the answer to our own `SUNSUBSCRIBE`,
+    /// or, unasked, because the channel's Cluster slot moved to another master.
+    Unsubscribed(String),
+}
+
 impl Messages {
     /// The next message; `None` once the connection is lost (or any node's, on a Cluster).
     pub async fn next(&mut self) -> Option<Message> {
         loop {
+            if let Event::Message(m) = self.next_event().await? {
+                return Some(m);
+            }
+        }
+    }
+
+    /// The next message or unsubscription; `None` once the connection is lost.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        loop {
             let push = self.rx.recv().await?;
             match push.kind {
+                redis::PushKind::SUnsubscribe => {
+                    if let Some(Value::BulkString(b)) = push.data.into_iter().next() {
+                        return Some(Event::Unsubscribed(
+                            String::from_utf8_lossy(&b).into_owned(),
+                        ));
+                    }
+                }
                 redis::PushKind::SMessage | redis::PushKind::Message => {
                     let mut data = push.data.into_iter();
                     let channel = match data.next() {
@@ -526,7 +550,7 @@ impl Messages {
                         Some(Value::BulkString(b)) => b,
                         _ => continue,
                     };
-                    return Some(Message { channel, payload });
+                    return Some(Event::Message(Message { channel, payload }));
                 }
                 redis::PushKind::Disconnection => return None,
                 _ => continue,

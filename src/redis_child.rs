@@ -412,6 +412,68 @@ impl RedisCluster {
     }
 
     /// The index of the master that serves `key`'s slot (asked of the first running master).
+    /// Moves the slot of `key`, with its keys, to master `to` (Redis' own resharding steps:
+    /// IMPORTING/MIGRATING, MIGRATE, then SETSLOT NODE on every master). Clients subscribed to
+    /// shard channels of that slot are unsubscribed by the old owner.
+    pub fn move_slot_of(&self, key: &str, to: usize) -> Result<(), RedisChildError> {
+        let from = self.master_of_key(key)?;
+        let (Some(src), Some(dst)) = (self.masters.get(from), self.masters.get(to)) else {
+            return Err(RedisChildError::NoSuchMaster {
+                index: to,
+                masters: self.masters.len(),
+            });
+        };
+        if from == to {
+            return Ok(());
+        }
+        let (mut src_conn, mut dst_conn) = (connect(src.port)?, connect(dst.port)?);
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut src_conn)?;
+        let id = |conn: &mut redis::Connection| -> Result<String, RedisChildError> {
+            Ok(redis::cmd("CLUSTER").arg("MYID").query(conn)?)
+        };
+        let (src_id, dst_id) = (id(&mut src_conn)?, id(&mut dst_conn)?);
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("IMPORTING")
+            .arg(&src_id)
+            .exec(&mut dst_conn)?;
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("MIGRATING")
+            .arg(&dst_id)
+            .exec(&mut src_conn)?;
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(1000)
+            .query(&mut src_conn)?;
+        if !keys.is_empty() {
+            redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(dst.port)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .exec(&mut src_conn)?;
+        }
+        for m in self.masters.iter().filter(|m| m.child.is_some()) {
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("NODE")
+                .arg(&dst_id)
+                .exec(&mut connect(m.port)?)?;
+        }
+        Ok(())
+    }
+
     pub fn master_of_key(&self, key: &str) -> Result<usize, RedisChildError> {
         let node = self.masters.iter().find(|m| m.child.is_some()).ok_or(
             RedisChildError::NoSuchMaster {

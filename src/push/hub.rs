@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::backend::{Message, Messages, Subscriptions};
+use crate::backend::{Event, Message, Messages, Subscriptions};
 use crate::keys::Keys;
 use crate::lock;
 use crate::store::Store;
@@ -274,8 +274,13 @@ impl Hub {
         probe.tick().await;
         loop {
             tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(msg) => self.on_message(&msg),
+                event = stream.next_event() => match event {
+                    Some(Event::Message(msg)) => self.on_message(&msg),
+                    Some(Event::Unsubscribed(channel)) => {
+                        if !self.resubscribe_if_followed(&channel).await {
+                            return;
+                        }
+                    }
                     None => {
                         warn!("pub/sub connection lost; reconnecting");
                         return;
@@ -293,6 +298,43 @@ impl Hub {
                 _ = shutdown.cancelled() => return,
             }
         }
+    }
+
+    /// After the server ended the subscription to `channel`: if local followers still want
+    /// that order (the Cluster moved its slot, nobody asked), subscribes again, where the slot
+    /// now lives, and re-reads the stored result in case one landed in between. False when the
+    /// subscribe failed (the caller rebuilds the connection, which subscribes everything).
+    async fn resubscribe_if_followed(&self, channel: &str) -> bool {
+        let Some(order_id) = self.inner.keys.order_of_channel(channel) else {
+            return true;
+        };
+        let followed = lock(&self.inner.subs)
+            .get(order_id)
+            .is_some_and(|f| !f.is_empty());
+        if !followed {
+            return true;
+        }
+        warn!(%order_id, "the server ended a followed order's subscription (slot moved?); subscribing again");
+        {
+            let mut guard = self.inner.sink.lock().await;
+            let Some(sink) = guard.as_mut() else {
+                return false;
+            };
+            let again =
+                tokio::time::timeout(REDIS_TIMEOUT, sink.subscribe(&[channel.to_string()])).await;
+            if !matches!(again, Ok(Ok(()))) {
+                return false;
+            }
+        }
+        if let Ok(Some((seq, payload))) = self.inner.store.read_result(order_id).await {
+            let frame = super::result_frame(seq, &payload);
+            self.dispatch(Arc::new(Push {
+                order_id: order_id.to_string(),
+                seq,
+                frame,
+            }));
+        }
+        true
     }
 
     fn on_message(&self, msg: &Message) {

@@ -214,15 +214,18 @@ async fn a_master_restart_is_survived() {
     // Results and calls still get through.
     let v = publish_until_seen(&node, &mut ws, "restart-order").await;
     assert_eq!(v["status"], "paid");
-    let mut answered = false;
+    let mut last = (0, Value::Null);
     for _ in 0..50 {
-        if call(&node, "restart-gate").await.0 == 200 {
-            answered = true;
+        last = call(&node, "restart-gate").await;
+        if last.0 == 200 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(answered, "calls never reached the device after the restart");
+    assert_eq!(
+        last.0, 200,
+        "calls never reached the device after the restart: {last:?}"
+    );
     d.abort();
 }
 
@@ -368,4 +371,55 @@ async fn push_and_device_semantics_hold_on_a_three_master_cluster() {
     let ack = lines.next_line().await.unwrap().unwrap();
     assert!(ack.contains("event_ack"), "{ack}");
     wait_until(Duration::from_secs(20), || async { sink.count() == 1 }).await;
+}
+
+/// Resharding moves the slot of a node's channel to another master. The old owner drops the
+/// node's subscription (Redis sends it an unsubscribe), the connection itself stays up; the node
+/// notices through its probes and subscribes again, so calls reach its devices again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_follows_its_channel_when_the_slot_moves_to_another_master() {
+    use paynotify::channel::PROBE_EVERY;
+    let cluster = RedisCluster::start(3).unwrap();
+    let mut c = cluster_config(&cluster);
+    c.node_id = "probe-node".into();
+    c.device_heartbeat = Duration::from_secs(2);
+    let node = Node::start_with_devices(c).await;
+    let d = device(&node, "moving-gate").await;
+    assert_eq!(call(&node, "moving-gate").await.0, 200);
+    let keys = paynotify::keys::Keys::for_cluster("paynotify", PARTITIONS);
+    let channel = keys.node_channel("probe-node");
+    let from = cluster.master_of_key(&channel).unwrap();
+    cluster.move_slot_of(&channel, (from + 1) % 3).unwrap();
+    assert_eq!(cluster.master_of_key(&channel).unwrap(), (from + 1) % 3);
+    let started = std::time::Instant::now();
+    let mut last = (0, Value::Null);
+    while started.elapsed() < PROBE_EVERY * 3 {
+        last = call(&node, "moving-gate").await;
+        if last.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last.0, 200, "calls stopped reaching the device: {last:?}");
+    d.abort();
+}
+
+/// The same for a browser: the slot of its order's channel moves while it follows the order;
+/// the node subscribes again where the slot now lives, and the result still reaches the browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_keeps_its_order_when_the_slot_moves_to_another_master() {
+    let cluster = RedisCluster::start(3).unwrap();
+    let node = Node::start(cluster_config(&cluster)).await;
+    let mut ws = follow(&node, "moving-order").await;
+    let channel =
+        paynotify::keys::Keys::for_cluster("paynotify", PARTITIONS).order_channel("moving-order");
+    let from = cluster.master_of_key(&channel).unwrap();
+    cluster.move_slot_of(&channel, (from + 1) % 3).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(post_result(&node, "moving-order", "paid").await, 200);
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+    let Ok(Some(Ok(Message::Text(t)))) = got else {
+        panic!("no result after the slot moved: {got:?}");
+    };
+    assert!(t.contains("paid"), "{t}");
 }
