@@ -102,6 +102,10 @@ pub struct SimulateArgs {
         default_value = "127.0.0.1:7070"
     )]
     pub connect: String,
+    /// Connect with TLS, trusting the CA certificate(s) in this PEM file (for a listener
+    /// started with --device-tls-cert); the certificate must name the host of --connect.
+    #[arg(long, env = "PAYNOTIFY_DEVICE_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// How many devices.
     #[arg(long, default_value_t = 10)]
     pub count: usize,
@@ -649,6 +653,13 @@ async fn simulate_devices(args: SimulateArgs) -> Result<(), u8> {
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(crate::shutdown::cancel_on_signal(stop.clone()));
     let expiry = crate::now_ms() / 1000 + 30 * 24 * 3600;
+    let tls = match &args.tls_ca {
+        Some(ca) => Some(
+            crate::device::simulate::tls_to(&args.connect, ca)
+                .map_err(|e| config_err(format!("--tls-ca: {e}")))?,
+        ),
+        None => None,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..args.count {
         let id = format!("{}{i}", args.id_prefix);
@@ -659,6 +670,7 @@ async fn simulate_devices(args: SimulateArgs) -> Result<(), u8> {
         let black_hole = i >= args.count.saturating_sub(args.black_hole);
         tasks.spawn(device(
             args.connect.clone(),
+            tls.clone(),
             id,
             token,
             args.heartbeat,

@@ -1012,9 +1012,36 @@ pub mod simulate {
         pub reconnects: AtomicU64,
     }
 
-    /// Runs one device until `stop`.
+    /// TLS for a fleet: a connector and the name the listener's certificate must carry.
+    pub type Tls = (
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    );
+
+    /// A connector that trusts the CA certificates in `ca_file` (PEM), for the host of `addr`.
+    pub fn tls_to(addr: &str, ca_file: &std::path::Path) -> Result<Tls, String> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca_file)
+            .map_err(|e| format!("{}: {e}", ca_file.display()))?
+        {
+            let cert = cert.map_err(|e| format!("{}: {e}", ca_file.display()))?;
+            roots.add(cert).map_err(|e| e.to_string())?;
+        }
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+    }
+
+    /// Runs one device until `stop`; over TLS when `tls` is given.
+    #[allow(clippy::too_many_arguments)]
     pub async fn device(
         addr: String,
+        tls: Option<Tls>,
         id: String,
         token: String,
         heartbeat: Duration,
@@ -1026,7 +1053,22 @@ pub mod simulate {
         while !stop.is_cancelled() {
             if let Ok(stream) = TcpStream::connect(&addr).await {
                 let _ = stream.set_nodelay(true);
-                if run_connection(stream, &id, &token, heartbeat, black_hole, &stats, &stop).await {
+                let welcomed = match &tls {
+                    None => {
+                        run_connection(stream, &id, &token, heartbeat, black_hole, &stats, &stop)
+                            .await
+                    }
+                    Some((connector, name)) => {
+                        match connector.connect(name.clone(), stream).await {
+                            Ok(s) => {
+                                run_connection(s, &id, &token, heartbeat, black_hole, &stats, &stop)
+                                    .await
+                            }
+                            Err(_) => false,
+                        }
+                    }
+                };
+                if welcomed {
                     backoff = Duration::from_millis(100);
                 }
             }
@@ -1043,16 +1085,19 @@ pub mod simulate {
     }
 
     /// One connection's life; true if it was welcomed.
-    async fn run_connection(
-        stream: TcpStream,
+    async fn run_connection<S>(
+        stream: S,
         id: &str,
         token: &str,
         heartbeat: Duration,
         black_hole: bool,
         stats: &FleetStats,
         stop: &CancellationToken,
-    ) -> bool {
-        let (r, mut w) = stream.into_split();
+    ) -> bool
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let (r, mut w) = tokio::io::split(stream);
         let mut lines = BufReader::new(r).lines();
         let hello = json!({"type": "hello", "device_id": id, "token": token});
         if w.write_all(format!("{hello}\n").as_bytes()).await.is_err() {

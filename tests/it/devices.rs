@@ -637,6 +637,33 @@ async fn the_device_listener_speaks_tls_only_when_given_a_certificate() {
     assert!(!String::from_utf8_lossy(&got).contains("welcome"));
     let presence = get_json(&b, "/v1/devices/plain").await;
     assert_eq!(presence["online"], false, "{presence}");
+    // The simulator speaks TLS too, given the CA.
+    let mut sim = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
+        .args([
+            "simulate-devices",
+            "--count",
+            "2",
+            "--id-prefix",
+            "tls-sim-",
+        ])
+        .args(["--connect", &a.device_addr.unwrap().to_string()])
+        .arg("--tls-ca")
+        .arg(pki.path("ca.pem"))
+        .args(["--token-secret", TOKEN_SECRET])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(10), || async {
+        get_json(&b, "/v1/devices/tls-sim-1").await["online"] == true
+    })
+    .await;
+    let (status, body) = call(&b, "tls-sim-0", "amount_due", 3000).await;
+    assert_eq!(
+        (status, body["result"]["echo"].clone()),
+        (200, json!("amount_due"))
+    );
+    let _ = sim.kill();
+    let _ = sim.wait();
     // Files that cannot work are refused with the reason (the node would not start).
     let acceptor = paynotify::device::tls_acceptor;
     let e = acceptor(&pki.path("missing.pem"), &pki.path("server.key"))
