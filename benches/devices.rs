@@ -6,6 +6,8 @@
 //! node B (`--roles api`) takes BENCH_RATE calls per second (default 5,000) for BENCH_SECONDS
 //! (default 10), each to a random healthy device, over HTTP; meanwhile 10 calls per second go to
 //! the black-holed device (deadline 1 s). Reports the healthy calls' latency and failures.
+//! BENCH_TLS=1: the device listener speaks TLS (a CA and certificate made for the run) and the
+//! simulators connect with `--tls-ca`.
 
 // A benchmark harness: a failed setup step should stop it loudly.
 #![allow(clippy::unwrap_used)]
@@ -41,13 +43,52 @@ fn main() {
     rt.block_on(run());
 }
 
+/// A CA and a server certificate for 127.0.0.1, as PEM files in a temp dir.
+fn make_pki() -> tempfile::TempDir {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    std::fs::write(
+        dir.path().join("ca.pem"),
+        ca.self_signed(&ca_key).unwrap().pem(),
+    )
+    .unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
+    dir
+}
+
 async fn run() {
     let count = env("BENCH_DEVICES", 10_000);
     let rate = env("BENCH_RATE", 5_000);
     let seconds = env("BENCH_SECONDS", 10);
     // BENCH_BLACK_HOLE=0: no calls to the black-holed device (the baseline for its effect).
     let hole_calls = env("BENCH_BLACK_HOLE", 1) != 0;
-    println!("devices: {count} devices on node A, {rate} calls/s through node B for {seconds} s, one black-holed device");
+    let pki = (env("BENCH_TLS", 0) == 1).then(make_pki);
+    let tls_server: Vec<String> = pki.as_ref().map_or(Vec::new(), |dir| {
+        let p = |f: &str| dir.path().join(f).display().to_string();
+        vec![
+            "--device-tls-cert".into(),
+            p("server.pem"),
+            "--device-tls-key".into(),
+            p("server.key"),
+        ]
+    });
+    let tls_client: Vec<String> = pki.as_ref().map_or(Vec::new(), |dir| {
+        vec![
+            "--tls-ca".into(),
+            dir.path().join("ca.pem").display().to_string(),
+        ]
+    });
+    println!("devices: {count} devices on node A, {rate} calls/s through node B for {seconds} s, one black-holed device{}", if env("BENCH_TLS", 0) == 1 { ", device connections over TLS" } else { "" });
     let bin = std::env::var("PAYNOTIFY_BIN").unwrap_or_else(|_| "target/release/paynotify".into());
     let redis = RedisServer::start().unwrap();
     let port = || paynotify::redis_child::free_port().unwrap();
@@ -78,6 +119,7 @@ async fn run() {
                 "--device-listen".into(),
                 format!("127.0.0.1:{a_dev}"),
             ])
+            .chain(tls_server.iter().cloned())
             .collect(),
         ),
         spawn(
@@ -131,6 +173,7 @@ async fn run() {
         if hole {
             args.extend(["--black-hole".into(), "1".into()]);
         }
+        args.extend(tls_client.iter().cloned());
         std::process::Command::new(&bin)
             .args(args)
             .stderr(std::process::Stdio::null())
