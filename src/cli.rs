@@ -187,6 +187,7 @@ pub struct RedisArgs {
     #[arg(
         long,
         env = "PAYNOTIFY_REDIS_URL",
+        hide_env_values = true,
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
@@ -367,7 +368,7 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DevArgs {
     /// Use this Redis instead of starting a private redis-server.
-    #[arg(long, env = "PAYNOTIFY_REDIS_URL")]
+    #[arg(long, env = "PAYNOTIFY_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Address the HTTP server listens on.
     #[arg(long, env = "PAYNOTIFY_LISTEN", default_value = "127.0.0.1:8080")]

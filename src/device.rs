@@ -491,15 +491,17 @@ impl Devices {
                                     drop(guard);
                                 }.instrument(info_span!("device", %peer)));
                             }
-                            Err(why) => {
+                            // Told why in plain text; over TLS simply closed, since a handshake
+                            // per refused connection would let a flood past the caps.
+                            Err(why) if tls.is_none() => {
                                 let (code, message) = why.describe();
-                                let tls = tls.clone();
                                 connections.spawn(async move {
-                                    if let Some(mut link) = Link::open(stream, tls.as_ref()).await {
+                                    if let Some(mut link) = Link::open(stream, None).await {
                                         refuse(&mut link, code, message).await;
                                     }
                                 });
                             }
+                            Err(why) => debug!(%peer, ?why, "TLS device connection refused"),
                         }
                     }
                     Err(e) => {

@@ -313,3 +313,29 @@ async fn forged_cross_kind_and_replayed_expired_tokens_are_refused() {
     assert!(line.contains("\"code\":\"bad_token\""), "{line}");
     assert!(healthy(&node).await);
 }
+
+#[test]
+fn help_never_shows_secrets_from_the_environment() {
+    let secrets = [
+        ("PAYNOTIFY_REDIS_URL", "redis://:redis-pass-abc@h:1"),
+        ("PAYNOTIFY_API_KEY", "api-key-secret-0123456789"),
+        ("PAYNOTIFY_TOKEN_SECRET", "token-secret-0123456789"),
+        (
+            "PAYNOTIFY_SIGNING_SECRET",
+            "whsec_c2lnbmluZy1zZWNyZXQtMDEyMzQ1",
+        ),
+        ("PAYNOTIFY_REDIS_MASTER_PASSWORD", "master-pass-xyz"),
+    ];
+    for command in ["serve", "dev", "simulate-devices", "enqueue"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
+            .args([command, "--help"])
+            .envs(secrets)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage"), "{command}: {text}");
+        for (name, value) in secrets {
+            assert!(!text.contains(value), "{command} --help shows {name}");
+        }
+    }
+}
