@@ -612,25 +612,33 @@ impl Devices {
                 tokio::select! {
                     frame = write.recv() => match frame {
                         Ok(Some(frame)) => {
-                            last_seen = Instant::now();
                             // Presence lives 3 heartbeats; refreshing it once per heartbeat is
                             // plenty and halves the Redis work of a large fleet.
                             if last_touch.elapsed() >= heartbeat {
                                 last_touch = Instant::now();
-                                match self.inner.store.device_touch(&device, &conn_id, ttl).await {
-                                    Ok(Touch::Replaced) => {
+                                // Bounded: while Redis is away this loop must keep reading and
+                                // writing, and a long wait here must not look like the device's
+                                // silence (see the end of this branch).
+                                let touched = tokio::time::timeout(heartbeat / 2, self.inner.store.device_touch(&device, &conn_id, ttl)).await;
+                                match touched {
+                                    Err(_) => debug!("presence refresh timed out"),
+                                    Ok(Ok(Touch::Replaced)) => {
                                         goodbye = Some("replaced by a newer connection");
                                         break;
                                     }
-                                    Ok(Touch::Missing) => {
+                                    Ok(Ok(Touch::Missing)) => {
                                         // Redis lost the entry (restarted empty, or it expired
                                         // during an outage): this connection is still the
                                         // device's, so it says so again.
                                         info!(%device, "presence entry missing; joining again");
-                                        let _ = self.inner.store.device_join(&device, &self.inner.config.node_id, &conn_id, ttl).await;
+                                        let joined = tokio::time::timeout(heartbeat / 2, self.inner.store.device_join(&device, &self.inner.config.node_id, &conn_id, ttl)).await;
+                                        if !matches!(joined, Ok(Ok(_))) {
+                                            // Try again on the next frame rather than a heartbeat later.
+                                            last_touch = Instant::now() - heartbeat;
+                                        }
                                     }
-                                    Ok(Touch::Refreshed) => {}
-                                    Err(e) => debug!(error = %e, "presence not refreshed"),
+                                    Ok(Ok(Touch::Refreshed)) => {}
+                                    Ok(Err(e)) => debug!(error = %e, "presence not refreshed"),
                                 }
                             }
                             let reply = if frame.get("type").and_then(Value::as_str) == Some("event") {
@@ -645,6 +653,10 @@ impl Devices {
                             if let Some(reply) = reply {
                                 if !write.send(&reply).await { break }
                             }
+                            // The silence clock runs from when this loop is ready to listen
+                            // again: time spent on Redis (an event stored during an outage)
+                            // is not the device's silence.
+                            last_seen = Instant::now();
                         }
                         Ok(None) => break,
                         Err(code) => {
