@@ -16,7 +16,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::backend::{Event, Message, Target};
+use crate::backend::{Event, Message};
+use crate::store::Store;
 
 /// How often a follower checks that its subscriptions still deliver.
 pub const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -27,7 +28,7 @@ const PROBE_MARK: &[u8] = b"\0paynotify-probe:";
 
 /// Subscribes to `channels` and hands every message to `on_message` until `stop`.
 pub async fn follow(
-    target: &Target,
+    store: &Store,
     channels: &[String],
     stop: &CancellationToken,
     mut on_connected: impl FnMut(),
@@ -39,14 +40,13 @@ pub async fn follow(
     probe.extend_from_slice(uuid::Uuid::new_v4().simple().to_string().as_bytes());
     while !stop.is_cancelled() {
         let connected = async {
-            let (mut subs, messages) = target.subscriber().await?;
+            let (mut subs, messages) = store.target().subscriber().await?;
             subs.subscribe(channels).await?;
-            let publisher = target.shared().await?;
-            Ok::<_, redis::RedisError>((subs, messages, publisher))
+            Ok::<_, redis::RedisError>((subs, messages))
         }
         .await;
         match connected {
-            Ok((_subs, mut messages, mut publisher)) => {
+            Ok((_subs, mut messages)) => {
                 failures = 0;
                 on_connected();
                 let mut tick = tokio::time::interval(PROBE_EVERY);
@@ -79,14 +79,18 @@ pub async fn follow(
                             // on shared channels (wake-ups), so all of them at once would cost
                             // partitions × nodes² messages a round.
                             for channel in channels.iter().cycle().skip(next_probe).take(PROBES_PER_ROUND.min(channels.len())) {
-                                // A failed publish (Redis away) proves nothing; the connection's
-                                // own loss is noticed above.
-                                let sent: redis::RedisResult<i64> = redis::cmd("SPUBLISH")
-                                    .arg(channel)
-                                    .arg(&probe)
-                                    .query_async(&mut publisher)
-                                    .await;
-                                if sent.is_ok() {
+                                // On the node's shared connection. A failed publish (Redis away)
+                                // proves nothing; the subscriber's own loss is noticed above.
+                                let sent = match store.conn().await {
+                                    Ok(mut conn) => redis::cmd("SPUBLISH")
+                                        .arg(channel)
+                                        .arg(&probe)
+                                        .query_async::<i64>(&mut conn)
+                                        .await
+                                        .is_ok(),
+                                    Err(_) => false,
+                                };
+                                if sent {
                                     awaiting.insert(channel);
                                 }
                             }

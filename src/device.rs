@@ -451,7 +451,7 @@ impl Devices {
             .keys()
             .node_channel(&self.inner.config.node_id);
         crate::channel::follow(
-            self.inner.store.target(),
+            &self.inner.store,
             &[channel],
             &shutdown,
             || {},

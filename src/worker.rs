@@ -553,7 +553,7 @@ async fn renewer(shared: Arc<Shared>, stop: CancellationToken) {
 async fn wake_listener(shared: Arc<Shared>, stop: CancellationToken) {
     let channels = shared.store.keys().wake_channels();
     crate::channel::follow(
-        shared.store.target(),
+        &shared.store,
         &channels,
         &stop,
         || shared.wake.notify_one(),

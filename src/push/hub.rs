@@ -258,14 +258,19 @@ impl Hub {
     async fn catch_up(&self) {
         let orders: Vec<String> = lock(&self.inner.subs).keys().cloned().collect();
         for order_id in orders {
-            if let Ok(Some((seq, payload))) = self.inner.store.read_result(&order_id).await {
-                let frame = super::result_frame(seq, &payload);
-                self.dispatch(Arc::new(Push {
-                    order_id,
-                    seq,
-                    frame,
-                }));
-            }
+            self.catch_up_order(&order_id).await;
+        }
+    }
+
+    /// Re-reads one order's stored result and hands it to its followers.
+    async fn catch_up_order(&self, order_id: &str) {
+        if let Ok(Some((seq, payload))) = self.inner.store.read_result(order_id).await {
+            let frame = super::result_frame(seq, &payload);
+            self.dispatch(Arc::new(Push {
+                order_id: order_id.to_string(),
+                seq,
+                frame,
+            }));
         }
     }
 
@@ -326,14 +331,7 @@ impl Hub {
                 return false;
             }
         }
-        if let Ok(Some((seq, payload))) = self.inner.store.read_result(order_id).await {
-            let frame = super::result_frame(seq, &payload);
-            self.dispatch(Arc::new(Push {
-                order_id: order_id.to_string(),
-                seq,
-                frame,
-            }));
-        }
+        self.catch_up_order(order_id).await;
         true
     }
 
