@@ -17,6 +17,7 @@
 -- ARGV[4] owner (node id)
 -- ARGV[5] maximum stalls before an entry goes to the dead set
 -- Returns: {head_ms or -1, then per claimed entry: id, token, attempt, round_index, due_ms, spec}
+--   due_ms is when the attempt was scheduled (a stall re-claim keeps the original due time).
 --   head_ms is the earliest score left in the due set after the claim.
 -- Times in the state JSON are kept as strings: formatting and parsing large numbers is the
 -- most expensive thing a script can do per entry.
@@ -70,7 +71,10 @@ if n > 0 then
         m.t = string.format('%d', token)
         m.o = ARGV[4]
         m.l = lease_until
-        m.d = score
+        -- The attempt was due when it was scheduled (m.n), also on a stall re-claim, where
+        -- the score is the expired lease: lateness counts from the schedule, not the lease.
+        local due = m.n or score
+        m.d = due
         meta_set[#meta_set + 1] = id
         meta_set[#meta_set + 1] = cjson.encode(m)
         lease_add[#lease_add + 1] = lease_until
@@ -79,7 +83,7 @@ if n > 0 then
         out[#out + 1] = token
         out[#out + 1] = m.a + 1
         out[#out + 1] = m.a - m.b
-        out[#out + 1] = score
+        out[#out + 1] = due
         out[#out + 1] = spec
       end
     end

@@ -13,8 +13,21 @@
 -- ARGV[1] now (ms)
 -- then 6 per outcome (at most 1000 outcomes):
 --   id, token, verdict ("delivered" | "retry" | "dead"), next attempt ms (retry), reason, attempt JSON
--- Returns: {head_ms or -1, then 1 (applied) or 0 (fenced off) per outcome}
+-- An id given twice in one batch is applied once (the first outcome whose token matches).
+-- Returns: {head_ms or -1, then 1 (applied) or 0 (fenced off) per outcome}, or an error reply
+--   (and no change at all) when the arguments are not whole outcomes or a verdict is none of
+--   the three words: a typo must never read as "dead".
+if (#ARGV - 1) % 6 ~= 0 then
+  return redis.error_reply('ERR settle: expected 6 arguments per outcome after now, got ' .. (#ARGV - 1))
+end
 local n = (#ARGV - 1) / 6
+local verdicts = {delivered = true, retry = true, dead = true}
+for i = 1, n do
+  local v = ARGV[2 + (i - 1) * 6 + 2]
+  if not verdicts[v] then
+    return redis.error_reply('ERR settle: unknown verdict ' .. string.format('%q', v) .. ' (use delivered, retry or dead)')
+  end
+end
 local out = {-1}
 if n > 0 then
   local ids = {}
@@ -60,7 +73,7 @@ if n > 0 then
             done_add[#done_add + 1] = ARGV[1]
             done_add[#done_add + 1] = id
             delivered = delivered + 1
-          else
+          else -- 'dead' (checked above)
             m.s = 'dead'
             m.r = ARGV[base + 4]
             dead_add[#dead_add + 1] = ARGV[1]

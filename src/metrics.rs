@@ -47,6 +47,8 @@ pub struct Metrics {
     pub pubsub_connected: Gauge,
     /// Redis commands that failed.
     pub redis_errors: Counter,
+    /// Delivered and dead notifications this node's retention sweep forgot.
+    pub forgotten: Counter,
     /// Seconds from an attempt's due time to its start on this node.
     pub lateness: Histogram,
     /// Seconds an attempt's HTTP exchange took (connect to response body).
@@ -96,6 +98,7 @@ impl Metrics {
             orders_followed: Gauge::default(),
             pubsub_connected: Gauge::default(),
             redis_errors: Counter::default(),
+            forgotten: Counter::default(),
             lateness: Histogram::new(latency_buckets()),
             attempt_duration: Histogram::new(latency_buckets()),
             intake_lag: Gauge::default(),
@@ -163,6 +166,11 @@ impl Metrics {
             "redis_errors",
             "Redis commands that failed",
             m.redis_errors.clone(),
+        );
+        r.register(
+            "retention_forgotten",
+            "Delivered and dead notifications forgotten by this node's retention sweep",
+            m.forgotten.clone(),
         );
         r.register(
             "lateness_seconds",

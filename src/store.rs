@@ -72,11 +72,39 @@ pub struct Claimed {
 pub struct Settlement {
     pub id: String,
     pub token: i64,
-    /// `delivered`, `retry` or `dead`.
-    pub verdict: &'static str,
+    pub verdict: Settled,
     pub next_ms: i64,
     pub reason: String,
     pub record: String,
+}
+
+/// What settling an attempt does to its notification; `settle.lua` refuses any other word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Done: into the done set until retention ends.
+    Delivered,
+    /// Scheduled again at the settlement's `next_ms`.
+    Retry,
+    /// Into the dead set, with the settlement's reason.
+    Dead,
+}
+
+impl Settled {
+    /// The word `settle.lua` expects (also the `outcome` label of the attempts metric).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Settled::Delivered => "delivered",
+            Settled::Retry => "retry",
+            Settled::Dead => "dead",
+        }
+    }
+}
+
+/// What one retention batch removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub done: usize,
+    pub dead: usize,
 }
 
 /// Counts across partitions.
@@ -286,7 +314,7 @@ impl Store {
         for o in outcomes {
             inv.arg(&o.id)
                 .arg(o.token)
-                .arg(o.verdict)
+                .arg(o.verdict.as_str())
                 .arg(o.next_ms)
                 .arg(&o.reason)
                 .arg(&o.record);
@@ -398,29 +426,33 @@ impl Store {
         Ok(total)
     }
 
-    /// Removes delivered entries finished before `done_cutoff` and dead ones before
-    /// `dead_cutoff`, at most `limit` of each per partition. Returns the count removed.
-    pub async fn sweep(&self, done_cutoff: i64, dead_cutoff: i64, limit: usize) -> Result<i64> {
-        let mut removed = 0;
-        for p in 0..self.keys.partitions() {
-            let pk = self.keys.partition(p);
-            let mut conn = self.conn().await?;
-            let n: i64 = self
-                .scripts
-                .sweep
-                .key(&pk.done)
-                .key(&pk.dead)
-                .key(&pk.spec)
-                .key(&pk.meta)
-                .key(&pk.log)
-                .arg(done_cutoff)
-                .arg(dead_cutoff)
-                .arg(limit)
-                .invoke_async(&mut conn)
-                .await?;
-            removed += n;
-        }
-        Ok(removed)
+    /// Forgets one batch in partition `p`: at most `limit` (1..=5000) delivered entries
+    /// finished at or before `done_cutoff` and as many dead ones that died at or before
+    /// `dead_cutoff`. Returns how many of each were removed; a full batch means there may be
+    /// more (the retention task loops).
+    pub async fn sweep_batch(
+        &self,
+        p: u32,
+        done_cutoff: i64,
+        dead_cutoff: i64,
+        limit: usize,
+    ) -> Result<Swept> {
+        let pk = self.keys.partition(p);
+        let mut conn = self.conn().await?;
+        let (done, dead): (usize, usize) = self
+            .scripts
+            .sweep
+            .key(&pk.done)
+            .key(&pk.dead)
+            .key(&pk.spec)
+            .key(&pk.meta)
+            .key(&pk.log)
+            .arg(done_cutoff)
+            .arg(dead_cutoff)
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(Swept { done, dead })
     }
 
     /// Stores an order's latest result and publishes it (one script); returns its sequence number.

@@ -19,8 +19,9 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::Config;
 use crate::deliver::{Deliverer, Verdict};
+use crate::lock;
 use crate::notification::Spec;
-use crate::store::{Claimed, Settlement, Store};
+use crate::store::{Claimed, Settled, Settlement, Store, Swept};
 
 /// Longest the scheduler sleeps without looking at Redis, whatever it was told.
 const WATCHDOG: Duration = Duration::from_secs(5);
@@ -28,6 +29,14 @@ const WATCHDOG: Duration = Duration::from_secs(5);
 const DEFER_MS: i64 = 1000;
 /// Most outcomes settled in one script call.
 const SETTLE_BATCH: usize = 1000;
+/// Most entries the retention sweep forgets per set in one script call.
+const SWEEP_BATCH: usize = 1000;
+/// How often the retention sweep looks for entries to forget.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Longest one sweep round runs before it pauses for [`SWEEP_PAUSE`].
+const SWEEP_BUDGET: Duration = Duration::from_millis(250);
+/// The pause between rounds while the sweep is behind.
+const SWEEP_PAUSE: Duration = Duration::from_millis(25);
 
 /// What a finished delivery task reports.
 enum Report {
@@ -117,6 +126,8 @@ pub async fn run(
         wake_listener(shared.clone(), stop_helpers.clone()).instrument(info_span!("wake_listener")),
     );
     helpers.spawn(renewer(shared.clone(), stop_helpers.clone()).instrument(info_span!("renewer")));
+    helpers
+        .spawn(retention(shared.clone(), stop_helpers.clone()).instrument(info_span!("retention")));
     let settler_task = tokio::spawn(settler(shared.clone(), rx).instrument(info_span!("settler")));
 
     let mut deliveries = scheduler(shared.clone(), tx, shutdown.clone())
@@ -261,15 +272,13 @@ fn dispatch(
         let _ = tx.send(Report::Release(c.partition, c.id, c.token, crate::now_ms()));
         return;
     };
-    if let Ok(mut held) = shared.held.lock() {
-        held.insert(
-            (c.partition, c.id.clone()),
-            Held {
-                token: c.token,
-                since: Instant::now(),
-            },
-        );
-    }
+    lock(&shared.held).insert(
+        (c.partition, c.id.clone()),
+        Held {
+            token: c.token,
+            since: Instant::now(),
+        },
+    );
     let shared = shared.clone();
     let tx = tx.clone();
     let span =
@@ -287,7 +296,9 @@ fn dispatch(
                 .observe(started.elapsed().as_secs_f64());
             shared.metrics.in_flight.dec();
             if let Report::Settle(_, s) = &report {
-                let outcome = crate::metrics::Outcome { outcome: s.verdict };
+                let outcome = crate::metrics::Outcome {
+                    outcome: s.verdict.as_str(),
+                };
                 shared.metrics.attempts.get_or_create(&outcome).inc();
             }
             let _ = tx.send(report);
@@ -315,13 +326,10 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
     tracing::Span::current().record("host", host.as_str());
     let host_limit = {
         let limit = shared.config.per_destination_concurrency;
-        match shared.hosts.lock() {
-            Ok(mut hosts) => hosts
-                .entry(host.clone())
-                .or_insert_with(|| Arc::new(HostLimit::new(limit)))
-                .clone(),
-            Err(_) => Arc::new(HostLimit::new(limit)),
-        }
+        lock(&shared.hosts)
+            .entry(host.clone())
+            .or_insert_with(|| Arc::new(HostLimit::new(limit)))
+            .clone()
     };
     let Some(_host_permit) = host_limit.acquire().await else {
         debug!("destination at its concurrency limit with a full queue; deferring");
@@ -347,17 +355,17 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
                 latency_ms = result.latency_ms,
                 "delivered"
             );
-            ("delivered", 0, String::new())
+            (Settled::Delivered, 0, String::new())
         }
         Verdict::Dead(reason) => {
             info!(%reason, "notification is dead");
-            ("dead", 0, reason)
+            (Settled::Dead, 0, reason)
         }
         Verdict::Retry { retry_after_ms } => match spec.delay_after(c.round_index as usize) {
             Some(delay) => {
                 let delay = retry_after_ms.map_or(delay, |ra| delay.max(ra));
                 debug!(error = ?result.error, delay_ms = delay, "attempt failed; retry scheduled");
-                ("retry", finished + delay as i64, String::new())
+                (Settled::Retry, finished + delay as i64, String::new())
             }
             None => {
                 let reason = format!(
@@ -366,7 +374,7 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
                     result.error.as_deref().unwrap_or("failed")
                 );
                 info!(%reason, "notification is dead");
-                ("dead", 0, reason)
+                (Settled::Dead, 0, reason)
             }
         },
     };
@@ -377,12 +385,15 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
 fn unreadable(c: &Claimed, reason: String) -> Report {
     let record = json!({"attempt": c.attempt, "started_at": crate::now_ms(), "due_at": c.due_ms, "status": null, "error": reason})
         .to_string();
-    Report::Settle(c.partition, settlement(c, "dead", 0, &reason, record))
+    Report::Settle(
+        c.partition,
+        settlement(c, Settled::Dead, 0, &reason, record),
+    )
 }
 
 fn settlement(
     c: &Claimed,
-    verdict: &'static str,
+    verdict: Settled,
     next_ms: i64,
     reason: &str,
     record: String,
@@ -463,19 +474,18 @@ async fn settler(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>) {
 }
 
 fn forget<'a>(shared: &Shared, p: u32, ids: impl Iterator<Item = &'a String>) {
-    if let Ok(mut held) = shared.held.lock() {
-        for id in ids {
-            held.remove(&(p, id.clone()));
-        }
+    let mut held = lock(&shared.held);
+    for id in ids {
+        held.remove(&(p, id.clone()));
     }
 }
 
 /// On shutdown: give back whatever is still held (attempts aborted after the grace period).
 async fn hand_back_everything(shared: &Shared) {
-    let entries: Vec<((u32, String), i64)> = match shared.held.lock() {
-        Ok(mut held) => held.drain().map(|(k, h)| (k, h.token)).collect(),
-        Err(_) => return,
-    };
+    let entries: Vec<((u32, String), i64)> = lock(&shared.held)
+        .drain()
+        .map(|(k, h)| (k, h.token))
+        .collect();
     if entries.is_empty() {
         return;
     }
@@ -494,24 +504,20 @@ async fn hand_back_everything(shared: &Shared) {
     }
 }
 
-/// Keeps leases alive for attempts that run long, sweeps retention, prunes idle host limits.
+/// Keeps leases alive for attempts that run long and prunes idle host limits.
 async fn renewer(shared: Arc<Shared>, stop: CancellationToken) {
     let lease = shared.config.lease;
     let every = lease / 3;
-    let mut last_sweep = Instant::now() - Duration::from_secs(3600);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {},
             _ = stop.cancelled() => return,
         }
-        let due: Vec<(u32, String, i64)> = match shared.held.lock() {
-            Ok(held) => held
-                .iter()
-                .filter(|(_, h)| h.since.elapsed() >= every)
-                .map(|((p, id), h)| (*p, id.clone(), h.token))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
+        let due: Vec<(u32, String, i64)> = lock(&shared.held)
+            .iter()
+            .filter(|(_, h)| h.since.elapsed() >= every)
+            .map(|((p, id), h)| (*p, id.clone(), h.token))
+            .collect();
         let mut by_partition: HashMap<u32, Vec<(String, i64)>> = HashMap::new();
         for (p, id, token) in due {
             by_partition.entry(p).or_default().push((id, token));
@@ -531,19 +537,84 @@ async fn renewer(shared: Arc<Shared>, stop: CancellationToken) {
                 Err(e) => warn!(error = %e, "lease renewal failed"),
             }
         }
-        if let Ok(mut hosts) = shared.hosts.lock() {
-            hosts.retain(|_, h| !h.idle());
+        lock(&shared.hosts).retain(|_, h| !h.idle());
+    }
+}
+
+/// Forgets delivered and dead notifications once their retention has passed, in a task of its
+/// own so a long sweep never delays lease renewal.
+///
+/// Each script call removes at most [`SWEEP_BATCH`] entries per set (a few milliseconds of
+/// Redis time); a partition is swept again at once while its batches come back full, so
+/// forgetting keeps pace with any delivery rate. A round that has swept for [`SWEEP_BUDGET`]
+/// pauses for [`SWEEP_PAUSE`] before going on, so a large backlog (say after a retention change)
+/// is worked off without monopolising Redis. Every worker node sweeps; the scripts are atomic,
+/// so concurrent sweeps only split the work.
+async fn retention(shared: Arc<Shared>, stop: CancellationToken) {
+    let partitions = shared.store.keys().partitions();
+    let mut failures = 0u32;
+    let mut behind = false;
+    loop {
+        let pause = if failures > 0 {
+            crate::backoff(failures)
+        } else if behind {
+            SWEEP_PAUSE
+        } else {
+            SWEEP_EVERY
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {},
+            _ = stop.cancelled() => return,
         }
-        if last_sweep.elapsed() >= Duration::from_secs(60) {
-            last_sweep = Instant::now();
-            let now = crate::now_ms();
-            let done_cutoff = now - shared.config.retention.as_millis() as i64;
-            let dead_cutoff = now - shared.config.dead_retention.as_millis() as i64;
-            match shared.store.sweep(done_cutoff, dead_cutoff, 1000).await {
-                Ok(0) => {}
-                Ok(n) => info!(removed = n, "retention sweep"),
-                Err(e) => warn!(error = %e, "retention sweep failed"),
+        let now = crate::now_ms();
+        let done_cutoff = now - shared.config.retention.as_millis() as i64;
+        let dead_cutoff = now - shared.config.dead_retention.as_millis() as i64;
+        let round = Instant::now();
+        let mut total = Swept::default();
+        behind = false;
+        'partitions: for p in 0..partitions {
+            loop {
+                if stop.is_cancelled() {
+                    return;
+                }
+                if round.elapsed() >= SWEEP_BUDGET {
+                    behind = true;
+                    break 'partitions;
+                }
+                match shared
+                    .store
+                    .sweep_batch(p, done_cutoff, dead_cutoff, SWEEP_BATCH)
+                    .await
+                {
+                    Ok(swept) => {
+                        failures = 0;
+                        total.done += swept.done;
+                        total.dead += swept.dead;
+                        shared
+                            .metrics
+                            .forgotten
+                            .inc_by((swept.done + swept.dead) as u64);
+                        if swept.done < SWEEP_BATCH && swept.dead < SWEEP_BATCH {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        shared.metrics.redis_errors.inc();
+                        warn!(error = %e, partition = p, failures, "retention sweep failed; backing off");
+                        break 'partitions;
+                    }
+                }
             }
+        }
+        if total.done + total.dead > 0 {
+            debug!(
+                delivered = total.done,
+                dead = total.dead,
+                took_ms = round.elapsed().as_millis() as u64,
+                behind,
+                "retention sweep"
+            );
         }
     }
 }

@@ -312,10 +312,39 @@ async fn a_lost_lease_cannot_overwrite_state_and_stalls_end_in_dead() {
         .unwrap();
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].attempt, 1, "a stall is not counted as an attempt");
+    assert_eq!(
+        second[0].due_ms, first[0].due_ms,
+        "a stall re-claim is due when it was scheduled, not when the lost lease ran out"
+    );
+    assert_eq!(second[0].due_ms, now);
+    // A verdict that is none of the three words is refused whole, not read as "dead".
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let typo: redis::RedisResult<redis::Value> =
+        redis::Script::new(include_str!("../../lua/settle.lua"))
+            .key("paynotify:{p0}:due")
+            .key("paynotify:{p0}:meta")
+            .key("paynotify:{p0}:log")
+            .key("paynotify:{p0}:done")
+            .key("paynotify:{p0}:dead")
+            .key("paynotify:{p0}:stats")
+            .arg(now + 155)
+            .arg("fenced")
+            .arg(second[0].token)
+            .arg("delivred")
+            .arg(0)
+            .arg("")
+            .arg("{}")
+            .invoke_async(&mut conn)
+            .await;
+    let err = typo.expect_err("an unknown verdict must be an error reply");
+    assert!(err.to_string().contains("unknown verdict"), "{err}");
+    let shown = store.show("fenced").await.unwrap().unwrap();
+    assert_eq!(shown["state"], "delivering", "{shown}");
     let stale = paynotify::store::Settlement {
         id: "fenced".into(),
         token: first[0].token,
-        verdict: "delivered",
+        verdict: paynotify::store::Settled::Delivered,
         next_ms: 0,
         reason: String::new(),
         record: "{}".into(),
@@ -356,7 +385,8 @@ async fn retention_sweep_forgets_old_delivered_notifications() {
     wait_state(&node, "old", "delivered", Duration::from_secs(10)).await;
     let store = store(&redis);
     let future = paynotify::now_ms() + 1000;
-    assert_eq!(store.sweep(future, 0, 100).await.unwrap(), 1);
+    let swept = store.sweep_batch(0, future, 0, 100).await.unwrap();
+    assert_eq!((swept.done, swept.dead), (1, 0));
     assert!(store.show("old").await.unwrap().is_none());
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -373,5 +403,92 @@ async fn retention_sweep_forgets_old_delivered_notifications() {
             .unwrap();
         assert_eq!(n, 0, "{key} still holds data");
     }
+    node.stop().await;
+}
+
+/// Forgetting keeps pace at volume: thousands delivered and dead with a 1 s retention leave the
+/// done and dead sets and the spec, meta and log hashes empty (the old sweep removed 1,000 a
+/// minute and left most of them behind).
+#[tokio::test]
+async fn retention_forgets_thousands_and_redis_shrinks_to_nothing() {
+    let redis = RedisServer::start().unwrap();
+    let sink = Sink::start().await;
+    let node = node_with(&redis, |c| {
+        c.retention = Duration::from_secs(1);
+        c.dead_retention = Duration::from_secs(1);
+    })
+    .await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    const DELIVERED: usize = 4000;
+    const DEAD: usize = 1000;
+    let mut pipe = redis::pipe();
+    for i in 0..DELIVERED + DEAD {
+        let url = if i < DELIVERED {
+            sink.url("/ok")
+        } else {
+            sink.url("/status/500")
+        };
+        let doc = json!({"id": format!("r-{i}"), "url": url, "body": i, "schedule": [0]});
+        pipe.cmd("XADD")
+            .arg("paynotify:intake")
+            .arg("*")
+            .arg("notification")
+            .arg(doc.to_string())
+            .ignore();
+    }
+    let () = pipe.query_async(&mut conn).await.unwrap();
+    let store = store(&redis);
+    wait_until(Duration::from_secs(60), || {
+        let store = store.clone();
+        async move {
+            let s = store.stats(paynotify::now_ms()).await.unwrap();
+            s.total_delivered == DELIVERED as i64 && s.total_dead == DEAD as i64
+        }
+    })
+    .await;
+    let sizes = |conn: redis::aio::MultiplexedConnection| async move {
+        let mut conn = conn;
+        let (done, dead, spec, meta, log): (i64, i64, i64, i64, i64) = redis::pipe()
+            .cmd("ZCARD")
+            .arg("paynotify:{p0}:done")
+            .cmd("ZCARD")
+            .arg("paynotify:{p0}:dead")
+            .cmd("HLEN")
+            .arg("paynotify:{p0}:spec")
+            .cmd("HLEN")
+            .arg("paynotify:{p0}:meta")
+            .cmd("HLEN")
+            .arg("paynotify:{p0}:log")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        [done, dead, spec, meta, log]
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = sizes(conn.clone()).await;
+        if now == [0; 5] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention left [done, dead, spec, meta, log] = {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = reqwest::get(node.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "paynotify_retention_forgotten_total {}",
+            DELIVERED + DEAD
+        )),
+        "{metrics}"
+    );
     node.stop().await;
 }
