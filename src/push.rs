@@ -199,19 +199,26 @@ pub async fn poll_handler(
         field: Some("token".into()),
     })?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_SECS));
-    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-    let sub = state.hub.subscriber(tx);
-    let id = sub.id();
-    state.hub.subscribe(&order_id, sub).await;
-    let stored = state.store.read_result(&order_id).await;
-    let found = match stored {
-        Ok(Some((seq, payload))) => Some(result_frame(seq, &payload)),
-        _ => match tokio::time::timeout(wait, rx.recv()).await {
-            Ok(Some(push)) => Some(push.frame.to_string()),
-            _ => None,
-        },
+    let found = if wait.is_zero() {
+        // Nothing to wait for: the stored result, without a subscription.
+        state
+            .store
+            .read_result(&order_id)
+            .await?
+            .map(|(seq, payload)| result_frame(seq, &payload))
+    } else {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        // Follow first, then read the stored result: nothing published falls in between. The
+        // guard leaves when this future ends or is dropped (the client went away mid-wait).
+        let _following = state.hub.follow(&order_id, state.hub.subscriber(tx)).await;
+        match state.store.read_result(&order_id).await? {
+            Some((seq, payload)) => Some(result_frame(seq, &payload)),
+            None => match tokio::time::timeout(wait, rx.recv()).await {
+                Ok(Some(push)) => Some(push.frame.to_string()),
+                _ => None,
+            },
+        }
     };
-    state.hub.unsubscribe(&order_id, id).await;
     Ok(match found {
         Some(frame) => (
             StatusCode::OK,

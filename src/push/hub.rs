@@ -2,10 +2,14 @@
 //! channels this node has local subscribers for, fanning each result out to them.
 //!
 //! Invariant: the set of Redis subscriptions equals the set of orders in `subs` whenever the
-//! connection is up; SUBSCRIBE/UNSUBSCRIBE and reconnects are serialized by the `sink` lock, so
-//! an unsubscribe of the last follower can never undo a concurrent first subscribe. After a
-//! reconnect every channel is subscribed again and every stored result re-read (subscribers
-//! drop what they have seen), so nothing published during the outage is lost.
+//! connection is up, but for orders whose last follower has just left (queued in `unfollowed`,
+//! unsubscribed by the hub's own task moments later). SUBSCRIBE/UNSUBSCRIBE and reconnects are
+//! serialized by the `sink` lock, and the hub re-checks `subs` under it before it unsubscribes,
+//! so an unsubscribe of the last follower can never undo a concurrent first subscribe. Leaving
+//! is synchronous ([`Hub::release`], or dropping a [`Following`]), so a follower whose future is
+//! dropped (a long-poll whose client went away) cannot stay registered. After a reconnect every
+//! channel is subscribed again and every stored result re-read (subscribers drop what they
+//! have seen), so nothing published during the outage is lost.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -50,6 +54,19 @@ impl Subscriber {
     }
 }
 
+/// One follower's registration for one order ([`Hub::follow`]); dropping it leaves.
+pub struct Following {
+    hub: Hub,
+    order_id: String,
+    id: u64,
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.hub.release(&self.order_id, self.id);
+    }
+}
+
 /// The registry's state, for metrics.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct HubStats {
@@ -63,6 +80,9 @@ struct Inner {
     store: Store,
     subs: Mutex<HashMap<String, HashMap<u64, Subscriber>>>,
     sink: tokio::sync::Mutex<Option<Subscriptions>>,
+    /// Orders whose last local follower left; the hub's task unsubscribes them.
+    unfollowed: mpsc::UnboundedSender<String>,
+    unfollowed_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     live: AtomicBool,
     next_id: AtomicU64,
     metrics: crate::metrics::Metrics,
@@ -76,12 +96,15 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(store: Store, metrics: crate::metrics::Metrics) -> Self {
+        let (unfollowed, unfollowed_rx) = mpsc::unbounded_channel();
         Self {
             inner: Arc::new(Inner {
                 keys: store.keys().clone(),
                 store,
                 subs: Mutex::new(HashMap::new()),
                 sink: tokio::sync::Mutex::new(None),
+                unfollowed,
+                unfollowed_rx: Mutex::new(Some(unfollowed_rx)),
                 live: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
                 metrics,
@@ -142,15 +165,32 @@ impl Hub {
         }
     }
 
-    /// Removes a follower; unsubscribes the node from the order when it was the last one.
-    pub async fn unsubscribe(&self, order_id: &str, id: u64) {
-        let mut sink = self.inner.sink.lock().await;
+    /// Follows `order_id` as `sub` until the returned guard is dropped: [`subscribe`], with
+    /// the registration owned by a value, so a caller whose future is dropped mid-wait (a client
+    /// that disconnected) leaves nothing behind.
+    ///
+    /// [`subscribe`]: Self::subscribe
+    pub async fn follow(&self, order_id: &str, sub: Subscriber) -> Following {
+        // The guard exists before the first await: dropped during the subscribe, it still
+        // removes whatever was registered.
+        let guard = Following {
+            hub: self.clone(),
+            order_id: order_id.to_string(),
+            id: sub.id,
+        };
+        self.subscribe(order_id, sub).await;
+        guard
+    }
+
+    /// Removes a follower at once; when it was the last one, the hub's task unsubscribes the
+    /// node from the order (unless someone follows it again by then). Never waits.
+    pub fn release(&self, order_id: &str, id: u64) {
         let last = {
             let mut subs = lock(&self.inner.subs);
             match subs.get_mut(order_id) {
                 Some(followers) => {
-                    followers.remove(&id);
-                    if followers.is_empty() {
+                    let removed = followers.remove(&id).is_some();
+                    if removed && followers.is_empty() {
                         subs.remove(order_id);
                         true
                     } else {
@@ -161,15 +201,31 @@ impl Hub {
             }
         };
         if last {
-            if let Some(s) = sink.as_mut() {
-                let channel = self.inner.keys.order_channel(order_id);
-                if !matches!(
-                    tokio::time::timeout(REDIS_TIMEOUT, s.unsubscribe(&[channel])).await,
-                    Ok(Ok(()))
-                ) {
-                    *sink = None;
-                }
-            }
+            // Fails only when the hub is gone, and with it the subscription.
+            let _ = self.inner.unfollowed.send(order_id.to_string());
+        }
+    }
+
+    /// Unsubscribes the node from `order_id` if nobody follows it (any more). False when the
+    /// connection failed and must be rebuilt.
+    async fn unsubscribe_if_unfollowed(&self, order_id: &str) -> bool {
+        let mut sink = self.inner.sink.lock().await;
+        if lock(&self.inner.subs).contains_key(order_id) {
+            return true;
+        }
+        let Some(s) = sink.as_mut() else {
+            return true;
+        };
+        let channel = self.inner.keys.order_channel(order_id);
+        if matches!(
+            tokio::time::timeout(REDIS_TIMEOUT, s.unsubscribe(&[channel])).await,
+            Ok(Ok(()))
+        ) {
+            true
+        } else {
+            warn!("pub/sub unsubscribe failed; reconnecting");
+            *sink = None;
+            false
         }
     }
 
@@ -208,15 +264,19 @@ impl Hub {
     /// Keeps the pub/sub connection up until `shutdown`: connects, subscribes every followed
     /// order, catches up on stored results, relays messages, probes, and rebuilds on failure.
     pub async fn run(self, shutdown: CancellationToken) {
+        let Some(mut unfollowed) = lock(&self.inner.unfollowed_rx).take() else {
+            warn!("the pub/sub hub is already running");
+            return;
+        };
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
-            match self.connect().await {
+            match self.connect(&mut unfollowed).await {
                 Ok(stream) => {
                     failures = 0;
                     self.inner.live.store(true, Ordering::Release);
                     info!("pub/sub connected");
                     self.catch_up().await;
-                    self.relay(stream, &shutdown).await;
+                    self.relay(stream, &mut unfollowed, &shutdown).await;
                     self.inner.live.store(false, Ordering::Release);
                     *self.inner.sink.lock().await = None;
                 }
@@ -234,7 +294,10 @@ impl Hub {
         info!("pub/sub hub stopped");
     }
 
-    async fn connect(&self) -> redis::RedisResult<Messages> {
+    async fn connect(
+        &self,
+        unfollowed: &mut mpsc::UnboundedReceiver<String>,
+    ) -> redis::RedisResult<Messages> {
         let (mut sink, stream) =
             tokio::time::timeout(REDIS_TIMEOUT, self.inner.store.target().subscriber())
                 .await
@@ -242,6 +305,9 @@ impl Hub {
                     redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
                 })??;
         let mut guard = self.inner.sink.lock().await;
+        // A new connection is subscribed to exactly what is followed now: orders left while
+        // disconnected need no unsubscribe.
+        while unfollowed.try_recv().is_ok() {}
         let channels: Vec<String> = lock(&self.inner.subs)
             .keys()
             .map(|o| self.inner.keys.order_channel(o))
@@ -274,7 +340,12 @@ impl Hub {
         }
     }
 
-    async fn relay(&self, mut stream: Messages, shutdown: &CancellationToken) {
+    async fn relay(
+        &self,
+        mut stream: Messages,
+        unfollowed: &mut mpsc::UnboundedReceiver<String>,
+        shutdown: &CancellationToken,
+    ) {
         let mut probe = tokio::time::interval(PROBE_EVERY);
         probe.tick().await;
         loop {
@@ -291,6 +362,11 @@ impl Hub {
                         return;
                     }
                 },
+                Some(order_id) = unfollowed.recv() => {
+                    if !self.unsubscribe_if_unfollowed(&order_id).await {
+                        return;
+                    }
+                }
                 _ = probe.tick() => {
                     let mut guard = self.inner.sink.lock().await;
                     let Some(sink) = guard.as_mut() else { return };

@@ -176,7 +176,7 @@ async fn serve(mut socket: WebSocket, state: &GatewayState) {
                         // Boxed, so the Redis futures inside are not part of every idle connection's task.
                         let reply = Box::pin(handle_frame(state, &me, &mut following, text.as_str())).await;
                         for frame in reply {
-                            if !send(&mut socket, &me, frame).await { return cleanup(state, &me, following).await; }
+                            if !send(&mut socket, &me, frame).await { return cleanup(state, &me, following); }
                         }
                     }
                     Message::Pong(_) => awaiting_pong = false,
@@ -210,7 +210,7 @@ async fn serve(mut socket: WebSocket, state: &GatewayState) {
                 if following.values().any(|(_, exp)| *exp <= now_s) {
                     // Boxed, like handle_frame: keeps idle connections' tasks small.
                     let ok = Box::pin(expire(state, &me, &mut following, &mut socket, now_s)).await;
-                    if !ok { return cleanup(state, &me, following).await; }
+                    if !ok { return cleanup(state, &me, following); }
                 }
             }
             _ = me.kicked.cancelled() => {
@@ -224,7 +224,7 @@ async fn serve(mut socket: WebSocket, state: &GatewayState) {
             }
         }
     }
-    cleanup(state, &me, following).await;
+    cleanup(state, &me, following);
 }
 
 /// Ends the subscriptions whose token has expired, telling the client; false if it is gone.
@@ -242,7 +242,7 @@ async fn expire(
         .collect();
     for order_id in expired {
         following.remove(&order_id);
-        state.hub.unsubscribe(&order_id, me.id()).await;
+        state.hub.release(&order_id, me.id());
         let frame = error_frame(
             "expired_token",
             "the subscription's token expired; subscribe again with a fresh one",
@@ -255,13 +255,13 @@ async fn expire(
     true
 }
 
-async fn cleanup(
+fn cleanup(
     state: &GatewayState,
     me: &super::hub::Subscriber,
     following: HashMap<String, (u64, i64)>,
 ) {
     for order_id in following.keys() {
-        state.hub.unsubscribe(order_id, me.id()).await;
+        state.hub.release(order_id, me.id());
     }
 }
 
@@ -325,7 +325,7 @@ async fn handle_frame(
         }
         ClientFrame::Unsubscribe { order_id } => {
             if following.remove(&order_id).is_some() {
-                state.hub.unsubscribe(&order_id, me.id()).await;
+                state.hub.release(&order_id, me.id());
             }
             vec![json!({"type": "unsubscribed", "order_id": order_id}).to_string()]
         }

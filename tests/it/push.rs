@@ -652,3 +652,98 @@ async fn a_frame_flood_is_rate_limited_then_closed_and_others_are_unaffected() {
     let v = next(&mut calm, Duration::from_secs(5)).await.unwrap();
     assert_eq!(v["status"], "paid", "{v}");
 }
+
+/// The `calls` of a command in `INFO commandstats` (0 when never called).
+async fn command_calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// 1,000 long-polls whose clients give up mid-wait leave nothing behind: no follower in the
+/// hub, no shard subscription in Redis (the handler's registration is a guard dropped with its
+/// future). A poll without `wait` subscribes to nothing, and a failed read of the stored result
+/// is an error, not "no result yet".
+#[tokio::test]
+async fn abandoned_long_polls_leave_no_subscription_behind() {
+    let (mut redis, _sink, node) = setup().await;
+    let client = reqwest::Client::new();
+    let orders: Vec<String> = (0..1000).map(|i| format!("gone-{i}")).collect();
+    let mut polls = tokio::task::JoinSet::new();
+    for order in &orders {
+        let url = node.url(&format!(
+            "/v1/orders/{order}/result?token={}&wait=30",
+            token(order)
+        ));
+        let client = client.clone();
+        polls.spawn(async move { client.get(url).send().await });
+    }
+    let followed = |node: &Node| {
+        let url = node.url("/metrics");
+        async move {
+            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+            parse_metrics(&text)["paynotify_orders_followed"]
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while followed(&node).await < 1000.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the long-polls never all followed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The clients give up: their connections close mid-wait.
+    polls.abort_all();
+    while polls.join_next().await.is_some() {}
+    drop(client);
+    let keys = paynotify::keys::Keys::new("paynotify", 1);
+    let rc = redis::Client::open(redis.url()).unwrap();
+    let mut conn = rc.get_multiplexed_async_connection().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut cmd = redis::cmd("PUBSUB");
+        cmd.arg("SHARDNUMSUB");
+        for order in &orders {
+            cmd.arg(keys.order_channel(order));
+        }
+        let counts: Vec<redis::Value> = cmd.query_async(&mut conn).await.unwrap();
+        let subscribed: i64 = counts
+            .chunks(2)
+            .map(|c| redis::from_redis_value::<i64>(c[1].clone()).unwrap())
+            .sum();
+        let hub = followed(&node).await;
+        if subscribed == 0 && hub == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "abandoned polls left {hub} orders followed and {subscribed} shard subscriptions"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Without wait: the stored result, no subscription at all.
+    let before = command_calls(&mut conn, "ssubscribe").await;
+    for _ in 0..20 {
+        let r =
+            reqwest::get(node.url(&format!("/v1/orders/now-1/result?token={}", token("now-1"))))
+                .await
+                .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    assert_eq!(command_calls(&mut conn, "ssubscribe").await, before);
+    // Redis is gone: the poll says so instead of "no result yet".
+    redis.stop();
+    let r = reqwest::get(node.url(&format!("/v1/orders/now-1/result?token={}", token("now-1"))))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "unavailable", "{body}");
+}
