@@ -112,6 +112,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     }
     if let Some(devices) = &state.devices {
         m.devices_online.set(devices.online_here() as i64);
+        m.device_calls_waiting.set(devices.calls_waiting() as i64);
     }
     let now = crate::now_ms();
     let last = m.stats_read_ms.load(std::sync::atomic::Ordering::Relaxed);

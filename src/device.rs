@@ -15,6 +15,7 @@
 //! expires by itself (3 heartbeats), so a crashed node leaves no ghosts.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,7 +47,8 @@ pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 3_000;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time one write to a device may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Calls and sends queued for one device.
+/// One-way messages queued for one device (calls have their own queue, bounded by
+/// [`MAX_CALLS_IN_FLIGHT`]).
 const DEVICE_QUEUE: usize = 64;
 /// Events a device may send per second (each one is stored and delivered as a notification),
 /// after a first burst of `EVENT_BURST`; more get `rate_limited` and are not stored.
@@ -54,8 +56,10 @@ pub const EVENTS_PER_SEC: u32 = 5;
 pub const EVENT_BURST: u32 = 20;
 /// How long a one-way send waits for the holding node to say it queued the message.
 pub const SEND_ACK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Calls sent to one device and not answered yet (nor past their deadline). More get
-/// `device_busy`, so a device that never answers cannot make its node hold calls without bound.
+/// Calls taken for one device and not answered yet (nor past their deadline), queued or written.
+/// More get `device_busy`, exactly: each admitted call holds a [`CallSlot`] until it ends, so
+/// a burst up to the cap always gets through, and a device that never answers cannot make its
+/// node hold calls without bound.
 pub const MAX_CALLS_IN_FLIGHT: usize = 256;
 /// How long a caller trusts a presence lookup. A stale entry costs one retry, never a wrong
 /// answer: the node named replies "offline" when it no longer holds the device.
@@ -104,6 +108,14 @@ enum NodeMessage {
     },
 }
 
+impl NodeMessage {
+    /// The message as sent on a node channel. Infallible: every field is a string, a number, a
+    /// bool or a JSON value, so there is no error to hide behind a default.
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a node message serializes")
+    }
+}
+
 fn default_call_ms() -> u64 {
     DEFAULT_CALL_TIMEOUT_MS
 }
@@ -122,25 +134,73 @@ pub enum CallOutcome {
     DeviceError(String),
     Offline,
     Timeout,
-    /// The device already has `MAX_CALLS_IN_FLIGHT` unanswered calls.
+    /// A call: the device already has `MAX_CALLS_IN_FLIGHT` unanswered calls. A send: its
+    /// message queue is full.
     Busy,
 }
 
-enum Outgoing {
-    Call {
-        call_id: String,
-        method: String,
-        params: Value,
-        reply_node: String,
-        deadline: Instant,
-    },
-    Message(Value),
+/// A call on its way to a device (queued, then written and awaiting the reply).
+struct DeviceCall {
+    call_id: String,
+    method: String,
+    params: Value,
+    reply_node: String,
+    deadline: Instant,
+    _slot: CallSlot,
+}
+
+/// One of a device connection's [`MAX_CALLS_IN_FLIGHT`] call slots: taken when a call is
+/// admitted, given back when the value is dropped (answered, past its deadline, or the
+/// connection ended), wherever that happens.
+struct CallSlot(Arc<AtomicUsize>);
+
+impl CallSlot {
+    fn take(in_flight: &Arc<AtomicUsize>) -> Option<Self> {
+        if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_CALLS_IN_FLIGHT {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(in_flight.clone()))
+    }
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 struct Local {
     conn: String,
-    tx: mpsc::Sender<Outgoing>,
+    /// Capacity [`MAX_CALLS_IN_FLIGHT`]: never full for an admitted call.
+    calls: mpsc::Sender<DeviceCall>,
+    messages: mpsc::Sender<Value>,
+    /// Calls admitted and not ended (see [`CallSlot`]).
+    in_flight: Arc<AtomicUsize>,
     kick: CancellationToken,
+}
+
+/// A call waiting for its reply, registered in `Inner::pending` for as long as this lives.
+struct PendingCall<'a> {
+    pending: &'a Mutex<HashMap<String, oneshot::Sender<CallOutcome>>>,
+    call_id: &'a str,
+}
+
+impl<'a> PendingCall<'a> {
+    fn register(
+        pending: &'a Mutex<HashMap<String, oneshot::Sender<CallOutcome>>>,
+        call_id: &'a str,
+        tx: oneshot::Sender<CallOutcome>,
+    ) -> Self {
+        lock(pending).insert(call_id.to_string(), tx);
+        Self { pending, call_id }
+    }
+}
+
+impl Drop for PendingCall<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(self.call_id);
+    }
 }
 
 struct Inner {
@@ -174,6 +234,11 @@ impl Devices {
     /// Devices connected to this node.
     pub fn online_here(&self) -> usize {
         lock(&self.inner.local).len()
+    }
+
+    /// Calls made through this node that wait for their reply.
+    pub fn calls_waiting(&self) -> usize {
+        lock(&self.inner.pending).len()
     }
 
     fn presence_ttl_ms(&self) -> u64 {
@@ -276,7 +341,9 @@ impl Devices {
     ) -> Result<CallOutcome, crate::store::StoreError> {
         let call_id = uuid::Uuid::new_v4().simple().to_string();
         let (tx, rx) = oneshot::channel();
-        lock(&self.inner.pending).insert(call_id.clone(), tx);
+        // Removed when this future ends or is dropped (the HTTP caller went away), whether or
+        // not a reply ever comes.
+        let _pending = PendingCall::register(&self.inner.pending, &call_id, tx);
         let reply_node = self.inner.config.node_id.clone();
         let message = match ask {
             Ask::Call { method, params } => NodeMessage::Call {
@@ -300,22 +367,16 @@ impl Devices {
         let sent = self
             .inner
             .store
-            .publish_to_node(node, &serde_json::to_string(&message).unwrap_or_default())
-            .await;
-        let outcome = match sent {
-            Ok(0) => CallOutcome::Offline,
-            Ok(_) => match tokio::time::timeout_at(deadline, rx).await {
+            .publish_to_node(node, &message.to_json())
+            .await?;
+        Ok(match sent {
+            0 => CallOutcome::Offline,
+            _ => match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(outcome)) => outcome,
                 Ok(Err(_)) => CallOutcome::Offline,
                 Err(_) => CallOutcome::Timeout,
             },
-            Err(e) => {
-                lock(&self.inner.pending).remove(&call_id);
-                return Err(e);
-            }
-        };
-        lock(&self.inner.pending).remove(&call_id);
-        Ok(outcome)
+        })
     }
 
     fn reply(&self, reply_node: &str, call_id: &str, outcome: CallOutcome) {
@@ -352,7 +413,7 @@ impl Devices {
         let store = self.inner.store.clone();
         let node = reply_node.to_string();
         tokio::spawn(async move {
-            let text = serde_json::to_string(&message).unwrap_or_default();
+            let text = message.to_json();
             if let Err(e) = store.publish_to_node(&node, &text).await {
                 warn!(error = %e, "could not send a call reply");
             }
@@ -391,19 +452,24 @@ impl Devices {
                 reply_node,
                 timeout_ms,
             } => {
-                let tx = lock(&self.inner.local).get(&device).map(|l| l.tx.clone());
+                let target = lock(&self.inner.local)
+                    .get(&device)
+                    .map(|l| (l.calls.clone(), CallSlot::take(&l.in_flight)));
                 let deadline =
                     Instant::now() + Duration::from_millis(timeout_ms.min(MAX_CALL_TIMEOUT_MS));
-                let refused = match tx {
+                let refused = match target {
                     None => Some(CallOutcome::Offline),
-                    Some(tx) => match tx.try_send(Outgoing::Call {
+                    Some((_, None)) => Some(CallOutcome::Busy),
+                    Some((tx, Some(slot))) => match tx.try_send(DeviceCall {
                         call_id: call_id.clone(),
                         method,
                         params,
                         reply_node: reply_node.clone(),
                         deadline,
+                        _slot: slot,
                     }) {
                         Ok(()) => None,
+                        // Not while the slot is held (the queue is as long as the cap).
                         Err(mpsc::error::TrySendError::Full(_)) => Some(CallOutcome::Busy),
                         Err(mpsc::error::TrySendError::Closed(_)) => Some(CallOutcome::Offline),
                     },
@@ -418,10 +484,12 @@ impl Devices {
                 call_id,
                 reply_node,
             } => {
-                let tx = lock(&self.inner.local).get(&device).map(|l| l.tx.clone());
+                let tx = lock(&self.inner.local)
+                    .get(&device)
+                    .map(|l| l.messages.clone());
                 let outcome = match tx {
                     None => CallOutcome::Offline,
-                    Some(tx) => match tx.try_send(Outgoing::Message(data)) {
+                    Some(tx) => match tx.try_send(data) {
                         Ok(()) => CallOutcome::Result(Value::Null),
                         Err(mpsc::error::TrySendError::Full(_)) => CallOutcome::Busy,
                         Err(mpsc::error::TrySendError::Closed(_)) => CallOutcome::Offline,
@@ -561,13 +629,16 @@ impl Devices {
         let token_deadline = Instant::now() + Duration::from_millis(token_left_ms);
         let conn_id = uuid::Uuid::new_v4().simple().to_string();
         let ttl = self.presence_ttl_ms();
-        let (tx, mut rx) = mpsc::channel(DEVICE_QUEUE);
+        let (calls, mut calls_rx) = mpsc::channel(MAX_CALLS_IN_FLIGHT);
+        let (messages, mut messages_rx) = mpsc::channel(DEVICE_QUEUE);
         let kick = CancellationToken::new();
         let previous_local = lock(&self.inner.local).insert(
             device.clone(),
             Local {
                 conn: conn_id.clone(),
-                tx,
+                calls,
+                messages,
+                in_flight: Arc::new(AtomicUsize::new(0)),
                 kick: kick.clone(),
             },
         );
@@ -588,7 +659,7 @@ impl Devices {
                 let _ = self
                     .inner
                     .store
-                    .publish_to_node(&node, &serde_json::to_string(&kick_msg).unwrap_or_default())
+                    .publish_to_node(&node, &kick_msg.to_json())
                     .await;
             }
             Ok(_) => {}
@@ -601,8 +672,10 @@ impl Devices {
         debug!(%device, "device connected");
         let heartbeat = self.inner.config.device_heartbeat;
         let silence_limit = heartbeat + heartbeat / 2;
-        // Calls written to the device and not answered yet: id -> (caller's node, deadline).
-        let mut pending: HashMap<String, (String, Instant)> = HashMap::new();
+        // Calls written to the device and not answered yet, each holding its slot.
+        let mut pending: HashMap<String, DeviceCall> = HashMap::new();
+        // No later than the earliest deadline in `pending` (None: nothing pending).
+        let mut next_expiry: Option<Instant> = None;
         let mut events = crate::Budget::new(EVENTS_PER_SEC, EVENT_BURST);
         let mut last_seen = Instant::now();
         let mut last_touch = Instant::now();
@@ -664,28 +737,32 @@ impl Devices {
                             break;
                         }
                     },
-                    out = rx.recv() => match out {
-                        Some(Outgoing::Call { call_id, method, params, reply_node, deadline }) => {
-                            // At the cap, first forget the calls whose caller has given up (past
-                            // their deadline); only a device that is really that busy refuses. Below the
-                            // cap nothing is scanned, so the usual call costs no extra work.
-                            if pending.len() >= MAX_CALLS_IN_FLIGHT {
-                                let now = Instant::now();
-                                pending.retain(|_, (_, d)| *d > now);
-                            }
-                            if pending.len() >= MAX_CALLS_IN_FLIGHT {
-                                self.reply(&reply_node, &call_id, CallOutcome::Busy);
+                    call = calls_rx.recv() => match call {
+                        Some(mut call) => {
+                            // Its caller gave up while it was queued: not worth the device's time.
+                            if call.deadline <= Instant::now() {
                                 continue;
                             }
-                            let frame = json!({"type": "call", "id": call_id, "method": method, "params": params});
-                            pending.insert(call_id, (reply_node, deadline));
+                            let frame = json!({"type": "call", "id": call.call_id, "method": call.method, "params": std::mem::take(&mut call.params)});
+                            next_expiry = Some(next_expiry.map_or(call.deadline, |e| e.min(call.deadline)));
+                            pending.insert(call.call_id.clone(), call);
                             if !write.send(&frame).await { break }
                         }
-                        Some(Outgoing::Message(data)) => {
+                        None => break,
+                    },
+                    message = messages_rx.recv() => match message {
+                        Some(data) => {
                             if !write.send(&json!({"type": "message", "data": data})).await { break }
                         }
                         None => break,
                     },
+                    // Calls past their deadline give their slots back (their callers have
+                    // stopped waiting; a late reply gets unknown_call).
+                    _ = tokio::time::sleep_until(next_expiry.unwrap_or(token_deadline)), if next_expiry.is_some() => {
+                        let now = Instant::now();
+                        pending.retain(|_, c| c.deadline > now);
+                        next_expiry = pending.values().map(|c| c.deadline).min();
+                    }
                     _ = tokio::time::sleep_until(last_seen + silence_limit) => {
                         debug!(%device, "no heartbeat within 1.5 intervals; closing");
                         goodbye = Some("heartbeat timeout");
@@ -707,8 +784,13 @@ impl Devices {
         if let Err(e) = self.inner.store.device_leave(&device, &conn_id).await {
             warn!(error = %e, "device presence could not be removed; it expires by itself");
         }
-        for (call_id, (reply_node, _)) in pending {
-            self.reply(&reply_node, &call_id, CallOutcome::Offline);
+        for (call_id, call) in pending {
+            self.reply(&call.reply_node, &call_id, CallOutcome::Offline);
+        }
+        // Calls still queued: their callers learn at once instead of at their deadline.
+        calls_rx.close();
+        while let Ok(call) = calls_rx.try_recv() {
+            self.reply(&call.reply_node, &call.call_id, CallOutcome::Offline);
         }
         debug!(%device, "device disconnected");
     }
@@ -766,13 +848,13 @@ impl Devices {
     fn on_device_frame(
         &self,
         frame: &Value,
-        pending: &mut HashMap<String, (String, Instant)>,
+        pending: &mut HashMap<String, DeviceCall>,
     ) -> Option<Value> {
         match frame.get("type").and_then(Value::as_str) {
             Some("ping") => Some(json!({"type": "pong"})),
             Some("reply") => {
                 let id = frame.get("id").and_then(Value::as_str)?;
-                let Some((reply_node, _)) = pending.remove(id) else {
+                let Some(call) = pending.remove(id) else {
                     return Some(
                         json!({"type": "error", "code": "unknown_call", "message": "no pending call with that id"}),
                     );
@@ -785,7 +867,7 @@ impl Devices {
                     ),
                     _ => CallOutcome::Result(frame.get("result").cloned().unwrap_or(Value::Null)),
                 };
-                self.reply(&reply_node, id, outcome);
+                self.reply(&call.reply_node, id, outcome);
                 None
             }
             _ => Some(

@@ -57,7 +57,10 @@ pub struct Metrics {
     pub intake_lag: Gauge,
     /// Devices connected to this node (read at scrape).
     pub devices_online: Gauge,
-    /// Device calls made through this node, by outcome (ok, device_error, offline, timeout).
+    /// Device calls made through this node that wait for their reply (read at scrape).
+    pub device_calls_waiting: Gauge,
+    /// Device calls made through this node, by outcome (ok, device_error, offline, timeout,
+    /// busy).
     pub device_calls: Family<Outcome, Counter>,
     /// 0 while the node drains for shutdown, else 1.
     pub ready: Gauge,
@@ -103,6 +106,7 @@ impl Metrics {
             attempt_duration: Histogram::new(latency_buckets()),
             intake_lag: Gauge::default(),
             devices_online: Gauge::default(),
+            device_calls_waiting: Gauge::default(),
             device_calls: Family::default(),
             ready: Gauge::default(),
             stats_read_ms: Arc::default(),
@@ -191,6 +195,11 @@ impl Metrics {
             "devices_online",
             "Devices connected to this node",
             m.devices_online.clone(),
+        );
+        r.register(
+            "device_calls_waiting",
+            "Device calls made through this node that wait for their reply",
+            m.device_calls_waiting.clone(),
         );
         r.register(
             "device_calls",

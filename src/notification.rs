@@ -95,7 +95,9 @@ pub struct Spec {
 impl Spec {
     /// Deterministic serialization (struct field order, sorted headers).
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+        // Infallible (string keys, plain values); an empty string would be stored as the
+        // idempotency spec, so say so instead of defaulting.
+        serde_json::to_string(self).expect("a normalized spec serializes")
     }
 
     /// The first due time, given the enqueue time.
