@@ -230,7 +230,8 @@ pub struct ServeArgs {
     /// Address the HTTP server listens on.
     #[arg(long, env = "PAYNOTIFY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: String,
-    /// Roles of this node, comma-separated: api, worker (or all).
+    /// Roles of this node, comma-separated: api (the /v1 API), worker (delivery and the intake
+    /// consumer), gateway (browsers' /ws and long-poll, the /device websocket), or all.
     #[arg(long, env = "PAYNOTIFY_ROLES", default_value = "all")]
     pub roles: String,
     /// API bearer keys, comma-separated (several for rotation). Required with the api role.
@@ -389,56 +390,61 @@ impl ServeArgs {
     /// Validates into a [`Config`]; the error names the flag.
     pub fn to_config(&self) -> Result<Config, String> {
         let roles = Roles::parse(&self.roles).map_err(|e| format!("--roles: {e}"))?;
-        let mut c = Config::for_redis(&self.redis.redis_url);
-        c.redis_cluster = self.redis.redis_cluster;
-        c.redis_tls = self.redis.tls_files();
-        c.redis_sentinel = self.redis.redis_sentinel.clone();
-        c.redis_master_password = self.redis.redis_master_password.clone();
-        c.wait_replicas = self.wait_replicas;
-        c.max_connections = self.max_connections;
-        c.max_connections_per_ip = self.max_connections_per_ip;
-        c.header_read_timeout = self.header_read_timeout;
-        c.wait_timeout = self.wait_timeout;
-        c.prefix = self.redis.prefix.clone();
-        c.partitions = self.redis.partitions;
-        c.roles = roles;
-        if let Some(id) = &self.node_id {
-            c.node_id = id.clone();
-        }
-        c.api_keys = secrets(&self.api_key);
-        c.signing_secrets = secrets(&self.signing_secret);
-        c.allow_private_targets = self.allow_private_targets;
-        c.lease = self.lease;
-        c.max_stalls = self.max_stalls;
-        c.retention = self.retention;
-        c.dead_retention = self.dead_retention;
-        c.per_destination_concurrency = self.per_destination_concurrency;
-        c.max_in_flight = self.max_in_flight;
-        c.claim_batch = self.claim_batch;
-        c.shutdown_grace = self.shutdown_grace;
-        c.shutdown_delay = self.shutdown_delay;
-        c.token_secrets = secrets(&self.token_secret);
-        c.result_ttl = self.result_ttl;
-        c.ws_ping_interval = self.ws_ping_interval;
-        c.ws_max_subscriptions = self.ws_max_subscriptions;
-        c.ws_allowed_origins = self
-            .ws_allowed_origins
-            .iter()
-            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
-            .filter(|o| !o.is_empty())
-            .collect();
-        c.ws_send_queue = self.ws_send_queue;
-        c.device_listen = self.device_listen.clone();
-        c.device_heartbeat = self.device_heartbeat;
-        c.device_tls = self
-            .device_tls_cert
-            .clone()
-            .zip(self.device_tls_key.clone());
+        // Every field from its flag, spelled out with no `..` base: a field added to `Config`
+        // and forgotten here fails to compile instead of inheriting some other default.
+        let c = Config {
+            redis_url: self.redis.redis_url.clone(),
+            redis_cluster: self.redis.redis_cluster,
+            redis_sentinel: self.redis.redis_sentinel.clone(),
+            redis_master_password: self.redis.redis_master_password.clone(),
+            redis_tls: self.redis.tls_files(),
+            wait_replicas: self.wait_replicas,
+            wait_timeout: self.wait_timeout,
+            prefix: self.redis.prefix.clone(),
+            partitions: self.redis.partitions,
+            roles,
+            node_id: self
+                .node_id
+                .clone()
+                .unwrap_or_else(crate::config::default_node_id),
+            api_keys: secrets(&self.api_key),
+            signing_secrets: secrets(&self.signing_secret),
+            allow_private_targets: self.allow_private_targets,
+            lease: self.lease,
+            max_stalls: self.max_stalls,
+            retention: self.retention,
+            dead_retention: self.dead_retention,
+            per_destination_concurrency: self.per_destination_concurrency,
+            max_in_flight: self.max_in_flight,
+            claim_batch: self.claim_batch,
+            shutdown_grace: self.shutdown_grace,
+            shutdown_delay: self.shutdown_delay,
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            header_read_timeout: self.header_read_timeout,
+            token_secrets: secrets(&self.token_secret),
+            result_ttl: self.result_ttl,
+            ws_ping_interval: self.ws_ping_interval,
+            ws_max_subscriptions: self.ws_max_subscriptions,
+            ws_allowed_origins: self
+                .ws_allowed_origins
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            ws_send_queue: self.ws_send_queue,
+            device_listen: self.device_listen.clone(),
+            device_heartbeat: self.device_heartbeat,
+            device_tls: self
+                .device_tls_cert
+                .clone()
+                .zip(self.device_tls_key.clone()),
+            device_events_url: self.device_events_url.clone(),
+        };
         if let Some((cert, key)) = &c.device_tls {
             crate::device::tls_acceptor(cert, key)
                 .map_err(|e| format!("--device-tls-cert/--device-tls-key: {e}"))?;
         }
-        c.device_events_url = self.device_events_url.clone();
         validate(&c)?;
         Ok(c)
     }
@@ -464,6 +470,7 @@ pub fn validate(c: &Config) -> Result<(), String> {
     )
     .map_err(|e| format!("--redis-url: {e}"))?;
     check_prefix(&c.prefix)?;
+    check_node_id(&c.node_id)?;
     if c.partitions == 0 || c.partitions > 1024 {
         return Err("--partitions must be from 1 to 1024".into());
     }
@@ -523,6 +530,22 @@ pub fn validate(c: &Config) -> Result<(), String> {
         return Err("--claim-batch must be at most 1000".into());
     }
     Ok(())
+}
+
+/// A node id names Redis keys and channels, and is a `{hash tag}` on a Cluster: a brace would
+/// move its keys to another slot.
+fn check_node_id(id: &str) -> Result<(), String> {
+    let ok = (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "--node-id must be 1 to 128 characters of letters, digits, '.', '-', '_' or ':' (got {id:?})"
+        ))
+    }
 }
 
 fn check_prefix(prefix: &str) -> Result<(), String> {
@@ -778,6 +801,71 @@ async fn show(redis: RedisArgs, id: String) -> Result<(), u8> {
         None => {
             eprintln!("no notification {id:?}");
             Err(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["paynotify", "serve"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(args) => args.to_config(),
+            _ => unreachable!(),
+        }
+    }
+
+    const MINIMAL: &[&str] = &[
+        "--api-key",
+        "an-api-key-of-16-chars",
+        "--token-secret",
+        "a-token-secret-16-chars",
+        "--node-id",
+        "n1",
+    ];
+
+    /// The flags' defaults are `Config`'s defaults, which are the production ones: a node
+    /// started with no flags refuses private targets, and so does a `Config` built in code.
+    #[test]
+    fn flag_defaults_are_the_config_defaults_and_safe() {
+        let from_flags = serve(MINIMAL).unwrap();
+        let mut from_code = Config::for_redis("redis://127.0.0.1:6379");
+        from_code.node_id = "n1".into();
+        from_code.api_keys = vec!["an-api-key-of-16-chars".into()];
+        from_code.token_secrets = vec!["a-token-secret-16-chars".into()];
+        assert_eq!(format!("{from_flags:?}"), format!("{from_code:?}"));
+        assert!(!from_flags.allow_private_targets);
+        assert!(!from_code.allow_private_targets);
+    }
+
+    #[test]
+    fn a_node_id_that_would_break_a_hash_tag_is_refused() {
+        for bad in ["a}b", "{x}", "with space", "", &"x".repeat(129)] {
+            let mut args = MINIMAL.to_vec();
+            args[5] = bad;
+            let err = serve(&args).unwrap_err();
+            assert!(err.starts_with("--node-id"), "{bad:?}: {err}");
+        }
+        let mut args = MINIMAL.to_vec();
+        args[5] = "pod-7f9c.zone-a:1";
+        assert_eq!(serve(&args).unwrap().node_id, "pod-7f9c.zone-a:1");
+    }
+
+    #[test]
+    fn roles_help_names_every_role() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let serve = cmd.find_subcommand_mut("serve").unwrap();
+        let roles = serve
+            .get_arguments()
+            .find(|a| a.get_id() == "roles")
+            .unwrap();
+        let help = roles.get_help().unwrap().to_string();
+        for role in ["api", "worker", "gateway", "all"] {
+            assert!(help.contains(role), "{help}");
         }
     }
 }

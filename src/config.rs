@@ -169,7 +169,8 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
-    /// Defaults suitable for tests and `dev`: every role, private targets allowed.
+    /// The production defaults (the same as the flags'), on `redis_url`: every role, private
+    /// targets refused, no keys or secrets yet (validation asks for them).
     pub fn for_redis(redis_url: &str) -> Self {
         Self {
             redis_url: redis_url.to_string(),
@@ -185,7 +186,7 @@ impl Config {
             node_id: default_node_id(),
             api_keys: Vec::new(),
             signing_secrets: Vec::new(),
-            allow_private_targets: true,
+            allow_private_targets: false,
             lease: Duration::from_secs(30),
             max_stalls: 3,
             retention: Duration::from_secs(7 * 24 * 3600),

@@ -194,7 +194,7 @@ pub async fn run(
             Ok(()) => failures = 0,
             Err(e) => {
                 blocking = None;
-                if e.to_string().contains("NOGROUP") {
+                if matches!(&e, crate::store::StoreError::Redis(r) if r.code() == Some("NOGROUP")) {
                     warn!("intake consumer group is gone (Redis restarted empty?); recreating");
                     group_ready = false;
                 } else {

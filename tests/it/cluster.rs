@@ -17,6 +17,7 @@ const PARTITIONS: u32 = 12;
 fn cluster_config(cluster: &RedisCluster) -> paynotify::Config {
     let mut c = paynotify::Config::for_redis(&cluster.url_list());
     c.redis_cluster = true;
+    c.allow_private_targets = true;
     c.partitions = PARTITIONS;
     c.api_keys = vec![API_KEY.to_string()];
     c.token_secrets = vec![TOKEN_SECRET.to_string()];
