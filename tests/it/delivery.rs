@@ -272,11 +272,12 @@ async fn a_slow_destination_does_not_hold_up_others() {
         .await;
     }
     wait_until(Duration::from_secs(10), || async { fast.count() == 40 }).await;
-    // The slow destination never had more than its limit at once, and is still being worked.
-    assert!(
-        slow.count() <= 8,
-        "slow destination got {} requests",
-        slow.count()
+    // The slow destination never had more than its limit at once (and had that many: the
+    // limit is a cap, not a trickle), while the fast one got everything meanwhile.
+    assert_eq!(
+        slow.peak_in_flight(),
+        4,
+        "peak concurrency at the slow destination"
     );
     let stats = get_json(&node, "/v1/stats").await;
     assert!(stats["delivered"].as_i64().unwrap() >= 40, "{stats}");

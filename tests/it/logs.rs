@@ -30,6 +30,14 @@ async fn json_logs_carry_the_delivery_span_and_never_a_secret() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Drained as it is written: a debug log larger than the pipe's buffer would otherwise block
+    // the child on its log writes and hang the test.
+    let mut stderr = child.stderr.take().unwrap();
+    let drained = std::thread::spawn(move || {
+        let mut text = String::new();
+        stderr.read_to_string(&mut text).unwrap();
+        text
+    });
     let ready = format!("http://{addr}/readyz");
     wait_until(Duration::from_secs(20), || {
         let ready = ready.clone();
@@ -38,23 +46,19 @@ async fn json_logs_carry_the_delivery_span_and_never_a_secret() {
     .await;
     let r = api()
         .post(format!("http://{addr}/v1/notifications"))
-        .json(&json!({"id": "logged-1", "url": sink.url("/fail/500"), "schedule": [0, 0.2]}))
+        .json(&json!({"id": "logged-1", "url": sink.url("/status/500"), "schedule": [0, 0.2]}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
     wait_until(Duration::from_secs(10), || async { sink.count() >= 2 }).await;
+    // Both attempts reached the route that answers 500 (not a 404 from a missing route).
+    assert!(sink.received().iter().all(|r| r.path == "/status/500"));
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     assert!(child.wait().unwrap().success());
-    let mut text = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut text)
-        .unwrap();
+    let text = drained.join().unwrap();
     assert!(!text.is_empty());
     for secret in [API_KEY, TOKEN_SECRET, signing, &signing[6..]] {
         assert!(!text.contains(secret), "a secret is in the logs:\n{text}");

@@ -44,7 +44,13 @@ proptest! {
 
     #[test]
     fn the_schema_refuses_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = paynotify::notification::parse(&bytes, NOW, || "gen".into());
+        // Never a panic; and bytes that are not even a JSON object are refused, with a field.
+        let parsed = paynotify::notification::parse(&bytes, NOW, || "gen".into());
+        let is_object = serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| v.is_object());
+        if !is_object {
+            let err = parsed.err();
+            prop_assert!(err.is_some(), "accepted {:?}", String::from_utf8_lossy(&bytes));
+        }
     }
 
     #[test]

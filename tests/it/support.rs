@@ -32,6 +32,29 @@ pub struct Received {
 struct SinkState {
     received: Mutex<Vec<Received>>,
     per_body: Mutex<HashMap<Bytes, u32>>,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: std::sync::atomic::AtomicUsize,
+    peak_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts one request in flight at the sink while it lives.
+struct InFlight(Arc<SinkState>);
+
+impl InFlight {
+    fn enter(state: &Arc<SinkState>) -> Self {
+        use std::sync::atomic::Ordering;
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A recording HTTP server. Its paths choose the answer:
@@ -92,6 +115,13 @@ impl Sink {
     pub fn count(&self) -> usize {
         self.state.received.lock().unwrap().len()
     }
+
+    /// The most requests this sink was answering at the same time.
+    pub fn peak_in_flight(&self) -> usize {
+        self.state
+            .peak_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 async fn handle_plain(
@@ -119,6 +149,7 @@ async fn respond(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let _in_flight = InFlight::enter(&state);
     let at_ms = paynotify::now_ms();
     let seen = {
         let mut per = state.per_body.lock().unwrap();
