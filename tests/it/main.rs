@@ -9,6 +9,7 @@ mod enqueue;
 mod faults;
 mod helm;
 mod hostile;
+mod kill;
 mod logs;
 mod props;
 mod push;
