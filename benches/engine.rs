@@ -1,4 +1,4 @@
-//! Delivery engine benchmark (not a test): `cargo bench --bench engine -- [drain|steady|all]`.
+//! Delivery engine benchmark (not a test): `cargo bench --bench engine -- [drain|steady|soak|all]`.
 //!
 //! Starts a private redis-server, a local HTTP sink in this process and `paynotify serve`
 //! worker processes (the release binary), then measures:
@@ -6,9 +6,13 @@
 //!   has every one (rate = N / time);
 //! - steady: notifications fall due at a steady R/s (default 5,000) for S seconds; lateness
 //!   = attempt start minus due time, from paynotify's own attempt records, and sink receipt
-//!   minus due time as seen by the merchant.
+//!   minus due time as seen by the merchant;
+//! - soak (not in `all`): R/s (default 5,000) through the intake stream for S seconds (default
+//!   600) with `--retention` BENCH_RETENTION (default 1m); Redis memory every 10 s, which must
+//!   stay flat once retention has begun to forget.
 //!
-//! Environment: BENCH_N, BENCH_RATE, BENCH_SECONDS, BENCH_WORKERS, BENCH_PARTITIONS.
+//! Environment: BENCH_N, BENCH_RATE, BENCH_SECONDS, BENCH_WORKERS, BENCH_PARTITIONS,
+//! BENCH_RETENTION.
 
 // A benchmark harness: a failed setup step should stop it loudly.
 #![allow(clippy::unwrap_used)]
@@ -83,6 +87,15 @@ async fn start_sink(stats: Arc<SinkStats>) -> std::net::SocketAddr {
 }
 
 fn workers(redis: &RedisServer, count: u64, partitions: u64) -> Vec<std::process::Child> {
+    workers_with(redis, count, partitions, &[])
+}
+
+fn workers_with(
+    redis: &RedisServer,
+    count: u64,
+    partitions: u64,
+    extra: &[&str],
+) -> Vec<std::process::Child> {
     let bin = std::env::var("PAYNOTIFY_BIN").unwrap_or_else(|_| "target/release/paynotify".into());
     (0..count)
         .map(|i| {
@@ -97,6 +110,7 @@ fn workers(redis: &RedisServer, count: u64, partitions: u64) -> Vec<std::process
                     "1024",
                 ])
                 .args(["--node-id", &format!("bench-{i}")])
+                .args(extra)
                 .env("PAYNOTIFY_LOG", "warn")
                 .spawn()
                 .expect("build the release binary first: cargo build --release")
@@ -346,6 +360,132 @@ async fn steady(rate: u64, seconds: u64, worker_count: u64, partitions: u64) {
     }
 }
 
+/// Retention soak: notifications enqueued through the intake stream (`XADD`, the documented
+/// path) at `rate`/s for `seconds`, delivered at once, forgotten `retention` after delivery.
+/// Every 10 s: Redis `used_memory`, the done set, the spec hash, the intake stream and what the
+/// sink received. Memory must level off once the first deliveries pass their retention.
+async fn soak(rate: u64, seconds: u64, retention: &str, worker_count: u64, partitions: u64) {
+    println!("soak: {rate}/s through the intake for {seconds} s, --retention {retention}, {worker_count} worker process(es), {partitions} partition(s), 250-byte bodies");
+    let (redis, stats, sink, _store) = setup(partitions).await;
+    let mut procs = workers_with(
+        &redis,
+        worker_count,
+        partitions,
+        &["--retention", retention],
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let url = format!("http://{sink}/notify");
+    let keys = Keys::new("paynotify", partitions as u32);
+    let padding = "x".repeat(250 - 20);
+    let total = rate * seconds;
+    let started = Instant::now();
+    let mut next_sample = Duration::ZERO;
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    let batch = (rate / 100).max(1);
+    let mut sent = 0u64;
+    let mut behind_max = Duration::ZERO;
+    println!("  {:>5} {:>10} {:>12} {:>10} {:>10} {:>8} {:>10}", "t (s)", "sent", "used_memory", "done", "spec", "intake", "received");
+    while sent < total || started.elapsed() < Duration::from_secs(seconds) {
+        if sent < total {
+            let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
+            let now = Instant::now();
+            if due > now {
+                tokio::time::sleep(due - now).await;
+            } else {
+                behind_max = behind_max.max(now - due);
+            }
+            let mut pipe = redis::pipe();
+            let now_ms = paynotify::now_ms();
+            for i in sent..(sent + batch).min(total) {
+                let id = format!("s{i}");
+                let doc = serde_json::json!({"id": id, "url": url, "body": format!("{now_ms}:{id}:{padding}")});
+                pipe.cmd("XADD")
+                    .arg("paynotify:intake")
+                    .arg("*")
+                    .arg("notification")
+                    .arg(doc.to_string())
+                    .ignore();
+            }
+            let () = pipe.query_async(&mut conn).await.unwrap();
+            sent = (sent + batch).min(total);
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if started.elapsed() >= next_sample {
+            next_sample += Duration::from_secs(10);
+            let info: String = redis::cmd("INFO")
+                .arg("memory")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let used: u64 = info
+                .lines()
+                .find_map(|l| l.strip_prefix("used_memory:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let (mut done, mut spec) = (0u64, 0u64);
+            for p in 0..partitions as u32 {
+                let pk = keys.partition(p);
+                let (d, s): (u64, u64) = redis::pipe()
+                    .cmd("ZCARD")
+                    .arg(&pk.done)
+                    .cmd("HLEN")
+                    .arg(&pk.spec)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                done += d;
+                spec += s;
+            }
+            let intake: u64 = redis::cmd("XLEN")
+                .arg("paynotify:intake")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let t = started.elapsed().as_secs();
+            println!(
+                "  {t:>5} {sent:>10} {used:>12} {done:>10} {spec:>10} {intake:>8} {:>10}",
+                stats.received.load(Ordering::Relaxed)
+            );
+            samples.push((t, used));
+        }
+    }
+    let retention_s = humantime_secs(retention);
+    let steady: Vec<u64> = samples
+        .iter()
+        .filter(|(t, _)| *t >= retention_s + 30)
+        .map(|(_, m)| *m)
+        .collect();
+    if let (Some(lo), Some(hi)) = (steady.iter().min(), steady.iter().max()) {
+        println!(
+            "  used_memory from {} s on (retention + 30 s): min {:.1} MB, max {:.1} MB, max/min {:.2}; producer at most {:.0} ms behind schedule",
+            retention_s + 30,
+            *lo as f64 / 1e6,
+            *hi as f64 / 1e6,
+            *hi as f64 / (*lo).max(1) as f64,
+            behind_max.as_secs_f64() * 1000.0
+        );
+    }
+    for p in &mut procs {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+}
+
+/// Seconds in a duration like `1m` or `90s` (the bench's own inputs only).
+fn humantime_secs(text: &str) -> u64 {
+    let (n, unit) = text.split_at(text.trim_end_matches(char::is_alphabetic).len());
+    let n: u64 = n.parse().unwrap();
+    match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        other => panic!("unsupported unit {other:?}"),
+    }
+}
+
 /// The HTTP ceiling: reqwest alone (1024 in flight) posting from a separate process to the same
 /// sink, no Redis. Shows how much of the drain rate the HTTP hop itself allows on this machine.
 async fn http_ceiling(n: u64) {
@@ -443,6 +583,16 @@ fn main() {
     rt.block_on(async {
         if mode == "drain" || mode == "all" {
             drain(env("BENCH_N", 50_000), workers, partitions).await;
+        }
+        if mode == "soak" {
+            soak(
+                env("BENCH_RATE", 5_000),
+                env("BENCH_SECONDS", 600),
+                &std::env::var("BENCH_RETENTION").unwrap_or_else(|_| "1m".into()),
+                workers,
+                partitions,
+            )
+            .await;
         }
         if mode == "http-ceiling" {
             http_ceiling(env("BENCH_N", 50_000)).await;
