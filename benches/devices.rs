@@ -6,6 +6,8 @@
 //! node B (`--roles api`) takes BENCH_RATE calls per second (default 5,000) for BENCH_SECONDS
 //! (default 10), each to a random healthy device, over HTTP; meanwhile 10 calls per second go to
 //! the black-holed device (deadline 1 s). Reports the healthy calls' latency and failures.
+//! Then BENCH_BURST_ROUNDS (20) bursts of BENCH_BURST (200; 0 skips it) concurrent calls to one
+//! device, with the same bursts of `GET /readyz` as the HTTP floor.
 //! BENCH_TLS=1: the device listener speaks TLS (a CA and certificate made for the run) and the
 //! simulators connect with `--tls-ca`.
 
@@ -362,9 +364,77 @@ async fn run() {
         total_cpu * 1e6 / total as f64,
         total_cpu / wall
     );
+    let burst = env("BENCH_BURST", 200);
+    if burst > 0 {
+        burst_phase(&client, b_http, burst, env("BENCH_BURST_ROUNDS", 20)).await;
+    }
     for n in &mut nodes {
         let _ = n.kill();
         let _ = n.wait();
+    }
+}
+
+/// `burst` concurrent calls through node B to ONE device on node A (it answers at once), for
+/// `rounds` rounds, 200 ms apart; and, as the same run's floor, the same bursts of `GET /readyz`
+/// on node B (the HTTP hop alone). Every call should answer 200 (a burst below the cap of 256
+/// is never refused).
+async fn burst_phase(client: &reqwest::Client, b_http: u16, burst: u64, rounds: u64) {
+    println!("  burst: {rounds} rounds of {burst} concurrent calls to one device (sim-a0)");
+    let one = |url: String, call: bool| {
+        let client = client.clone();
+        async move {
+            let t = Instant::now();
+            let r = if call {
+                client
+                    .post(url)
+                    .bearer_auth(KEY)
+                    .json(&serde_json::json!({"method": "open", "timeout_ms": 5000}))
+                    .send()
+                    .await
+            } else {
+                client.get(url).send().await
+            };
+            let status = r.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
+            if let Ok(r) = r {
+                let _ = r.bytes().await;
+            }
+            (status, t.elapsed().as_micros() as u64)
+        }
+    };
+    for (name, call, url) in [
+        (
+            "calls to one device",
+            true,
+            format!("http://127.0.0.1:{b_http}/v1/devices/sim-a0/call"),
+        ),
+        (
+            "GET /readyz (floor)",
+            false,
+            format!("http://127.0.0.1:{b_http}/readyz"),
+        ),
+    ] {
+        let mut lat = Vec::new();
+        let mut refused = std::collections::BTreeMap::<u16, u64>::new();
+        for _ in 0..rounds {
+            let results =
+                futures::future::join_all((0..burst).map(|_| one(url.clone(), call))).await;
+            for (status, us) in results {
+                if status == 200 {
+                    lat.push(us);
+                } else {
+                    *refused.entry(status).or_default() += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        lat.sort_unstable();
+        println!(
+            "    {name}: {} ok, not ok {refused:?}; p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            lat.len(),
+            pct(&lat, 0.5) as f64 / 1000.0,
+            pct(&lat, 0.99) as f64 / 1000.0,
+            lat.last().copied().unwrap_or(0) as f64 / 1000.0
+        );
     }
 }
 

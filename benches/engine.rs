@@ -386,7 +386,10 @@ async fn soak(rate: u64, seconds: u64, retention: &str, worker_count: u64, parti
     let batch = (rate / 100).max(1);
     let mut sent = 0u64;
     let mut behind_max = Duration::ZERO;
-    println!("  {:>5} {:>10} {:>12} {:>10} {:>10} {:>8} {:>10}", "t (s)", "sent", "used_memory", "done", "spec", "intake", "received");
+    println!(
+        "  {:>5} {:>10} {:>12} {:>10} {:>10} {:>8} {:>10}",
+        "t (s)", "sent", "used_memory", "done", "spec", "intake", "received"
+    );
     while sent < total || started.elapsed() < Duration::from_secs(seconds) {
         if sent < total {
             let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);

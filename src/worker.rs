@@ -87,6 +87,18 @@ impl HostLimit {
     }
 }
 
+/// The one limit of `host` on this node (made on first use).
+fn host_limit(
+    hosts: &Mutex<HashMap<String, Arc<HostLimit>>>,
+    host: &str,
+    limit: usize,
+) -> Arc<HostLimit> {
+    lock(hosts)
+        .entry(host.to_string())
+        .or_insert_with(|| Arc::new(HostLimit::new(limit)))
+        .clone()
+}
+
 struct Shared {
     config: Arc<Config>,
     store: Store,
@@ -324,13 +336,11 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
         url.port_or_known_default().unwrap_or(0)
     );
     tracing::Span::current().record("host", host.as_str());
-    let host_limit = {
-        let limit = shared.config.per_destination_concurrency;
-        lock(&shared.hosts)
-            .entry(host.clone())
-            .or_insert_with(|| Arc::new(HostLimit::new(limit)))
-            .clone()
-    };
+    let host_limit = host_limit(
+        &shared.hosts,
+        &host,
+        shared.config.per_destination_concurrency,
+    );
     let Some(_host_permit) = host_limit.acquire().await else {
         debug!("destination at its concurrency limit with a full queue; deferring");
         return Report::Release(c.partition, c.id, c.token, crate::now_ms() + DEFER_MS);
@@ -631,4 +641,30 @@ async fn wake_listener(shared: Arc<Shared>, stop: CancellationToken) {
         |_| shared.wake.notify_one(),
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After a panic poisoned the map, every attempt to a host still shares that host's one
+    /// limit (the old code made a fresh limit per attempt, switching the limit off).
+    #[test]
+    fn a_poisoned_host_map_still_shares_one_limit_per_host() {
+        let hosts: Mutex<HashMap<String, Arc<HostLimit>>> = Mutex::default();
+        let first = host_limit(&hosts, "m.example:443", 4);
+        let poisoned = std::thread::scope(|s| {
+            s.spawn(|| {
+                let _held = hosts.lock();
+                panic!("poison the map");
+            })
+            .join()
+            .is_err()
+        });
+        assert!(poisoned && hosts.is_poisoned());
+        let again = host_limit(&hosts, "m.example:443", 4);
+        assert!(Arc::ptr_eq(&first, &again));
+        let _a = first.running.clone().try_acquire_owned().unwrap();
+        assert_eq!(again.running.available_permits(), 3);
+    }
 }
