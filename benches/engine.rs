@@ -23,9 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use paynotify::keys::Keys;
-use paynotify::redis_child::RedisServer;
-use paynotify::store::Store;
+use paynotify::delivery::store::Store;
+use paynotify::redis::child::RedisServer;
+use paynotify::redis::keys::Keys;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -151,7 +151,8 @@ async fn enqueue_all(store: &Store, url: &str, dues: &[i64]) {
                 "schedule": [0, 5, 5], "success": {"body": "success"}
             })
             .to_string();
-            let n = paynotify::notification::parse(doc.as_bytes(), now, || unreachable!()).unwrap();
+            let n =
+                paynotify::delivery::schema::parse(doc.as_bytes(), now, || unreachable!()).unwrap();
             async move { store.enqueue(&n, now).await.unwrap() }
         });
         futures::future::join_all(futs).await;

@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use paynotify::keys::Keys;
-use paynotify::redis_child::RedisServer;
-use paynotify::store::Store;
+use paynotify::push::Results;
+use paynotify::redis::child::RedisServer;
+use paynotify::redis::keys::Keys;
+use paynotify::redis::Redis;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "bench-token-secret-0123456789";
@@ -97,8 +98,8 @@ async fn run() {
     println!("push: {conns} websocket connections over 2 nodes, {rate} results/s for {seconds} s");
     let redis = RedisServer::start().unwrap();
     let ports = [
-        paynotify::redis_child::free_port().unwrap(),
-        paynotify::redis_child::free_port().unwrap(),
+        paynotify::redis::child::free_port().unwrap(),
+        paynotify::redis::child::free_port().unwrap(),
     ];
     let mut nodes: Vec<_> = ports.iter().map(|p| node(&redis, *p)).collect();
     for p in ports {
@@ -190,8 +191,9 @@ async fn run() {
         rss_before, rss_after, per_conn[0], per_conn[1]
     );
 
-    let store = Store::connect(&redis.url(), Keys::new("paynotify", 1)).unwrap();
-    store.load_scripts().await.unwrap();
+    let handle = Redis::connect(&redis.url(), Keys::new("paynotify", 1)).unwrap();
+    handle.load_scripts().await.unwrap();
+    let store = Results::new(handle);
     let total = rate * seconds;
     // Paced every millisecond: bursts would measure the publisher's queueing, not delivery.
     let tick = Duration::from_millis(1);

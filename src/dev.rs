@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::DevArgs;
 use crate::config::Config;
-use crate::redis_child::{RedisChildError, RedisServer};
+use crate::redis::child::{RedisChildError, RedisServer};
 
 /// Why `dev` could not run.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +25,7 @@ pub enum DevError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Run(#[from] crate::RunError),
+    Run(#[from] crate::node::RunError),
 }
 
 /// Runs the dev node until `shutdown`.
@@ -45,7 +45,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<(), DevEr
         .unwrap_or_else(|| format!("dev_{}", uuid::Uuid::new_v4().simple()));
     let mut config = Config::for_redis(&redis_url);
     config.api_keys = vec![api_key.clone()];
-    config.signing_secrets = vec![crate::signing::generate_secret()];
+    config.signing_secrets = vec![crate::delivery::signing::generate_secret()];
     config.token_secrets = vec![format!("dev_{}", uuid::Uuid::new_v4().simple())];
     config.allow_private_targets = true;
     config.node_id = "dev".into();
@@ -101,11 +101,13 @@ Stop with Ctrl-C.
         token_secret = config.token_secrets[0],
     );
     let demo = DemoState {
-        store: crate::store::Store::connect(
-            &redis_url,
-            crate::keys::Keys::new(&config.prefix, config.partitions),
-        )
-        .map_err(crate::RunError::from)?,
+        results: crate::push::Results::new(
+            crate::redis::Redis::connect(
+                &redis_url,
+                crate::redis::keys::Keys::new(&config.prefix, config.partitions),
+            )
+            .map_err(crate::node::RunError::from)?,
+        ),
         token_secrets: config.token_secrets.clone(),
         result_ttl: config.result_ttl,
     };
@@ -125,13 +127,13 @@ Stop with Ctrl-C.
         .route("/demo", get(demo_page))
         .route("/dev/pay/{order_id}", get(demo_pay).post(demo_pay))
         .with_state(demo);
-    crate::run_with(config, listener, shutdown, sink).await?;
+    crate::node::run_with(config, listener, shutdown, sink).await?;
     Ok(())
 }
 
 #[derive(Clone)]
 struct DemoState {
-    store: crate::store::Store,
+    results: crate::push::Results,
     token_secrets: Vec<String>,
     result_ttl: std::time::Duration,
 }
@@ -143,7 +145,7 @@ async fn demo_page(State(demo): State<DemoState>, headers: HeaderMap) -> Respons
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("127.0.0.1:8080");
-    let expiry = crate::now_ms() / 1000 + 3600;
+    let expiry = crate::util::now_ms() / 1000 + 3600;
     let token = match crate::token::mint(
         &demo.token_secrets,
         crate::token::Kind::Order,
@@ -177,7 +179,7 @@ async fn demo_pay(State(demo): State<DemoState>, Path(order_id): Path<String>) -
         Ok(d) => d,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
-    match crate::push::publish(&demo.store, demo.result_ttl, &doc).await {
+    match crate::push::publish(&demo.results, demo.result_ttl, &doc).await {
         Ok(seq) => {
             axum::Json(serde_json::json!({"order_id": order_id, "status": "paid", "seq": seq}))
                 .into_response()

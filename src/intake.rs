@@ -9,14 +9,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use redis::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::notification;
-use crate::store::{Enqueued, Store};
+use crate::delivery::schema;
+use crate::delivery::store::{Enqueued, Store};
+use crate::push::store::Results;
+use crate::redis::{Blocking, Redis, StoreError};
 
 /// A stream entry: its id and its fields.
 type Entry = (String, Vec<(String, Vec<u8>)>);
@@ -34,7 +36,7 @@ const REJECTED_FIELD_BYTES: usize = 8 * 1024;
 /// Most bytes in one entry, field names and values together: a notification document at its
 /// limit plus a result at its limit, with room for names.
 pub const MAX_ENTRY_BYTES: usize =
-    notification::MAX_DOCUMENT_BYTES + crate::push::MAX_RESULT_BYTES + 4096;
+    schema::MAX_DOCUMENT_BYTES + crate::push::MAX_RESULT_BYTES + 4096;
 /// Most fields in one entry (two are used).
 pub const MAX_ENTRY_FIELDS: usize = 16;
 
@@ -48,7 +50,7 @@ pub enum IntakeError {
     #[error("`{0}` field is not UTF-8 text")]
     NotText(&'static str),
     #[error("{0}")]
-    Schema(#[from] notification::SchemaError),
+    Schema(#[from] schema::SchemaError),
     #[error("{0}")]
     Result(#[from] crate::push::ResultError),
     #[error("id {id:?} exists with different content (state {state})")]
@@ -58,7 +60,7 @@ pub enum IntakeError {
 /// What an intake entry asks for.
 #[derive(Debug)]
 pub enum IntakeEntry {
-    Notification(notification::NewNotification),
+    Notification(schema::NewNotification),
     Result(crate::push::ResultDoc),
 }
 
@@ -83,7 +85,7 @@ pub fn decode_entry(
     };
     if let Some(raw) = field("notification") {
         std::str::from_utf8(raw).map_err(|_| IntakeError::NotText("notification"))?;
-        let n = notification::parse(raw, now_ms, || format!("intake-{entry_id}"))?;
+        let n = schema::parse(raw, now_ms, || format!("intake-{entry_id}"))?;
         return Ok(IntakeEntry::Notification(n));
     }
     if let Some(raw) = field("result") {
@@ -97,11 +99,13 @@ pub fn decode_entry(
 /// Consumes the intake stream until `shutdown`.
 pub async fn run(
     config: Arc<Config>,
-    store: Store,
+    redis: Redis,
     metrics: crate::metrics::Metrics,
     shutdown: CancellationToken,
 ) {
-    let keys = store.keys().clone();
+    let store = Store::new(redis.clone());
+    let results = Results::new(redis.clone());
+    let keys = redis.keys().clone();
     let stream = keys.intake();
     let group = keys.intake_group();
     let consumer = config.node_id.clone();
@@ -110,39 +114,42 @@ pub async fn run(
     let mut last_autoclaim = tokio::time::Instant::now();
     // A dedicated connection for the blocking read, so a BLOCK never stalls the commands on the
     // shared one. Kept across iterations; rebuilt only after an error.
-    let mut blocking: Option<crate::backend::Conn> = None;
+    let mut blocking: Option<Blocking> = None;
     info!(%stream, "intake consumer started");
     while !shutdown.is_cancelled() {
         let step = async {
-            let mut conn = store.conn().await?;
             if !group_ready {
-                let created: redis::RedisResult<Value> = redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(&stream)
-                    .arg(group)
-                    .arg("0")
-                    .arg("MKSTREAM")
-                    .query_async(&mut conn)
+                let created: Result<Value, StoreError> = redis
+                    .query(
+                        redis::cmd("XGROUP")
+                            .arg("CREATE")
+                            .arg(&stream)
+                            .arg(group)
+                            .arg("0")
+                            .arg("MKSTREAM"),
+                    )
                     .await;
                 match created {
                     Ok(_) => info!("created intake consumer group"),
                     Err(e) if e.code() == Some("BUSYGROUP") => {}
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(e),
                 }
                 group_ready = true;
             }
             // Entries a crashed node read but never acknowledged.
             if last_autoclaim.elapsed() >= config.lease {
                 last_autoclaim = tokio::time::Instant::now();
-                let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                    .arg(&stream)
-                    .arg(group)
-                    .arg(&consumer)
-                    .arg(config.lease.as_millis() as u64)
-                    .arg("0")
-                    .arg("COUNT")
-                    .arg(READ_COUNT)
-                    .query_async(&mut conn)
+                let reply: StreamAutoClaimReply = redis
+                    .query(
+                        redis::cmd("XAUTOCLAIM")
+                            .arg(&stream)
+                            .arg(group)
+                            .arg(&consumer)
+                            .arg(config.lease.as_millis() as u64)
+                            .arg("0")
+                            .arg("COUNT")
+                            .arg(READ_COUNT),
+                    )
                     .await?;
                 let entries: Vec<Entry> = reply
                     .claimed
@@ -154,24 +161,28 @@ pub async fn run(
                         count = entries.len(),
                         "reclaimed intake entries from a stalled consumer"
                     );
-                    process(&store, &config, &metrics, &entries).await?;
+                    process(&store, &results, &config, &metrics, &entries).await?;
                 }
             }
-            drop(conn);
             if blocking.is_none() {
-                blocking = Some(store.target().dedicated(BLOCK).await?);
+                blocking = Some(redis.blocking(BLOCK).await?);
             }
             let Some(blocking) = blocking.as_mut() else {
                 return Ok(());
             };
-            let opts = StreamReadOptions::default()
-                .group(group, &consumer)
-                .count(READ_COUNT)
-                .block(BLOCK.as_millis() as usize);
+            let mut read = redis::cmd("XREADGROUP");
+            read.arg("GROUP")
+                .arg(group)
+                .arg(&consumer)
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(">");
             loop {
-                let reply: StreamReadReply =
-                    redis::AsyncCommands::xread_options(blocking, &[&stream], &[">"], &opts)
-                        .await?;
+                let reply: StreamReadReply = blocking.query(&read).await?;
                 let entries: Vec<Entry> = reply
                     .keys
                     .into_iter()
@@ -179,10 +190,10 @@ pub async fn run(
                     .map(|e| (e.id, fields_of(e.map)))
                     .collect();
                 if !entries.is_empty() {
-                    process(&store, &config, &metrics, &entries).await?;
+                    process(&store, &results, &config, &metrics, &entries).await?;
                 }
                 if shutdown.is_cancelled() || last_autoclaim.elapsed() >= config.lease {
-                    return Ok::<(), crate::store::StoreError>(());
+                    return Ok::<(), StoreError>(());
                 }
             }
         };
@@ -194,7 +205,7 @@ pub async fn run(
             Ok(()) => failures = 0,
             Err(e) => {
                 blocking = None;
-                if matches!(&e, crate::store::StoreError::Redis(r) if r.code() == Some("NOGROUP")) {
+                if e.code() == Some("NOGROUP") {
                     warn!("intake consumer group is gone (Redis restarted empty?); recreating");
                     group_ready = false;
                 } else {
@@ -202,7 +213,7 @@ pub async fn run(
                 }
                 failures += 1;
                 metrics.redis_errors.inc();
-                let backoff = crate::backoff(failures);
+                let backoff = crate::util::backoff(failures);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {},
                     _ = shutdown.cancelled() => break,
@@ -229,11 +240,12 @@ fn fields_of(map: std::collections::HashMap<String, Value>) -> Vec<(String, Vec<
 /// Enqueues, publishes or rejects a batch of entries, then acknowledges them all.
 async fn process(
     store: &Store,
+    results: &Results,
     config: &Config,
     metrics: &crate::metrics::Metrics,
     entries: &[Entry],
-) -> Result<(), crate::store::StoreError> {
-    let now = crate::now_ms();
+) -> Result<(), StoreError> {
+    let now = crate::util::now_ms();
     let results = futures::future::join_all(entries.iter().map(|(entry_id, fields)| async move {
         match decode_entry(entry_id, fields, now) {
             Ok(IntakeEntry::Notification(n)) => match store.enqueue(&n, now).await? {
@@ -241,11 +253,11 @@ async fn process(
                     metrics.enqueued.inc();
                     Ok(None)
                 }
-                Enqueued::Exists { .. } => Ok::<_, crate::store::StoreError>(None),
+                Enqueued::Exists { .. } => Ok::<_, StoreError>(None),
                 Enqueued::Conflict { state } => Ok(Some(IntakeError::Conflict { id: n.id, state })),
             },
             Ok(IntakeEntry::Result(doc)) => {
-                crate::push::publish(store, config.result_ttl, &doc).await?;
+                crate::push::publish(results, config.result_ttl, &doc).await?;
                 metrics.results_published.inc();
                 Ok(None)
             }
@@ -253,7 +265,7 @@ async fn process(
         }
     }))
     .await;
-    let mut conn = store.conn().await?;
+    let redis = store.redis();
     let mut ack = Vec::with_capacity(entries.len());
     for ((entry_id, fields), result) in entries.iter().zip(results) {
         match result {
@@ -261,7 +273,7 @@ async fn process(
             Ok(Some(reason)) => {
                 warn!(entry = %entry_id, %reason, "intake entry rejected");
                 let mut cmd = redis::cmd("XADD");
-                cmd.arg(store.keys().rejected())
+                cmd.arg(redis.keys().rejected())
                     .arg("MAXLEN")
                     .arg("~")
                     .arg(REJECTED_MAXLEN)
@@ -283,7 +295,7 @@ async fn process(
                         cmd.arg(k).arg(v.as_slice());
                     }
                 }
-                let _: Value = cmd.query_async(&mut conn).await?;
+                let _: Value = redis.query(&cmd).await?;
                 ack.push(entry_id.clone());
             }
             Err(e) => {
@@ -292,6 +304,20 @@ async fn process(
             }
         }
     }
-    drop(conn);
-    store.intake_ack(&ack).await
+    acknowledge(redis, &ack).await
+}
+
+/// Acknowledges and deletes intake entries (`intake_ack.lua`).
+async fn acknowledge(redis: &Redis, entry_ids: &[String]) -> Result<(), StoreError> {
+    if entry_ids.is_empty() {
+        return Ok(());
+    }
+    let keys = redis.keys();
+    let mut inv = redis.scripts().intake_ack.prepare_invoke();
+    inv.key(keys.intake()).arg(keys.intake_group());
+    for id in entry_ids {
+        inv.arg(id);
+    }
+    let _: i64 = redis.invoke(&inv).await?;
+    Ok(())
 }

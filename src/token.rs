@@ -125,7 +125,7 @@ pub fn expiry_of(token: &str) -> Option<i64> {
 
 /// [`verify`] against the current time.
 pub fn verify_now(secrets: &[String], kind: Kind, id: &str, token: &str) -> Result<(), TokenError> {
-    verify(secrets, kind, id, token, crate::now_ms() / 1000)
+    verify(secrets, kind, id, token, crate::util::now_ms() / 1000)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     for line in data.split(|b| *b == b'\n') {
-        let _ = paynotify::device::decode_frame(line);
+        let _ = paynotify::devices::decode_frame(line);
     }
-    let _ = paynotify::device::decode_frame(data);
+    let _ = paynotify::devices::decode_frame(data);
 });

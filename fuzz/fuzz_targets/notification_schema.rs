@@ -5,8 +5,8 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let now = 1_795_000_000_000;
-    if let Ok(n) = paynotify::notification::parse(data, now, || "fuzz-id".to_string()) {
+    if let Ok(n) = paynotify::delivery::schema::parse(data, now, || "fuzz-id".to_string()) {
         // What was accepted has a valid id.
-        assert!(paynotify::notification::validate_id(&n.id).is_ok());
+        assert!(paynotify::delivery::schema::validate_id(&n.id).is_ok());
     }
 });

@@ -4,6 +4,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = paynotify::push::ws::parse_client_frame(text);
+        let _ = paynotify::push::session::parse_client_frame(text);
     }
 });

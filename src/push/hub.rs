@@ -20,10 +20,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::backend::{Event, Message, Messages, Subscriptions};
-use crate::keys::Keys;
-use crate::lock;
-use crate::store::Store;
+use super::store::Results;
+use crate::redis::keys::Keys;
+use crate::redis::pubsub::{Event, Message, Messages, Subscriptions};
+use crate::util::lock;
 
 /// How often the pub/sub connection is probed with PING.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -77,7 +77,7 @@ pub struct HubStats {
 
 struct Inner {
     keys: Keys,
-    store: Store,
+    results: Results,
     subs: Mutex<HashMap<String, HashMap<u64, Subscriber>>>,
     sink: tokio::sync::Mutex<Option<Subscriptions>>,
     /// Orders whose last local follower left; the hub's task unsubscribes them.
@@ -95,12 +95,12 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(store: Store, metrics: crate::metrics::Metrics) -> Self {
+    pub fn new(results: Results, metrics: crate::metrics::Metrics) -> Self {
         let (unfollowed, unfollowed_rx) = mpsc::unbounded_channel();
         Self {
             inner: Arc::new(Inner {
-                keys: store.keys().clone(),
-                store,
+                keys: results.redis().keys().clone(),
+                results,
                 subs: Mutex::new(HashMap::new()),
                 sink: tokio::sync::Mutex::new(None),
                 unfollowed,
@@ -285,7 +285,7 @@ impl Hub {
                     warn!(error = %e, failures, "pub/sub connect failed");
                 }
             }
-            let backoff = crate::backoff(failures);
+            let backoff = crate::util::backoff(failures);
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {},
                 _ = shutdown.cancelled() => break,
@@ -299,7 +299,7 @@ impl Hub {
         unfollowed: &mut mpsc::UnboundedReceiver<String>,
     ) -> redis::RedisResult<Messages> {
         let (mut sink, stream) =
-            tokio::time::timeout(REDIS_TIMEOUT, self.inner.store.target().subscriber())
+            tokio::time::timeout(REDIS_TIMEOUT, self.inner.results.redis().subscriber())
                 .await
                 .map_err(|_| {
                     redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
@@ -330,7 +330,7 @@ impl Hub {
 
     /// Re-reads one order's stored result and hands it to its followers.
     async fn catch_up_order(&self, order_id: &str) {
-        if let Ok(Some((seq, payload))) = self.inner.store.read_result(order_id).await {
+        if let Ok(Some((seq, payload))) = self.inner.results.read(order_id).await {
             let frame = super::result_frame(seq, &payload);
             self.dispatch(Arc::new(Push {
                 order_id: order_id.to_string(),

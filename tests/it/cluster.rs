@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use paynotify::redis_child::RedisCluster;
+use paynotify::redis::child::RedisCluster;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
@@ -38,7 +38,7 @@ fn token(kind: paynotify::token::Kind, id: &str) -> String {
 
 /// The masters that hold the partitions' keys.
 fn masters_of_partitions(cluster: &RedisCluster) -> HashSet<usize> {
-    let keys = paynotify::keys::Keys::for_cluster("paynotify", PARTITIONS);
+    let keys = paynotify::redis::keys::Keys::for_cluster("paynotify", PARTITIONS);
     (0..PARTITIONS)
         .map(|p| cluster.master_of_key(&keys.partition(p).due).unwrap())
         .collect()
@@ -143,7 +143,7 @@ async fn enqueue_many(node: &Node, sink: &Sink, prefix: &str, n: usize, extra: V
 async fn engine_push_and_devices_run_on_a_three_master_cluster() {
     let cluster = RedisCluster::start(3).unwrap();
     // Partition tags are chosen by slot: 12 partitions, 4 on each of the 3 masters.
-    let keys = paynotify::keys::Keys::for_cluster("paynotify", PARTITIONS);
+    let keys = paynotify::redis::keys::Keys::for_cluster("paynotify", PARTITIONS);
     let mut per_master = [0usize; 3];
     for p in 0..PARTITIONS {
         per_master[cluster.master_of_key(&keys.partition(p).due).unwrap()] += 1;
@@ -197,7 +197,7 @@ async fn a_master_restart_is_survived() {
     // Due while a master is down.
     let due = paynotify::now_ms() + 1_000;
     enqueue_many(&node, &sink, "r", 120, json!({"deliver_at": due})).await;
-    let keys = paynotify::keys::Keys::for_cluster("paynotify", PARTITIONS);
+    let keys = paynotify::redis::keys::Keys::for_cluster("paynotify", PARTITIONS);
     let victim = cluster.master_of_key(&keys.partition(0).due).unwrap();
     cluster.stop_master(victim).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -219,7 +219,7 @@ async fn a_master_restart_is_survived() {
     // without the client noticing, the node's probe finds out within two rounds.
     let mut last = (0, Value::Null);
     let started = std::time::Instant::now();
-    while started.elapsed() < paynotify::channel::PROBE_EVERY * 3 {
+    while started.elapsed() < paynotify::redis::follow::PROBE_EVERY * 3 {
         last = call(&node, "restart-gate").await;
         if last.0 == 200 {
             break;
@@ -382,7 +382,7 @@ async fn push_and_device_semantics_hold_on_a_three_master_cluster() {
 /// notices through its probes and subscribes again, so calls reach its devices again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_follows_its_channel_when_the_slot_moves_to_another_master() {
-    use paynotify::channel::PROBE_EVERY;
+    use paynotify::redis::follow::PROBE_EVERY;
     let cluster = RedisCluster::start(3).unwrap();
     let mut c = cluster_config(&cluster);
     c.node_id = "probe-node".into();
@@ -390,7 +390,7 @@ async fn a_node_follows_its_channel_when_the_slot_moves_to_another_master() {
     let node = Node::start_with_devices(c).await;
     let d = device(&node, "moving-gate").await;
     assert_eq!(call(&node, "moving-gate").await.0, 200);
-    let keys = paynotify::keys::Keys::for_cluster("paynotify", PARTITIONS);
+    let keys = paynotify::redis::keys::Keys::for_cluster("paynotify", PARTITIONS);
     let channel = keys.node_channel("probe-node");
     let from = cluster.master_of_key(&channel).unwrap();
     cluster.move_slot_of(&channel, (from + 1) % 3).unwrap();
@@ -415,8 +415,8 @@ async fn a_browser_keeps_its_order_when_the_slot_moves_to_another_master() {
     let cluster = RedisCluster::start(3).unwrap();
     let node = Node::start(cluster_config(&cluster)).await;
     let mut ws = follow(&node, "moving-order").await;
-    let channel =
-        paynotify::keys::Keys::for_cluster("paynotify", PARTITIONS).order_channel("moving-order");
+    let channel = paynotify::redis::keys::Keys::for_cluster("paynotify", PARTITIONS)
+        .order_channel("moving-order");
     let from = cluster.master_of_key(&channel).unwrap();
     cluster.move_slot_of(&channel, (from + 1) % 3).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;

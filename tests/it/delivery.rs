@@ -164,7 +164,7 @@ async fn signatures_verify_with_the_standardwebhooks_crate_and_bodies_go_out_unc
     let redis = RedisServer::start().unwrap();
     let sink = Sink::start().await;
     let old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let new = paynotify::signing::generate_secret();
+    let new = paynotify::delivery::signing::generate_secret();
     let node = node_with(&redis, |c| {
         c.signing_secrets = vec![old.to_string(), new.clone()]
     })
@@ -290,7 +290,7 @@ async fn a_lost_lease_cannot_overwrite_state_and_stalls_end_in_dead() {
     let store = store(&redis);
     store.load_scripts().await.unwrap();
     let now = paynotify::now_ms();
-    let n = paynotify::notification::parse(
+    let n = paynotify::delivery::schema::parse(
         br#"{"id":"fenced","url":"http://m.example/","schedule":[0,1]}"#,
         now,
         || unreachable!(),
@@ -342,10 +342,10 @@ async fn a_lost_lease_cannot_overwrite_state_and_stalls_end_in_dead() {
     assert!(err.to_string().contains("unknown verdict"), "{err}");
     let shown = store.show("fenced").await.unwrap().unwrap();
     assert_eq!(shown["state"], "delivering", "{shown}");
-    let stale = paynotify::store::Settlement {
+    let stale = paynotify::delivery::store::Settlement {
         id: "fenced".into(),
         token: first[0].token,
-        verdict: paynotify::store::Settled::Delivered,
+        verdict: paynotify::delivery::store::Settled::Delivered,
         next_ms: 0,
         reason: String::new(),
         record: "{}".into(),

@@ -497,7 +497,7 @@ async fn sends_say_when_the_device_queue_is_full_and_oversized_payloads_are_refu
     let frame = reader.recv(Duration::from_secs(5)).await.unwrap();
     assert_eq!(frame, json!({"type": "message", "data": {"open": true}}));
     // Params or data that would not fit in a device frame are refused, naming the field.
-    let big = "x".repeat(paynotify::device::MAX_DEVICE_PAYLOAD);
+    let big = "x".repeat(paynotify::devices::MAX_DEVICE_PAYLOAD);
     let (status, body) = post(&b, "/v1/devices/reader/send", json!({ "pad": big })).await;
     assert_eq!(status, 413);
     assert_eq!(
@@ -517,7 +517,7 @@ async fn sends_say_when_the_device_queue_is_full_and_oversized_payloads_are_refu
     // A device that stops reading: once the socket buffers and its queue are full, sends are
     // refused with 429 device_busy instead of being accepted and dropped.
     let _stuck = Device::online(&a, "stuck").await;
-    let data = json!({ "pad": "y".repeat(paynotify::device::MAX_DEVICE_PAYLOAD - 20) });
+    let data = json!({ "pad": "y".repeat(paynotify::devices::MAX_DEVICE_PAYLOAD - 20) });
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
     let mut busy_body = Value::Null;
     for _ in 0..60 {
@@ -549,7 +549,7 @@ async fn sends_say_when_the_device_queue_is_full_and_oversized_payloads_are_refu
 
 #[tokio::test]
 async fn an_event_flood_is_rate_limited_and_every_acknowledged_event_is_delivered() {
-    use paynotify::device::EVENT_BURST;
+    use paynotify::devices::EVENT_BURST;
     let (_redis, sink, a) = events_setup().await;
     let mut d = Device::online(&a, "chatty").await;
     let sent = EVENT_BURST * 2;
@@ -668,7 +668,7 @@ async fn the_device_listener_speaks_tls_only_when_given_a_certificate() {
     let _ = sim.kill();
     let _ = sim.wait();
     // Files that cannot work are refused with the reason (the node would not start).
-    let acceptor = paynotify::device::tls_acceptor;
+    let acceptor = paynotify::devices::tls_acceptor;
     let e = acceptor(&pki.path("missing.pem"), &pki.path("server.key"))
         .err()
         .unwrap();

@@ -202,7 +202,7 @@ async fn raw_get(node: &Node, target: &str, headers: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn request_heads_over_the_limits_are_refused_naming_the_limit() {
-    use paynotify::http::{MAX_HEADER_BYTES, MAX_REQUEST_HEADERS, MAX_URI_BYTES};
+    use paynotify::http::server::{MAX_HEADER_BYTES, MAX_REQUEST_HEADERS, MAX_URI_BYTES};
     let redis = RedisServer::start().unwrap();
     let node = Node::start(config(&redis)).await;
     let lines = |n: usize| -> String { (0..n).map(|i| format!("X-H{i}: v\r\n")).collect() };

@@ -45,7 +45,7 @@ proptest! {
     #[test]
     fn the_schema_refuses_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         // Never a panic; and bytes that are not even a JSON object are refused, with a field.
-        let parsed = paynotify::notification::parse(&bytes, NOW, || "gen".into());
+        let parsed = paynotify::delivery::schema::parse(&bytes, NOW, || "gen".into());
         let is_object = serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| v.is_object());
         if !is_object {
             let err = parsed.err();
@@ -55,9 +55,9 @@ proptest! {
 
     #[test]
     fn the_schema_handles_mutated_documents(doc in mutated()) {
-        if let Ok(n) = paynotify::notification::parse(&doc, NOW, || "gen".into()) {
+        if let Ok(n) = paynotify::delivery::schema::parse(&doc, NOW, || "gen".into()) {
             // Whatever it accepts is a well-formed notification.
-            prop_assert!(paynotify::notification::validate_id(&n.id).is_ok());
+            prop_assert!(paynotify::delivery::schema::validate_id(&n.id).is_ok());
             prop_assert!(url::Url::parse(&n.spec.url).is_ok());
         }
     }
@@ -106,13 +106,13 @@ proptest! {
 fn deeply_nested_json_is_refused_without_overflowing_the_stack() {
     for depth in [200usize, 10_000, 100_000] {
         let doc = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
-        assert!(paynotify::notification::parse(doc.as_bytes(), NOW, || "x".into()).is_err());
+        assert!(paynotify::delivery::schema::parse(doc.as_bytes(), NOW, || "x".into()).is_err());
         let nested = format!(
             "{{\"url\":\"https://m.example/\",\"body\":{}1{}}}",
             "[".repeat(depth),
             "]".repeat(depth)
         );
-        assert!(paynotify::notification::parse(nested.as_bytes(), NOW, || "x".into()).is_err());
+        assert!(paynotify::delivery::schema::parse(nested.as_bytes(), NOW, || "x".into()).is_err());
         assert!(paynotify::push::parse_result(Some("o"), nested.as_bytes()).is_err());
     }
 }
@@ -129,7 +129,7 @@ fn a_token_has_one_spelling_and_signing_keys_have_a_minimum_length() {
     assert!(paynotify::token::verify(&secrets, kind, "o-1", &padded, NOW / 1000).is_err());
     for short in ["whsec_", "whsec_AAAA"] {
         assert!(
-            paynotify::signing::Signer::new(&[short.to_string()]).is_err(),
+            paynotify::delivery::signing::Signer::new(&[short.to_string()]).is_err(),
             "{short}"
         );
     }

@@ -304,7 +304,7 @@ async fn a_slow_reader_is_cut_off_and_the_others_carry_on() {
         n
     });
     // The slow client never reads while 600 results of ~12 KB each are published.
-    let store = store(&redis);
+    let store = results(&redis);
     let big = "x".repeat(12_000);
     for i in 0..600 {
         let doc = paynotify::push::ResultDoc {
@@ -457,7 +457,7 @@ async fn subscriptions_come_back_after_redis_restarts() {
             .is_ok_and(|r| r.status() == 200)
     })
     .await;
-    let store = store(&redis);
+    let store = results(&redis);
     let doc = paynotify::push::ResultDoc {
         order_id: "survivor".into(),
         status: "paid".into(),
@@ -611,7 +611,7 @@ async fn a_subscription_ends_when_its_token_expires() {
 
 #[tokio::test]
 async fn a_frame_flood_is_rate_limited_then_closed_and_others_are_unaffected() {
-    use paynotify::push::ws::{CLIENT_FRAME_BURST, MAX_REFUSED_FRAMES};
+    use paynotify::push::session::{CLIENT_FRAME_BURST, MAX_REFUSED_FRAMES};
     let redis = RedisServer::start().unwrap();
     let node = Node::start(config(&redis)).await;
     let mut flood = connect(&node).await;
@@ -703,7 +703,7 @@ async fn abandoned_long_polls_leave_no_subscription_behind() {
     polls.abort_all();
     while polls.join_next().await.is_some() {}
     drop(client);
-    let keys = paynotify::keys::Keys::new("paynotify", 1);
+    let keys = paynotify::redis::keys::Keys::new("paynotify", 1);
     let rc = redis::Client::open(redis.url()).unwrap();
     let mut conn = rc.get_multiplexed_async_connection().await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

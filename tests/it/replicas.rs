@@ -14,7 +14,7 @@ async fn enqueue_many(redis: &RedisServer, ids: impl Iterator<Item = String>, ur
         .map(|id| {
             let doc =
                 json!({"id": id, "url": url, "body": id, "schedule": [0, 1, 1, 1]}).to_string();
-            paynotify::notification::parse(doc.as_bytes(), now, || unreachable!()).unwrap()
+            paynotify::delivery::schema::parse(doc.as_bytes(), now, || unreachable!()).unwrap()
         })
         .collect();
     for chunk in docs.chunks(500) {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use paynotify::redis_child::RedisSentinels;
+use paynotify::redis::child::RedisSentinels;
 use serde_json::json;
 
 use crate::support::*;
@@ -90,7 +90,7 @@ async fn a_node_follows_a_sentinel_failover_and_loses_nothing_that_was_replicate
 
 #[tokio::test]
 async fn sentinel_settings_that_cannot_work_are_refused() {
-    use paynotify::backend::{Target, TlsFiles};
+    use paynotify::redis::target::{Target, TlsFiles};
     let cases = [
         ("redis://127.0.0.1:1", true, "pay", "exclude each other"),
         ("rediss://127.0.0.1:1", false, "pay", "TLS with Sentinel"),

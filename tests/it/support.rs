@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-pub use paynotify::redis_child::RedisServer;
+pub use paynotify::redis::child::RedisServer;
 use paynotify::Config;
 use tokio_util::sync::CancellationToken;
 
@@ -381,10 +381,24 @@ where
     }
 }
 
+/// The order-result store on the given Redis with the default prefix.
+pub fn results(redis: &RedisServer) -> paynotify::push::Results {
+    paynotify::push::Results::new(
+        paynotify::redis::Redis::connect(
+            &redis.url(),
+            paynotify::redis::keys::Keys::new("paynotify", 1),
+        )
+        .unwrap(),
+    )
+}
+
 /// A store on the given Redis with the default prefix.
-pub fn store(redis: &RedisServer) -> paynotify::store::Store {
-    paynotify::store::Store::connect(&redis.url(), paynotify::keys::Keys::new("paynotify", 1))
-        .unwrap()
+pub fn store(redis: &RedisServer) -> paynotify::delivery::store::Store {
+    paynotify::delivery::store::Store::connect(
+        &redis.url(),
+        paynotify::redis::keys::Keys::new("paynotify", 1),
+    )
+    .unwrap()
 }
 
 /// Enqueues a document over HTTP and returns (status, body).
@@ -445,7 +459,7 @@ pub struct Proc {
 
 impl Proc {
     pub fn serve(redis_url: &str, extra: &[&str]) -> Proc {
-        let port = paynotify::redis_child::free_port().unwrap();
+        let port = paynotify::redis::child::free_port().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
             .arg("serve")

@@ -10,7 +10,7 @@
 //! Redis 7+), in both modes, so there is one code path; on a Cluster a message then travels only
 //! to the shard that owns its channel's slot, and each channel carries the hash tag of the keys
 //! its script touches (see `keys`). Subscribers speak RESP3; when one loses its connection,
-//! [`Messages::next`] ends and the caller rebuilds it and catches up, because messages published
+//! `Messages::next` ends and the caller rebuilds it and catches up, because messages published
 //! meanwhile are gone.
 
 use std::path::PathBuf;
@@ -22,6 +22,9 @@ use redis::aio::ConnectionLike;
 use redis::sentinel::SentinelClient;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::{mpsc, Mutex as TokioMutex};
+
+use super::pubsub::{Messages, Subscriptions};
+use super::sentinel::{read_only, sentinel_client, FollowPrimary};
 
 /// Where Redis is.
 #[derive(Clone)]
@@ -43,27 +46,6 @@ pub enum Target {
         /// The same for RESP3 subscriber connections.
         resp3: Arc<TokioMutex<SentinelClient>>,
     },
-}
-
-/// Builds a client that asks the Sentinels at `urls` for `master`'s primary.
-fn sentinel_client(
-    urls: &[String],
-    master: &str,
-    password: Option<&str>,
-    protocol: redis::ProtocolVersion,
-) -> RedisResult<SentinelClient> {
-    let mut info = redis::RedisConnectionInfo::default().set_protocol(protocol);
-    if let Some(p) = password {
-        info = info.set_password(p);
-    }
-    let node =
-        redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
-    SentinelClient::build(
-        urls.to_vec(),
-        master,
-        Some(node),
-        redis::sentinel::SentinelServerType::Master,
-    )
 }
 
 /// Files for TLS to Redis (`rediss://`), all optional: a CA bundle to trust instead of the
@@ -135,7 +117,7 @@ impl TlsFiles {
 }
 
 /// How long a connection attempt and a reply may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `url` with RESP3 selected (the subscribers need push messages).
@@ -320,7 +302,7 @@ impl Target {
                 )
             }
         };
-        Ok((Subscriptions { conn }, Messages { rx }))
+        Ok((Subscriptions::new(conn), Messages::new(rx)))
     }
 }
 
@@ -331,73 +313,6 @@ pub enum Conn {
     Multiplexed(redis::aio::MultiplexedConnection),
     Cluster(redis::cluster_async::ClusterConnection),
     Sentinel(FollowPrimary),
-}
-
-/// A multiplexed connection to whichever server the Sentinels call primary: looked up on first
-/// use and again after the connection fails or the server answers `READONLY` (it was demoted).
-/// The failing command itself is not retried here; callers retry Redis errors with backoff.
-#[derive(Clone)]
-pub struct FollowPrimary {
-    sentinel: Arc<TokioMutex<SentinelClient>>,
-    current: Arc<TokioMutex<Option<redis::aio::MultiplexedConnection>>>,
-    response_timeout: Duration,
-}
-
-impl FollowPrimary {
-    async fn new(
-        sentinel: Arc<TokioMutex<SentinelClient>>,
-        response_timeout: Duration,
-    ) -> RedisResult<Self> {
-        let me = Self {
-            sentinel,
-            current: Arc::new(TokioMutex::new(None)),
-            response_timeout,
-        };
-        me.conn().await?;
-        Ok(me)
-    }
-
-    async fn conn(&self) -> RedisResult<redis::aio::MultiplexedConnection> {
-        let mut current = self.current.lock().await;
-        if let Some(c) = current.as_ref() {
-            return Ok(c.clone());
-        }
-        let client = self.sentinel.lock().await.async_get_client().await?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(self.response_timeout));
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        tracing::info!(primary = %client.get_connection_info().addr(), "connected to the primary the Sentinels name");
-        *current = Some(conn.clone());
-        Ok(conn)
-    }
-
-    /// Forgets the connection when `result` shows the primary is gone or demoted.
-    async fn check<T>(&self, result: &RedisResult<T>, values: impl Fn(&T) -> bool) {
-        let stale = match result {
-            Err(e) => {
-                e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_timeout()
-                    || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-            }
-            Ok(v) => values(v),
-        };
-        if stale {
-            tracing::warn!(
-                "the primary's connection failed or was demoted; asking the Sentinels again"
-            );
-            *self.current.lock().await = None;
-        }
-    }
-}
-
-/// A `READONLY` error among replies (a script or pipeline run against a demoted primary).
-fn read_only(v: &Value) -> bool {
-    matches!(v, Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::ReadOnly))
 }
 
 impl ConnectionLike for Conn {
@@ -441,120 +356,6 @@ impl ConnectionLike for Conn {
             Conn::Multiplexed(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
             Conn::Sentinel(_) => 0,
-        }
-    }
-}
-
-/// The command side of a subscriber: (un)subscribe and probe. Cheap to clone.
-#[derive(Clone)]
-pub struct Subscriptions {
-    conn: Conn,
-}
-
-impl Subscriptions {
-    /// `SSUBSCRIBE` to each channel (one command per channel, so that every confirmation
-    /// answers its own command; they are pipelined on the connection).
-    pub async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
-        self.each(true, channels).await
-    }
-
-    /// `SUNSUBSCRIBE` from each channel.
-    pub async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
-        self.each(false, channels).await
-    }
-
-    async fn each(&mut self, subscribe: bool, channels: &[String]) -> RedisResult<()> {
-        let calls = channels.iter().map(|channel| {
-            let mut conn = self.conn.clone();
-            async move {
-                match (&mut conn, subscribe) {
-                    // The cluster connection routes each channel to its shard and subscribes
-                    // again by itself after a node reconnects.
-                    (Conn::Cluster(c), true) => c.ssubscribe(channel).await,
-                    (Conn::Cluster(c), false) => c.sunsubscribe(channel).await,
-                    (_, true) => {
-                        redis::cmd("SSUBSCRIBE")
-                            .arg(channel)
-                            .exec_async(&mut conn)
-                            .await
-                    }
-                    (_, false) => {
-                        redis::cmd("SUNSUBSCRIBE")
-                            .arg(channel)
-                            .exec_async(&mut conn)
-                            .await
-                    }
-                }
-            }
-        });
-        for result in futures::future::join_all(calls).await {
-            result?;
-        }
-        Ok(())
-    }
-
-    /// A round trip on the subscriber connection (every node of a Cluster).
-    pub async fn ping(&mut self) -> RedisResult<()> {
-        redis::cmd("PING").exec_async(&mut self.conn).await
-    }
-}
-
-/// A message on a subscribed channel.
-pub struct Message {
-    pub channel: String,
-    pub payload: Vec<u8>,
-}
-
-/// The message side of a subscriber.
-pub struct Messages {
-    rx: mpsc::UnboundedReceiver<redis::PushInfo>,
-}
-
-/// What a subscriber hears.
-pub enum Event {
-    Message(Message),
-    /// The server ended the subscription to this channel: the answer to our own `SUNSUBSCRIBE`,
-    /// or, unasked, because the channel's Cluster slot moved to another master.
-    Unsubscribed(String),
-}
-
-impl Messages {
-    /// The next message; `None` once the connection is lost (or any node's, on a Cluster).
-    pub async fn next(&mut self) -> Option<Message> {
-        loop {
-            if let Event::Message(m) = self.next_event().await? {
-                return Some(m);
-            }
-        }
-    }
-
-    /// The next message or unsubscription; `None` once the connection is lost.
-    pub async fn next_event(&mut self) -> Option<Event> {
-        loop {
-            let push = self.rx.recv().await?;
-            match push.kind {
-                redis::PushKind::SUnsubscribe => {
-                    if let Some(Value::BulkString(b)) = push.data.into_iter().next() {
-                        return Some(Event::Unsubscribed(
-                            String::from_utf8_lossy(&b).into_owned(),
-                        ));
-                    }
-                }
-                redis::PushKind::SMessage | redis::PushKind::Message => {
-                    let mut data = push.data.into_iter();
-                    let channel = match data.next() {
-                        Some(Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
-                        _ => continue,
-                    };
-                    let payload = match data.next() {
-                        Some(Value::BulkString(b)) => b,
-                        _ => continue,
-                    };
-                    return Some(Event::Message(Message { channel, payload }));
-                }
-                redis::PushKind::Disconnection => return None,
-                _ => continue,
-            }
         }
     }
 }

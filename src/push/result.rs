@@ -1,29 +1,15 @@
-//! Browser push: an order's result, published once, reaches every browser following that order,
-//! whichever node holds its websocket.
+//! An order's result: the document apps publish, its stored payload and the frame browsers get.
 //!
-//! Invariant: a result is stored and announced by one script with a per-order sequence number;
-//! a node subscribes to the order's channel before it reads the stored result, and each
-//! subscriber drops sequence numbers it has seen, so a result published before, during or after
-//! a subscribe is delivered exactly once. Only nodes with a local subscriber for an order
-//! subscribe to its channel.
-
-pub mod hub;
-pub mod ws;
+//! Invariant: a result is validated here whatever path it comes by (HTTP, intake, CLI), and
+//! the frame a browser gets is the stored payload with its sequence number in front.
 
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::ApiError;
-use crate::notification::validate_id;
-use crate::store::Store;
-
-pub use hub::{Hub, HubStats};
+use super::store::Results;
+use crate::delivery::schema::validate_id;
+use crate::redis::StoreError;
 
 /// Longest `status`.
 pub const MAX_STATUS_LEN: usize = 64;
@@ -31,9 +17,6 @@ pub const MAX_STATUS_LEN: usize = 64;
 pub const MAX_DATA_BYTES: usize = 16 * 1024;
 /// Largest result document (its `data` plus the other fields, with room for JSON whitespace).
 pub const MAX_RESULT_BYTES: usize = 4 * MAX_DATA_BYTES;
-/// Longest long-poll wait.
-pub const MAX_WAIT_SECS: u64 = 60;
-
 /// A result to publish for an order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResultDoc {
@@ -131,103 +114,14 @@ pub fn result_frame(seq: u64, payload: &str) -> String {
 }
 
 /// Publishes a result; returns its sequence number.
-pub async fn publish(
-    store: &Store,
-    ttl: Duration,
-    doc: &ResultDoc,
-) -> Result<u64, crate::store::StoreError> {
-    store
-        .publish_result(
+pub async fn publish(results: &Results, ttl: Duration, doc: &ResultDoc) -> Result<u64, StoreError> {
+    results
+        .publish(
             &doc.order_id,
-            &payload(doc, crate::now_ms()),
+            &payload(doc, crate::util::now_ms()),
             ttl.as_secs().max(1),
         )
         .await
-}
-
-/// `POST /v1/orders/{order_id}/result` (API key).
-pub async fn publish_handler(
-    State(state): State<crate::api::ApiState>,
-    Path(order_id): Path<String>,
-    body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
-    let doc = parse_result(Some(&order_id), &body).map_err(|e| ApiError::Invalid {
-        status: StatusCode::BAD_REQUEST,
-        code: "invalid",
-        message: e.to_string(),
-        field: Some(e.field.to_string()),
-    })?;
-    let seq = publish(&state.store, state.config.result_ttl, &doc).await?;
-    state.metrics.results_published.inc();
-    Ok((
-        StatusCode::OK,
-        Json(json!({"order_id": doc.order_id, "status": doc.status, "seq": seq})),
-    )
-        .into_response())
-}
-
-#[derive(Deserialize)]
-pub struct PollQuery {
-    token: Option<String>,
-    wait: Option<u64>,
-}
-
-/// `GET /v1/orders/{order_id}/result?token=…&wait=30`: the result now if there is one, else the
-/// first one within `wait` seconds (204 when none came). For clients without websockets.
-pub async fn poll_handler(
-    State(state): State<ws::GatewayState>,
-    Path(order_id): Path<String>,
-    Query(q): Query<PollQuery>,
-) -> Result<Response, ApiError> {
-    validate_id(&order_id).map_err(|m| ApiError::Invalid {
-        status: StatusCode::BAD_REQUEST,
-        code: "invalid",
-        message: format!("order id {m}"),
-        field: Some("order_id".into()),
-    })?;
-    let token = q.token.unwrap_or_default();
-    crate::token::verify_now(
-        &state.config.token_secrets,
-        crate::token::Kind::Order,
-        &order_id,
-        &token,
-    )
-    .map_err(|e| ApiError::Invalid {
-        status: StatusCode::FORBIDDEN,
-        code: e.code(),
-        message: e.to_string(),
-        field: Some("token".into()),
-    })?;
-    let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_SECS));
-    let found = if wait.is_zero() {
-        // Nothing to wait for: the stored result, without a subscription.
-        state
-            .store
-            .read_result(&order_id)
-            .await?
-            .map(|(seq, payload)| result_frame(seq, &payload))
-    } else {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-        // Follow first, then read the stored result: nothing published falls in between. The
-        // guard leaves when this future ends or is dropped (the client went away mid-wait).
-        let _following = state.hub.follow(&order_id, state.hub.subscriber(tx)).await;
-        match state.store.read_result(&order_id).await? {
-            Some((seq, payload)) => Some(result_frame(seq, &payload)),
-            None => match tokio::time::timeout(wait, rx.recv()).await {
-                Ok(Some(push)) => Some(push.frame.to_string()),
-                _ => None,
-            },
-        }
-    };
-    Ok(match found {
-        Some(frame) => (
-            StatusCode::OK,
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            frame,
-        )
-            .into_response(),
-        None => StatusCode::NO_CONTENT.into_response(),
-    })
 }
 
 #[cfg(test)]

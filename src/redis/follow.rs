@@ -16,8 +16,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::backend::{Event, Message};
-use crate::store::Store;
+use crate::redis::pubsub::{Event, Message};
+use crate::redis::Redis;
 
 /// How often a follower checks that its subscriptions still deliver.
 pub const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -28,7 +28,7 @@ const PROBE_MARK: &[u8] = b"\0paynotify-probe:";
 
 /// Subscribes to `channels` and hands every message to `on_message` until `stop`.
 pub async fn follow(
-    store: &Store,
+    redis: &Redis,
     channels: &[String],
     stop: &CancellationToken,
     mut on_connected: impl FnMut(),
@@ -40,7 +40,7 @@ pub async fn follow(
     probe.extend_from_slice(uuid::Uuid::new_v4().simple().to_string().as_bytes());
     while !stop.is_cancelled() {
         let connected = async {
-            let (mut subs, messages) = store.target().subscriber().await?;
+            let (mut subs, messages) = redis.subscriber().await?;
             subs.subscribe(channels).await?;
             Ok::<_, redis::RedisError>((subs, messages))
         }
@@ -81,15 +81,10 @@ pub async fn follow(
                             for channel in channels.iter().cycle().skip(next_probe).take(PROBES_PER_ROUND.min(channels.len())) {
                                 // On the node's shared connection. A failed publish (Redis away)
                                 // proves nothing; the subscriber's own loss is noticed above.
-                                let sent = match store.conn().await {
-                                    Ok(mut conn) => redis::cmd("SPUBLISH")
-                                        .arg(channel)
-                                        .arg(&probe)
-                                        .query_async::<i64>(&mut conn)
-                                        .await
-                                        .is_ok(),
-                                    Err(_) => false,
-                                };
+                                let sent = redis
+                                    .query::<i64>(::redis::cmd("SPUBLISH").arg(channel).arg(&probe))
+                                    .await
+                                    .is_ok();
                                 if sent {
                                     awaiting.insert(channel);
                                 }
@@ -105,7 +100,7 @@ pub async fn follow(
                 warn!(channel = %name, error = %e, "subscribe failed; retrying");
             }
         }
-        let backoff = crate::backoff(failures);
+        let backoff = crate::util::backoff(failures);
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {},
             _ = stop.cancelled() => return,

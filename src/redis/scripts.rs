@@ -27,19 +27,19 @@ impl Scripts {
     /// Builds the script handles (no Redis round trip; the first call loads each script).
     pub fn new() -> Self {
         Self {
-            enqueue: Script::new(include_str!("../lua/enqueue.lua")),
-            claim: Script::new(include_str!("../lua/claim.lua")),
-            settle: Script::new(include_str!("../lua/settle.lua")),
-            release: Script::new(include_str!("../lua/release.lua")),
-            renew: Script::new(include_str!("../lua/renew.lua")),
-            replay: Script::new(include_str!("../lua/replay.lua")),
-            sweep: Script::new(include_str!("../lua/sweep.lua")),
-            intake_ack: Script::new(include_str!("../lua/intake_ack.lua")),
-            publish: Script::new(include_str!("../lua/publish.lua")),
-            device_join: Script::new(include_str!("../lua/device_join.lua")),
-            device_touch: Script::new(include_str!("../lua/device_touch.lua")),
-            device_leave: Script::new(include_str!("../lua/device_leave.lua")),
-            node_id: Script::new(include_str!("../lua/node_id.lua")),
+            enqueue: Script::new(include_str!("../../lua/enqueue.lua")),
+            claim: Script::new(include_str!("../../lua/claim.lua")),
+            settle: Script::new(include_str!("../../lua/settle.lua")),
+            release: Script::new(include_str!("../../lua/release.lua")),
+            renew: Script::new(include_str!("../../lua/renew.lua")),
+            replay: Script::new(include_str!("../../lua/replay.lua")),
+            sweep: Script::new(include_str!("../../lua/sweep.lua")),
+            intake_ack: Script::new(include_str!("../../lua/intake_ack.lua")),
+            publish: Script::new(include_str!("../../lua/publish.lua")),
+            device_join: Script::new(include_str!("../../lua/device_join.lua")),
+            device_touch: Script::new(include_str!("../../lua/device_touch.lua")),
+            device_leave: Script::new(include_str!("../../lua/device_leave.lua")),
+            node_id: Script::new(include_str!("../../lua/node_id.lua")),
         }
     }
 

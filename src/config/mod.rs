@@ -61,7 +61,7 @@ pub struct Config {
     /// With Sentinel: the password of the primary (the Sentinels' own is in their URLs).
     pub redis_master_password: Option<String>,
     /// CA and client certificate files for `rediss://` (all optional).
-    pub redis_tls: crate::backend::TlsFiles,
+    pub redis_tls: crate::redis::target::TlsFiles,
     /// Opt-in durability: after each enqueue, `WAIT` for this many replicas (0: off).
     pub wait_replicas: u32,
     /// How long that `WAIT` may take before the enqueue is refused as not replicated.

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::backend::Target;
 use crate::config::{Config, Roles};
-use crate::keys::Keys;
-use crate::store::{Enqueued, Store};
+use crate::delivery::store::{Enqueued, Store};
+use crate::redis::keys::Keys;
+use crate::redis::target::Target;
+use crate::redis::Redis;
 
 /// Exit status for bad configuration or usage (EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
@@ -442,7 +443,7 @@ impl ServeArgs {
             device_events_url: self.device_events_url.clone(),
         };
         if let Some((cert, key)) = &c.device_tls {
-            crate::device::tls_acceptor(cert, key)
+            crate::devices::tls_acceptor(cert, key)
                 .map_err(|e| format!("--device-tls-cert/--device-tls-key: {e}"))?;
         }
         validate(&c)?;
@@ -483,7 +484,7 @@ pub fn validate(c: &Config) -> Result<(), String> {
             short.len()
         ));
     }
-    crate::signing::Signer::new(&c.signing_secrets)
+    crate::delivery::signing::Signer::new(&c.signing_secrets)
         .map_err(|e| format!("--signing-secret: {e}"))?;
     if c.lease < Duration::from_secs(1) {
         return Err("--lease must be at least 1s".into());
@@ -513,7 +514,7 @@ pub fn validate(c: &Config) -> Result<(), String> {
     }
     if let Some(url) = &c.device_events_url {
         let doc = serde_json::json!({"url": url});
-        crate::notification::parse(doc.to_string().as_bytes(), 0, String::new)
+        crate::delivery::schema::parse(doc.to_string().as_bytes(), 0, String::new)
             .map_err(|e| format!("--device-events-url: {e}"))?;
     }
     if c.wait_replicas > 0 && (c.wait_timeout.is_zero() || c.wait_timeout > Duration::from_secs(10))
@@ -556,8 +557,8 @@ fn check_prefix(prefix: &str) -> Result<(), String> {
 }
 
 impl RedisArgs {
-    fn tls_files(&self) -> crate::backend::TlsFiles {
-        crate::backend::TlsFiles {
+    fn tls_files(&self) -> crate::redis::target::TlsFiles {
+        crate::redis::target::TlsFiles {
             ca_file: self.redis_ca_file.clone(),
             client_cert: self.redis_client_cert.clone(),
             client_key: self.redis_client_key.clone(),
@@ -565,6 +566,10 @@ impl RedisArgs {
     }
 
     fn store(&self) -> Result<Store, String> {
+        Ok(Store::new(self.redis()?))
+    }
+
+    fn redis(&self) -> Result<Redis, String> {
         check_prefix(&self.prefix)?;
         if self.partitions == 0 || self.partitions > 1024 {
             return Err("--partitions must be from 1 to 1024".into());
@@ -577,7 +582,7 @@ impl RedisArgs {
             &self.tls_files(),
         )
         .map_err(|e| format!("--redis-url: {e}"))?;
-        Ok(Store::on(
+        Ok(Redis::on(
             target,
             Keys::for_target(&self.prefix, self.partitions, self.redis_cluster),
         ))
@@ -610,7 +615,7 @@ pub async fn operate(command: Command) -> ExitCode {
                 let store = redis.store().map_err(config_err)?;
                 if all {
                     let n = store
-                        .replay_all(crate::now_ms())
+                        .replay_all(crate::util::now_ms())
                         .await
                         .map_err(runtime_err)?;
                     print_json(&serde_json::json!({"replayed": n}));
@@ -618,7 +623,7 @@ pub async fn operate(command: Command) -> ExitCode {
                     return Err(config_err("give one or more ids, or --all".into()));
                 } else {
                     let got = store
-                        .replay(&ids, crate::now_ms())
+                        .replay(&ids, crate::util::now_ms())
                         .await
                         .map_err(runtime_err)?;
                     print_json(&serde_json::json!({"replayed": got.len(), "ids": got}));
@@ -637,7 +642,7 @@ pub async fn operate(command: Command) -> ExitCode {
         Command::Stats { redis } => {
             async {
                 let store = redis.store().map_err(config_err)?;
-                let stats = store.stats(crate::now_ms()).await.map_err(runtime_err)?;
+                let stats = store.stats(crate::util::now_ms()).await.map_err(runtime_err)?;
                 print_json(&serde_json::to_value(stats).unwrap_or_default());
                 Ok(())
             }
@@ -651,12 +656,12 @@ pub async fn operate(command: Command) -> ExitCode {
             mint_tokens(kind, &args)
         }
         Command::Publish { redis, order_id, status, data, result_ttl } => async {
-            let store = redis.store().map_err(config_err)?;
+            let results = crate::push::Results::new(redis.redis().map_err(config_err)?);
             let doc = serde_json::json!({"status": status, "data": serde_json::from_str::<serde_json::Value>(&data)
                 .map_err(|e| config_err(format!("--data is not JSON: {e}")))?});
             let doc = crate::push::parse_result(Some(&order_id), doc.to_string().as_bytes())
                 .map_err(|e| config_err(e.to_string()))?;
-            let seq = crate::push::publish(&store, result_ttl, &doc).await.map_err(runtime_err)?;
+            let seq = crate::push::publish(&results, result_ttl, &doc).await.map_err(runtime_err)?;
             print_json(&serde_json::json!({"order_id": doc.order_id, "status": doc.status, "seq": seq}));
             Ok(())
         }
@@ -671,15 +676,15 @@ pub async fn operate(command: Command) -> ExitCode {
 }
 
 async fn simulate_devices(args: SimulateArgs) -> Result<(), u8> {
-    use crate::device::simulate::{device, FleetStats};
+    use crate::devices::simulate::{device, FleetStats};
     use std::sync::atomic::Ordering;
     let stats = std::sync::Arc::new(FleetStats::default());
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(crate::shutdown::cancel_on_signal(stop.clone()));
-    let expiry = crate::now_ms() / 1000 + 30 * 24 * 3600;
+    let expiry = crate::util::now_ms() / 1000 + 30 * 24 * 3600;
     let tls = match &args.tls_ca {
         Some(ca) => Some(
-            crate::device::simulate::tls_to(&args.connect, ca)
+            crate::devices::simulate::tls_to(&args.connect, ca)
                 .map_err(|e| config_err(format!("--tls-ca: {e}")))?,
         ),
         None => None,
@@ -687,7 +692,7 @@ async fn simulate_devices(args: SimulateArgs) -> Result<(), u8> {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..args.count {
         let id = format!("{}{i}", args.id_prefix);
-        crate::notification::validate_id(&id)
+        crate::delivery::schema::validate_id(&id)
             .map_err(|m| config_err(format!("device id {id:?}: {m}")))?;
         let token = crate::token::mint(&args.token_secret, crate::token::Kind::Device, &id, expiry)
             .map_err(|e| config_err(e.to_string()))?;
@@ -727,10 +732,11 @@ fn mint_tokens(kind: crate::token::Kind, args: &TokenArgs) -> Result<(), u8> {
             short.len()
         )));
     }
-    let expiry = crate::now_ms() / 1000 + args.ttl.as_secs().max(1) as i64;
+    let expiry = crate::util::now_ms() / 1000 + args.ttl.as_secs().max(1) as i64;
     let mut out = String::new();
     for id in &args.ids {
-        crate::notification::validate_id(id).map_err(|m| config_err(format!("id {id:?}: {m}")))?;
+        crate::delivery::schema::validate_id(id)
+            .map_err(|m| config_err(format!("id {id:?}: {m}")))?;
         let t = crate::token::mint(&args.token_secret, kind, id, expiry)
             .map_err(|e| config_err(e.to_string()))?;
         out.push_str(&t);
@@ -761,17 +767,18 @@ async fn enqueue(redis: RedisArgs, json: Option<String>) -> Result<(), u8> {
         _ => {
             let mut s = String::new();
             std::io::stdin()
-                .take(crate::notification::MAX_DOCUMENT_BYTES as u64 + 1)
+                .take(crate::delivery::schema::MAX_DOCUMENT_BYTES as u64 + 1)
                 .read_to_string(&mut s)
                 .map_err(runtime_err)?;
             s
         }
     };
-    let now = crate::now_ms();
-    let n = crate::notification::parse(doc.as_bytes(), now, crate::new_id).map_err(|e| {
-        eprintln!("error: {e}");
-        65
-    })?;
+    let now = crate::util::now_ms();
+    let n =
+        crate::delivery::schema::parse(doc.as_bytes(), now, crate::util::new_id).map_err(|e| {
+            eprintln!("error: {e}");
+            65
+        })?;
     match store.enqueue(&n, now).await.map_err(runtime_err)? {
         Enqueued::Created { due_ms } => print_json(
             &serde_json::json!({"id": n.id, "state": "scheduled", "next_attempt_at": due_ms, "created": true}),
@@ -791,7 +798,7 @@ async fn enqueue(redis: RedisArgs, json: Option<String>) -> Result<(), u8> {
 }
 
 async fn show(redis: RedisArgs, id: String) -> Result<(), u8> {
-    crate::notification::validate_id(&id).map_err(|m| config_err(format!("id {m}")))?;
+    crate::delivery::schema::validate_id(&id).map_err(|m| config_err(format!("id {m}")))?;
     let store = redis.store().map_err(config_err)?;
     match store.show(&id).await.map_err(runtime_err)? {
         Some(v) => {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 
-use crate::notification::Spec;
-use crate::signing::Signer;
+use crate::delivery::schema::Spec;
+use crate::delivery::signing::Signer;
 
 /// Most response bytes read from a merchant.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -187,7 +187,7 @@ impl Deliverer {
     /// Makes one attempt at `url` (the parsed `spec.url`). Never fails: every problem is an
     /// [`AttemptResult`] with a verdict.
     pub async fn attempt(&self, id: &str, spec: &Spec, url: url::Url) -> AttemptResult {
-        let started_ms = crate::now_ms();
+        let started_ms = crate::util::now_ms();
         let started = Instant::now();
         let done = |status, error: Option<String>, excerpt, verdict| AttemptResult {
             started_ms,
@@ -275,7 +275,7 @@ impl Deliverer {
             }
         }
         if let Some(signer) = &self.signer {
-            let timestamp = crate::now_ms() / 1000;
+            let timestamp = crate::util::now_ms() / 1000;
             for (name, value) in signer.headers(id, timestamp, spec.body.as_bytes()) {
                 if let Ok(v) = HeaderValue::from_str(&value) {
                     headers.insert(name, v);

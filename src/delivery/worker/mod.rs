@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::Config;
-use crate::deliver::{Deliverer, Verdict};
-use crate::lock;
-use crate::notification::Spec;
-use crate::store::{Claimed, Settled, Settlement, Store, Swept};
+use crate::delivery::attempt::{Deliverer, Verdict};
+use crate::delivery::schema::Spec;
+use crate::delivery::store::{Claimed, Settled, Settlement, Store, Swept};
+use crate::util::lock;
 
 /// Longest the scheduler sleeps without looking at Redis, whatever it was told.
 const WATCHDOG: Duration = Duration::from_secs(5);
@@ -210,7 +210,7 @@ async fn scheduler(
                 full = true;
                 break;
             }
-            let now = crate::now_ms();
+            let now = crate::util::now_ms();
             match shared
                 .store
                 .claim(
@@ -246,7 +246,7 @@ async fn scheduler(
         }
         start = start.wrapping_add(1);
         if error {
-            let backoff = crate::backoff(failures);
+            let backoff = crate::util::backoff(failures);
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {},
                 _ = shutdown.cancelled() => break,
@@ -256,7 +256,7 @@ async fn scheduler(
         if full {
             continue;
         }
-        let now = crate::now_ms();
+        let now = crate::util::now_ms();
         let wait = match head {
             Some(h) if h <= now => continue,
             Some(h) => Duration::from_millis((h - now) as u64).min(WATCHDOG),
@@ -281,7 +281,12 @@ fn dispatch(
     let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
         // Cannot happen: claims are bounded by free slots and only this task claims. Hand it
         // back rather than hold it.
-        let _ = tx.send(Report::Release(c.partition, c.id, c.token, crate::now_ms()));
+        let _ = tx.send(Report::Release(
+            c.partition,
+            c.id,
+            c.token,
+            crate::util::now_ms(),
+        ));
         return;
     };
     lock(&shared.held).insert(
@@ -296,7 +301,7 @@ fn dispatch(
     let span =
         info_span!("delivery", id = %c.id, attempt = c.attempt, host = tracing::field::Empty);
     shared.metrics.in_flight.inc();
-    let lateness_ms = (crate::now_ms() - c.due_ms).max(0);
+    let lateness_ms = (crate::util::now_ms() - c.due_ms).max(0);
     shared.metrics.lateness.observe(lateness_ms as f64 / 1000.0);
     deliveries.spawn(
         async move {
@@ -343,7 +348,7 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
     );
     let Some(_host_permit) = host_limit.acquire().await else {
         debug!("destination at its concurrency limit with a full queue; deferring");
-        return Report::Release(c.partition, c.id, c.token, crate::now_ms() + DEFER_MS);
+        return Report::Release(c.partition, c.id, c.token, crate::util::now_ms() + DEFER_MS);
     };
     let result = shared.deliverer.attempt(&c.id, &spec, url).await;
     let rec = json!({
@@ -393,7 +398,7 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
 
 /// A notification that cannot be attempted at all goes straight to the dead set.
 fn unreadable(c: &Claimed, reason: String) -> Report {
-    let record = json!({"attempt": c.attempt, "started_at": crate::now_ms(), "due_at": c.due_ms, "status": null, "error": reason})
+    let record = json!({"attempt": c.attempt, "started_at": crate::util::now_ms(), "due_at": c.due_ms, "status": null, "error": reason})
         .to_string();
     Report::Settle(
         c.partition,
@@ -445,14 +450,19 @@ async fn settler(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>) {
             let mut tries = 0u32;
             let give_up = Instant::now() + shared.config.lease * 2;
             loop {
-                match shared.store.settle(p, crate::now_ms(), &outcomes).await {
+                match shared
+                    .store
+                    .settle(p, crate::util::now_ms(), &outcomes)
+                    .await
+                {
                     Ok((head, applied)) => {
                         let fenced = applied.iter().filter(|a| !**a).count();
                         if fenced > 0 {
                             warn!(fenced, "outcomes ignored: their leases were lost");
                         }
-                        if head.is_some_and(|h| h <= crate::now_ms() + WATCHDOG.as_millis() as i64)
-                        {
+                        if head.is_some_and(|h| {
+                            h <= crate::util::now_ms() + WATCHDOG.as_millis() as i64
+                        }) {
                             shared.wake.notify_one();
                         }
                         break;
@@ -463,7 +473,7 @@ async fn settler(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Report>) {
                         if tries == 1 || tries.is_power_of_two() {
                             warn!(error = %e, tries, "settle failed; retrying");
                         }
-                        let pause = crate::backoff(tries).min(Duration::from_secs(2));
+                        let pause = crate::util::backoff(tries).min(Duration::from_secs(2));
                         tokio::time::sleep(pause).await;
                     }
                     Err(e) => {
@@ -499,7 +509,7 @@ async fn hand_back_everything(shared: &Shared) {
     if entries.is_empty() {
         return;
     }
-    let now = crate::now_ms();
+    let now = crate::util::now_ms();
     let mut by_partition: HashMap<u32, Vec<(String, i64, i64)>> = HashMap::new();
     for ((p, id), token) in entries {
         by_partition.entry(p).or_default().push((id, token, now));
@@ -532,7 +542,7 @@ async fn renewer(shared: Arc<Shared>, stop: CancellationToken) {
         for (p, id, token) in due {
             by_partition.entry(p).or_default().push((id, token));
         }
-        let until = crate::now_ms() + lease.as_millis() as i64;
+        let until = crate::util::now_ms() + lease.as_millis() as i64;
         for (p, entries) in by_partition {
             match shared.store.renew(p, until, &entries).await {
                 Ok(renewed) => {
@@ -566,7 +576,7 @@ async fn retention(shared: Arc<Shared>, stop: CancellationToken) {
     let mut behind = false;
     loop {
         let pause = if failures > 0 {
-            crate::backoff(failures)
+            crate::util::backoff(failures)
         } else if behind {
             SWEEP_PAUSE
         } else {
@@ -576,7 +586,7 @@ async fn retention(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tokio::time::sleep(pause) => {},
             _ = stop.cancelled() => return,
         }
-        let now = crate::now_ms();
+        let now = crate::util::now_ms();
         let done_cutoff = now - shared.config.retention.as_millis() as i64;
         let dead_cutoff = now - shared.config.dead_retention.as_millis() as i64;
         let round = Instant::now();
@@ -633,8 +643,8 @@ async fn retention(shared: Arc<Shared>, stop: CancellationToken) {
 /// (re)connect, since wake-ups sent while disconnected are lost.
 async fn wake_listener(shared: Arc<Shared>, stop: CancellationToken) {
     let channels = shared.store.keys().wake_channels();
-    crate::channel::follow(
-        &shared.store,
+    crate::redis::follow::follow(
+        shared.store.redis(),
         &channels,
         &stop,
         || shared.wake.notify_one(),

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::lock;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use crate::util::lock;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -31,8 +31,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::Config;
-use crate::store::{Store, Touch};
+pub mod presence;
+
+use crate::delivery::store::Store;
+use crate::redis::{Redis, StoreError};
 use crate::token::{self, Kind};
+use presence::{Presence, Touch};
 
 /// Largest frame a device may send, in bytes (including the newline).
 pub const MAX_DEVICE_FRAME: usize = 4096;
@@ -205,7 +209,9 @@ impl Drop for PendingCall<'_> {
 
 struct Inner {
     config: Arc<Config>,
-    store: Store,
+    presence: Presence,
+    /// Where device events go (as notifications).
+    notifications: Store,
     local: Mutex<HashMap<String, Local>>,
     pending: Mutex<HashMap<String, oneshot::Sender<CallOutcome>>>,
     /// device → (node, when looked up): where calls from this node go without asking Redis.
@@ -219,11 +225,12 @@ pub struct Devices {
 }
 
 impl Devices {
-    pub fn new(config: Arc<Config>, store: Store) -> Self {
+    pub fn new(config: Arc<Config>, redis: Redis) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
-                store,
+                presence: Presence::new(redis.clone()),
+                notifications: Store::new(redis),
                 local: Mutex::new(HashMap::new()),
                 pending: Mutex::new(HashMap::new()),
                 presence_cache: Mutex::new(HashMap::new()),
@@ -258,7 +265,7 @@ impl Devices {
         method: &str,
         params: Value,
         timeout: Duration,
-    ) -> Result<CallOutcome, crate::store::StoreError> {
+    ) -> Result<CallOutcome, StoreError> {
         let ask = Ask::Call {
             method: method.to_string(),
             params,
@@ -269,11 +276,7 @@ impl Devices {
     /// Queues a one-way message for a device, wherever it is connected: `Result(Null)` once
     /// the holding node has queued it, `Busy` when the device's queue is full, `Offline`, or
     /// `Timeout` when the holding node did not confirm within [`SEND_ACK_TIMEOUT`].
-    pub async fn send(
-        &self,
-        device: &str,
-        data: Value,
-    ) -> Result<CallOutcome, crate::store::StoreError> {
+    pub async fn send(&self, device: &str, data: Value) -> Result<CallOutcome, StoreError> {
         let deadline = Instant::now() + SEND_ACK_TIMEOUT;
         self.route(device, Ask::Send { data }, deadline).await
     }
@@ -288,7 +291,7 @@ impl Devices {
         device: &str,
         ask: Ask,
         deadline: Instant,
-    ) -> Result<CallOutcome, crate::store::StoreError> {
+    ) -> Result<CallOutcome, StoreError> {
         if let Some(node) = self.cached_node(device) {
             let outcome = self.ask_on(&node, device, ask.clone(), deadline).await?;
             if outcome != CallOutcome::Offline {
@@ -296,12 +299,11 @@ impl Devices {
             }
             self.forget_node(device);
         }
-        let presence = self.inner.store.device_presence(device).await?;
-        let Some(node) = presence.get("node") else {
+        let Some(at) = self.inner.presence.find(device).await? else {
             return Ok(CallOutcome::Offline);
         };
-        self.remember_node(device, node);
-        let outcome = self.ask_on(node, device, ask, deadline).await?;
+        self.remember_node(device, &at.node);
+        let outcome = self.ask_on(&at.node, device, ask, deadline).await?;
         if outcome == CallOutcome::Offline {
             self.forget_node(device);
         }
@@ -338,7 +340,7 @@ impl Devices {
         device: &str,
         ask: Ask,
         deadline: Instant,
-    ) -> Result<CallOutcome, crate::store::StoreError> {
+    ) -> Result<CallOutcome, StoreError> {
         let call_id = uuid::Uuid::new_v4().simple().to_string();
         let (tx, rx) = oneshot::channel();
         // Removed when this future ends or is dropped (the HTTP caller went away), whether or
@@ -366,7 +368,7 @@ impl Devices {
         };
         let sent = self
             .inner
-            .store
+            .presence
             .publish_to_node(node, &message.to_json())
             .await?;
         Ok(match sent {
@@ -410,11 +412,11 @@ impl Devices {
                 busy: false,
             },
         };
-        let store = self.inner.store.clone();
+        let presence = self.inner.presence.clone();
         let node = reply_node.to_string();
         tokio::spawn(async move {
             let text = message.to_json();
-            if let Err(e) = store.publish_to_node(&node, &text).await {
+            if let Err(e) = presence.publish_to_node(&node, &text).await {
                 warn!(error = %e, "could not send a call reply");
             }
         });
@@ -513,13 +515,10 @@ impl Devices {
 
     /// Listens on this node's channel (calls, sends, kicks, replies) until `shutdown`.
     pub async fn run_node_channel(self, shutdown: CancellationToken) {
-        let channel = self
-            .inner
-            .store
-            .keys()
-            .node_channel(&self.inner.config.node_id);
-        crate::channel::follow(
-            &self.inner.store,
+        let redis = self.inner.presence.redis();
+        let channel = redis.keys().node_channel(&self.inner.config.node_id);
+        crate::redis::follow::follow(
+            redis,
             &[channel],
             &shutdown,
             || {},
@@ -537,7 +536,7 @@ impl Devices {
         self,
         listener: TcpListener,
         tls: Option<tokio_rustls::TlsAcceptor>,
-        limits: crate::http::ConnLimits,
+        limits: crate::http::server::ConnLimits,
         shutdown: CancellationToken,
     ) {
         let mut connections = tokio::task::JoinSet::new();
@@ -609,7 +608,7 @@ impl Devices {
                 .await
             }
         };
-        if let Err(m) = crate::notification::validate_id(&device) {
+        if let Err(m) = crate::delivery::schema::validate_id(&device) {
             return refuse(write, "bad_device_id", &format!("device id {m}")).await;
         }
         if let Err(e) = token::verify_now(
@@ -624,7 +623,7 @@ impl Devices {
         // The connection lives no longer than its token: the device must come back with a
         // fresh one (so an expired or rotated-out token stops working within its lifetime).
         let token_left_ms = token::expiry_of(&token)
-            .map(|exp| (exp * 1000 - crate::now_ms()).max(0) as u64)
+            .map(|exp| (exp * 1000 - crate::util::now_ms()).max(0) as u64)
             .unwrap_or(0);
         let token_deadline = Instant::now() + Duration::from_millis(token_left_ms);
         let conn_id = uuid::Uuid::new_v4().simple().to_string();
@@ -647,8 +646,8 @@ impl Devices {
         }
         match self
             .inner
-            .store
-            .device_join(&device, &self.inner.config.node_id, &conn_id, ttl)
+            .presence
+            .join(&device, &self.inner.config.node_id, &conn_id, ttl)
             .await
         {
             Ok(Some((node, conn))) if node != self.inner.config.node_id => {
@@ -658,7 +657,7 @@ impl Devices {
                 };
                 let _ = self
                     .inner
-                    .store
+                    .presence
                     .publish_to_node(&node, &kick_msg.to_json())
                     .await;
             }
@@ -676,7 +675,7 @@ impl Devices {
         let mut pending: HashMap<String, DeviceCall> = HashMap::new();
         // No later than the earliest deadline in `pending` (None: nothing pending).
         let mut next_expiry: Option<Instant> = None;
-        let mut events = crate::Budget::new(EVENTS_PER_SEC, EVENT_BURST);
+        let mut events = crate::util::Budget::new(EVENTS_PER_SEC, EVENT_BURST);
         let mut last_seen = Instant::now();
         let mut last_touch = Instant::now();
         let mut goodbye = None;
@@ -692,7 +691,7 @@ impl Devices {
                                 // Bounded: while Redis is away this loop must keep reading and
                                 // writing, and a long wait here must not look like the device's
                                 // silence (see the end of this branch).
-                                let touched = tokio::time::timeout(heartbeat / 2, self.inner.store.device_touch(&device, &conn_id, ttl)).await;
+                                let touched = tokio::time::timeout(heartbeat / 2, self.inner.presence.touch(&device, &conn_id, ttl)).await;
                                 match touched {
                                     Err(_) => debug!("presence refresh timed out"),
                                     Ok(Ok(Touch::Replaced)) => {
@@ -704,7 +703,7 @@ impl Devices {
                                         // during an outage): this connection is still the
                                         // device's, so it says so again.
                                         info!(%device, "presence entry missing; joining again");
-                                        let joined = tokio::time::timeout(heartbeat / 2, self.inner.store.device_join(&device, &self.inner.config.node_id, &conn_id, ttl)).await;
+                                        let joined = tokio::time::timeout(heartbeat / 2, self.inner.presence.join(&device, &self.inner.config.node_id, &conn_id, ttl)).await;
                                         if !matches!(joined, Ok(Ok(_))) {
                                             // Try again on the next frame rather than a heartbeat later.
                                             last_touch = Instant::now() - heartbeat;
@@ -781,7 +780,7 @@ impl Devices {
         }
         write.close().await;
         self.unregister(&device, &conn_id);
-        if let Err(e) = self.inner.store.device_leave(&device, &conn_id).await {
+        if let Err(e) = self.inner.presence.leave(&device, &conn_id).await {
             warn!(error = %e, "device presence could not be removed; it expires by itself");
         }
         for (call_id, call) in pending {
@@ -793,6 +792,11 @@ impl Devices {
             self.reply(&call.reply_node, &call.call_id, CallOutcome::Offline);
         }
         debug!(%device, "device disconnected");
+    }
+
+    /// Serves one device connected over the `/device` websocket until it goes or `shutdown`.
+    pub async fn serve_websocket(self, socket: WebSocket, shutdown: CancellationToken) {
+        self.serve_link(Link::Ws(Box::new(socket)), shutdown).await
     }
 
     fn unregister(&self, device: &str, conn_id: &str) {
@@ -820,13 +824,13 @@ impl Devices {
             );
         };
         let id = format!("event-{}", uuid::Uuid::now_v7());
-        let now = crate::now_ms();
+        let now = crate::util::now_ms();
         let doc = json!({
             "id": id,
             "url": url,
             "body": {"device_id": device, "event": name, "data": frame.get("data").cloned().unwrap_or(Value::Null), "at": now},
         });
-        let n = match crate::notification::parse(doc.to_string().as_bytes(), now, String::new) {
+        let n = match crate::delivery::schema::parse(doc.to_string().as_bytes(), now, String::new) {
             Ok(n) => n,
             Err(e) => {
                 return Some(
@@ -834,7 +838,7 @@ impl Devices {
                 )
             }
         };
-        match self.inner.store.enqueue(&n, now).await {
+        match self.inner.notifications.enqueue(&n, now).await {
             Ok(_) => Some(json!({"type": "event_ack", "id": id})),
             Err(e) => {
                 warn!(error = %e, "device event could not be enqueued");
@@ -1064,28 +1068,6 @@ async fn refuse(link: &mut Link, code: &str, message: &str) {
 
 /// `GET /device`: the device protocol over a websocket (role `gateway`), for devices and
 /// networks where only HTTP(S) passes. Each text (or binary) message is one JSON frame.
-pub fn router(devices: Devices, shutdown: CancellationToken) -> axum::Router {
-    axum::Router::new()
-        .route("/device", axum::routing::get(ws_handler))
-        .with_state((devices, shutdown))
-}
-
-async fn ws_handler(
-    ws: WebSocketUpgrade,
-    axum::extract::State((devices, shutdown)): axum::extract::State<(Devices, CancellationToken)>,
-) -> axum::response::Response {
-    ws.read_buffer_size(1024)
-        .write_buffer_size(0)
-        // Larger than a frame so that an oversized one gets a clear `frame_too_large`.
-        .max_message_size(MAX_DEVICE_FRAME * 4)
-        .max_frame_size(MAX_DEVICE_FRAME * 4)
-        .on_upgrade(move |socket| {
-            devices
-                .serve_link(Link::Ws(Box::new(socket)), shutdown)
-                .instrument(info_span!("device_ws"))
-        })
-}
-
 /// A simulated device fleet (`paynotify simulate-devices`, tests, benchmarks): each device
 /// connects, says hello, pings every `heartbeat`, answers every call with
 /// `{"echo": method, "params": params}` (unless it is black-holed: then it reads nothing and

@@ -1,0 +1,12 @@
+//! Delivery: the life of a notification from its schema to the merchant's answer.
+//!
+//! A notification is parsed and normalized ([`schema`]), put on its partition's schedule, claimed
+//! by a worker under a lease ([`worker`]), attempted over HTTP behind the SSRF guard and signed
+//! ([`attempt`], [`signing`]), and settled: delivered, scheduled again, or dead. Invariant: every
+//! state change is one Lua script, fenced by the claim's token (see `redis::store`).
+
+pub mod attempt;
+pub mod schema;
+pub mod signing;
+pub mod store;
+pub mod worker;

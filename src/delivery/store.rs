@@ -1,0 +1,575 @@
+//! The notification store: every state change of a notification is one script of `lua/`.
+//!
+//! Invariant: a notification is in exactly one of these states, recorded in its meta entry and
+//! mirrored by set membership: `scheduled` (in the due set, score = next attempt), `delivering`
+//! (in the due set, score = lease expiry, with an owner and a fencing token), `delivered` (in the
+//! done set until retention ends) or `dead` (in the dead set). Outcomes carry the claim's token
+//! and are ignored when it no longer matches.
+
+use redis::Value;
+use serde_json::{json, Value as Json};
+
+use crate::delivery::schema::NewNotification;
+use crate::redis::{as_i64, as_string, Keys, PartitionKeys, Redis, Result, StoreError};
+
+/// What an enqueue did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Enqueued {
+    /// New notification, first due at this time (ms).
+    Created { due_ms: i64 },
+    /// The same id with the same content exists already (in this state).
+    Exists { state: String },
+    /// The same id exists with different content.
+    Conflict { state: String },
+}
+
+/// A claimed notification.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub partition: u32,
+    pub id: String,
+    pub token: i64,
+    /// 1-based attempt number over the notification's life.
+    pub attempt: u32,
+    /// 0-based position in the current round of the schedule (a replay starts a new round).
+    pub round_index: u32,
+    pub due_ms: i64,
+    pub spec: String,
+}
+
+/// The outcome of one attempt, to settle.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    pub id: String,
+    pub token: i64,
+    pub verdict: Settled,
+    pub next_ms: i64,
+    pub reason: String,
+    pub record: String,
+}
+
+/// What settling an attempt does to its notification; `settle.lua` refuses any other word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Done: into the done set until retention ends.
+    Delivered,
+    /// Scheduled again at the settlement's `next_ms`.
+    Retry,
+    /// Into the dead set, with the settlement's reason.
+    Dead,
+}
+
+impl Settled {
+    /// The word `settle.lua` expects (also the `outcome` label of the attempts metric).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Settled::Delivered => "delivered",
+            Settled::Retry => "retry",
+            Settled::Dead => "dead",
+        }
+    }
+}
+
+/// What one retention batch removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub done: usize,
+    pub dead: usize,
+}
+
+/// Counts across partitions.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Stats {
+    pub scheduled: i64,
+    pub delivering: i64,
+    pub delivered: i64,
+    pub dead: i64,
+    /// Entries whose time has come (including expired leases) but that nobody holds.
+    pub due_backlog: i64,
+    /// Age (ms) of the oldest entry in the backlog, 0 when there is none.
+    pub oldest_overdue_ms: i64,
+    /// Totals since the partition was created.
+    pub total_enqueued: i64,
+    pub total_attempts: i64,
+    pub total_delivered: i64,
+    pub total_dead: i64,
+    pub intake_pending: i64,
+}
+
+/// The notification store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    redis: Redis,
+}
+
+impl Store {
+    pub fn new(redis: Redis) -> Self {
+        Self { redis }
+    }
+
+    /// A store on the standalone server at `url` (no round trip yet).
+    pub fn connect(url: &str, keys: Keys) -> Result<Self> {
+        Ok(Self::new(Redis::connect(url, keys)?))
+    }
+
+    /// The key builder.
+    pub fn keys(&self) -> &Keys {
+        self.redis.keys()
+    }
+
+    /// The Redis handle (for the worker's wake-up follower).
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
+    /// Loads every script (`SCRIPT LOAD`).
+    pub async fn load_scripts(&self) -> Result<()> {
+        self.redis.load_scripts().await
+    }
+
+    /// Enqueues one notification. `now_ms` is the enqueue time. With `--wait-replicas`, a
+    /// created (or already stored) notification is confirmed by the replicas before this
+    /// answers.
+    pub async fn enqueue(&self, n: &NewNotification, now_ms: i64) -> Result<Enqueued> {
+        let keys = self.redis.keys();
+        let p = keys.partition_of(&n.id);
+        let pk = keys.partition(p);
+        let mut inv = self.redis.scripts().enqueue.prepare_invoke();
+        inv.key(&pk.due)
+            .key(&pk.spec)
+            .key(&pk.meta)
+            .key(&pk.seq)
+            .key(&pk.stats)
+            .arg(&n.id)
+            .arg(n.spec.to_json())
+            .arg(n.spec.first_due(now_ms))
+            .arg(now_ms)
+            .arg(keys.wake_channel(p));
+        let reply: Vec<Value> = self
+            .redis
+            .invoke_durably(&inv, |reply: &Vec<Value>| {
+                matches!(
+                    reply.first().and_then(as_string).as_deref(),
+                    Some("created" | "exists")
+                )
+            })
+            .await?;
+        let kind = reply.first().and_then(as_string).unwrap_or_default();
+        let second = reply.get(1);
+        let state = || {
+            second.and_then(as_string).ok_or_else(|| {
+                StoreError::Reply(format!("enqueue answered {kind:?} without a state"))
+            })
+        };
+        Ok(match kind.as_str() {
+            "created" => Enqueued::Created {
+                due_ms: second.and_then(as_i64).ok_or_else(|| {
+                    StoreError::Reply("enqueue answered created without a due time".into())
+                })?,
+            },
+            "exists" => Enqueued::Exists { state: state()? },
+            "conflict" => Enqueued::Conflict { state: state()? },
+            other => return Err(StoreError::Reply(format!("enqueue answered {other:?}"))),
+        })
+    }
+
+    /// Claims up to `limit` due entries of partition `p`. Returns the earliest score left in the
+    /// due set (if any) and the claimed entries.
+    pub async fn claim(
+        &self,
+        p: u32,
+        now_ms: i64,
+        lease_ms: u64,
+        limit: usize,
+        owner: &str,
+        max_stalls: u32,
+    ) -> Result<(Option<i64>, Vec<Claimed>)> {
+        let pk = self.redis.keys().partition(p);
+        let reply: Vec<Value> = self
+            .redis
+            .invoke(
+                self.redis
+                    .scripts()
+                    .claim
+                    .key(&pk.due)
+                    .key(&pk.spec)
+                    .key(&pk.meta)
+                    .key(&pk.seq)
+                    .key(&pk.dead)
+                    .key(&pk.stats)
+                    .arg(now_ms)
+                    .arg(lease_ms)
+                    .arg(limit)
+                    .arg(owner)
+                    .arg(max_stalls),
+            )
+            .await?;
+        let head = head_of(&reply);
+        let entries = reply.get(1..).unwrap_or_default();
+        if entries.len() % 6 != 0 {
+            // A short trailing entry would be leased and never attempted: say so instead.
+            return Err(StoreError::Reply(format!(
+                "claim returned {} values after the head, not 6 per entry",
+                entries.len()
+            )));
+        }
+        let mut claimed = Vec::with_capacity(entries.len() / 6);
+        for chunk in entries.chunks_exact(6) {
+            let bad = || StoreError::Reply("claim returned a malformed entry".into());
+            claimed.push(Claimed {
+                partition: p,
+                id: as_string(&chunk[0]).ok_or_else(bad)?,
+                token: as_i64(&chunk[1]).ok_or_else(bad)?,
+                attempt: as_i64(&chunk[2]).ok_or_else(bad)? as u32,
+                round_index: as_i64(&chunk[3]).ok_or_else(bad)? as u32,
+                due_ms: as_i64(&chunk[4]).ok_or_else(bad)?,
+                spec: as_string(&chunk[5]).ok_or_else(bad)?,
+            });
+        }
+        Ok((head, claimed))
+    }
+
+    /// Settles a batch of outcomes in partition `p`. Returns the earliest score left and, per
+    /// outcome, whether it was applied (false: fenced off, the lease was lost).
+    pub async fn settle(
+        &self,
+        p: u32,
+        now_ms: i64,
+        outcomes: &[Settlement],
+    ) -> Result<(Option<i64>, Vec<bool>)> {
+        let pk = self.redis.keys().partition(p);
+        let mut inv = self.redis.scripts().settle.prepare_invoke();
+        inv.key(&pk.due)
+            .key(&pk.meta)
+            .key(&pk.log)
+            .key(&pk.done)
+            .key(&pk.dead)
+            .key(&pk.stats)
+            .arg(now_ms);
+        for o in outcomes {
+            inv.arg(&o.id)
+                .arg(o.token)
+                .arg(o.verdict.as_str())
+                .arg(o.next_ms)
+                .arg(&o.reason)
+                .arg(&o.record);
+        }
+        let reply: Vec<Value> = self.redis.invoke(&inv).await?;
+        let applied = reply
+            .get(1..)
+            .unwrap_or_default()
+            .iter()
+            .map(|v| as_i64(v) == Some(1))
+            .collect();
+        Ok((head_of(&reply), applied))
+    }
+
+    /// Hands leased entries of partition `p` back, due at the given times, without counting an
+    /// attempt. Returns how many were released.
+    pub async fn release(&self, p: u32, entries: &[(String, i64, i64)]) -> Result<i64> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let pk = self.redis.keys().partition(p);
+        let mut inv = self.redis.scripts().release.prepare_invoke();
+        inv.key(&pk.due)
+            .key(&pk.meta)
+            .key(&pk.stats)
+            .arg(self.redis.keys().wake_channel(p));
+        for (id, token, at) in entries {
+            inv.arg(id).arg(token).arg(at);
+        }
+        self.redis.invoke(&inv).await
+    }
+
+    /// Extends leases in partition `p` to `until_ms`. Returns, per entry, whether it was renewed.
+    pub async fn renew(
+        &self,
+        p: u32,
+        until_ms: i64,
+        entries: &[(String, i64)],
+    ) -> Result<Vec<bool>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pk = self.redis.keys().partition(p);
+        let mut inv = self.redis.scripts().renew.prepare_invoke();
+        inv.key(&pk.due).key(&pk.meta).arg(until_ms);
+        for (id, token) in entries {
+            inv.arg(id).arg(token);
+        }
+        let reply: Vec<i64> = self.redis.invoke(&inv).await?;
+        Ok(reply.into_iter().map(|r| r == 1).collect())
+    }
+
+    /// Replays the given dead notifications now. Returns the ids replayed.
+    pub async fn replay(&self, ids: &[String], now_ms: i64) -> Result<Vec<String>> {
+        let mut by_partition: std::collections::BTreeMap<u32, Vec<&String>> = Default::default();
+        for id in ids {
+            by_partition
+                .entry(self.redis.keys().partition_of(id))
+                .or_default()
+                .push(id);
+        }
+        let mut replayed = Vec::new();
+        for (p, ids) in by_partition {
+            let pk = self.redis.keys().partition(p);
+            let mut inv = self.redis.scripts().replay.prepare_invoke();
+            inv.key(&pk.due)
+                .key(&pk.meta)
+                .key(&pk.dead)
+                .arg(now_ms)
+                .arg(self.redis.keys().wake_channel(p))
+                .arg("ids");
+            for id in ids {
+                inv.arg(id);
+            }
+            let got: Vec<String> = self.redis.invoke(&inv).await?;
+            replayed.extend(got);
+        }
+        Ok(replayed)
+    }
+
+    /// Replays every dead notification, in batches of 500 per partition. Returns the count.
+    pub async fn replay_all(&self, now_ms: i64) -> Result<usize> {
+        let mut total = 0;
+        for p in 0..self.redis.keys().partitions() {
+            let pk = self.redis.keys().partition(p);
+            loop {
+                let got: Vec<String> = self
+                    .redis
+                    .invoke(
+                        self.redis
+                            .scripts()
+                            .replay
+                            .key(&pk.due)
+                            .key(&pk.meta)
+                            .key(&pk.dead)
+                            .arg(now_ms)
+                            .arg(self.redis.keys().wake_channel(p))
+                            .arg("oldest")
+                            .arg(500),
+                    )
+                    .await?;
+                total += got.len();
+                if got.len() < 500 {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Forgets one batch in partition `p`: at most `limit` (1..=5000) delivered entries
+    /// finished at or before `done_cutoff` and as many dead ones that died at or before
+    /// `dead_cutoff`. Returns how many of each were removed; a full batch means there may be
+    /// more (the retention task loops).
+    pub async fn sweep_batch(
+        &self,
+        p: u32,
+        done_cutoff: i64,
+        dead_cutoff: i64,
+        limit: usize,
+    ) -> Result<Swept> {
+        let pk = self.redis.keys().partition(p);
+        let (done, dead): (usize, usize) = self
+            .redis
+            .invoke(
+                self.redis
+                    .scripts()
+                    .sweep
+                    .key(&pk.done)
+                    .key(&pk.dead)
+                    .key(&pk.spec)
+                    .key(&pk.meta)
+                    .key(&pk.log)
+                    .arg(done_cutoff)
+                    .arg(dead_cutoff)
+                    .arg(limit),
+            )
+            .await?;
+        Ok(Swept { done, dead })
+    }
+
+    /// The full record of one notification, or `None` if unknown (or past retention).
+    pub async fn show(&self, id: &str) -> Result<Option<Json>> {
+        let keys = self.redis.keys();
+        let pk = keys.partition(keys.partition_of(id));
+        let (spec, meta, log): (Option<String>, Option<String>, Option<String>) = self
+            .redis
+            .pipeline(
+                redis::pipe()
+                    .hget(&pk.spec, id)
+                    .hget(&pk.meta, id)
+                    .hget(&pk.log, id),
+            )
+            .await?;
+        let (Some(spec), Some(meta)) = (spec, meta) else {
+            return Ok(None);
+        };
+        Ok(Some(render(id, &spec, &meta, log.as_deref())))
+    }
+
+    /// The oldest dead notifications of each partition (id, died at ms, reason), up to `limit`.
+    pub async fn dead_list(&self, limit: usize) -> Result<Vec<Json>> {
+        let mut out = Vec::new();
+        let keys = self.redis.keys();
+        for p in 0..keys.partitions() {
+            let pk = keys.partition(p);
+            let ids: Vec<(String, f64)> = self
+                .redis
+                .query(
+                    redis::cmd("ZRANGE")
+                        .arg(&pk.dead)
+                        .arg(0)
+                        .arg(limit.saturating_sub(1))
+                        .arg("WITHSCORES"),
+                )
+                .await?;
+            if ids.is_empty() {
+                continue;
+            }
+            let metas: Vec<Option<String>> = self
+                .redis
+                .query(
+                    redis::cmd("HMGET")
+                        .arg(&pk.meta)
+                        .arg(ids.iter().map(|(id, _)| id).collect::<Vec<_>>()),
+                )
+                .await?;
+            for ((id, died), meta) in ids.into_iter().zip(metas) {
+                let meta: Json = meta
+                    .and_then(|m| serde_json::from_str(&m).ok())
+                    .unwrap_or(Json::Null);
+                out.push(json!({
+                    "id": id,
+                    "died_at": died as i64,
+                    "reason": meta.get("r").cloned().unwrap_or(Json::Null),
+                    "attempts": meta.get("a").cloned().unwrap_or(Json::Null),
+                }));
+            }
+        }
+        out.sort_by_key(|e| e["died_at"].as_i64().unwrap_or(0));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Counts per state, backlog and totals.
+    pub async fn stats(&self, now_ms: i64) -> Result<Stats> {
+        let mut s = Stats::default();
+        let mut oldest: Option<i64> = None;
+        let keys = self.redis.keys();
+        for p in 0..keys.partitions() {
+            let pk: PartitionKeys = keys.partition(p);
+            #[allow(clippy::type_complexity)]
+            let (due, counters, done, dead, backlog, head): (
+                i64,
+                std::collections::HashMap<String, i64>,
+                i64,
+                i64,
+                i64,
+                Vec<(String, f64)>,
+            ) = self
+                .redis
+                .pipeline(
+                    redis::pipe()
+                        .zcard(&pk.due)
+                        .hgetall(&pk.stats)
+                        .zcard(&pk.done)
+                        .zcard(&pk.dead)
+                        .zcount(&pk.due, "-inf", now_ms)
+                        .zrange_withscores(&pk.due, 0, 0),
+                )
+                .await?;
+            let delivering = counters.get("delivering").copied().unwrap_or(0).max(0);
+            s.delivering += delivering;
+            s.scheduled += (due - delivering).max(0);
+            s.delivered += done;
+            s.dead += dead;
+            s.due_backlog += backlog;
+            s.total_enqueued += counters.get("enqueued").copied().unwrap_or(0);
+            s.total_attempts += counters.get("attempts").copied().unwrap_or(0);
+            s.total_delivered += counters.get("delivered").copied().unwrap_or(0);
+            s.total_dead += counters.get("dead").copied().unwrap_or(0);
+            if let Some((_, score)) = head.first() {
+                let score = *score as i64;
+                if score <= now_ms {
+                    oldest = Some(oldest.map_or(score, |o: i64| o.min(score)));
+                }
+            }
+        }
+        s.oldest_overdue_ms = oldest.map_or(0, |o| now_ms - o);
+        // No group yet (nothing ever read): XPENDING fails, and the length is the answer.
+        let pending: Result<Value> = self
+            .redis
+            .query(
+                redis::cmd("XPENDING")
+                    .arg(keys.intake())
+                    .arg(keys.intake_group()),
+            )
+            .await;
+        let length: i64 = self
+            .redis
+            .query(redis::cmd("XLEN").arg(keys.intake()))
+            .await
+            .unwrap_or(0);
+        s.intake_pending = match pending {
+            Ok(Value::Array(items)) => length.max(items.first().and_then(as_i64).unwrap_or(0)),
+            _ => length,
+        };
+        Ok(s)
+    }
+}
+
+/// Builds the public JSON view of a notification from its stored parts.
+fn render(id: &str, spec: &str, meta: &str, log: Option<&str>) -> Json {
+    let mut spec: Json = serde_json::from_str(spec).unwrap_or(Json::Null);
+    // Header values may be the merchant's credentials: views show the names only.
+    if let Some(headers) = spec.get_mut("headers").and_then(Json::as_object_mut) {
+        for value in headers.values_mut() {
+            *value = Json::String("<redacted>".into());
+        }
+    }
+    let meta: Json = serde_json::from_str(meta).unwrap_or(Json::Null);
+    let attempts: Json = log
+        .and_then(|l| serde_json::from_str(&format!("[{l}]")).ok())
+        .unwrap_or_else(|| json!([]));
+    let state = meta.get("s").and_then(Json::as_str).unwrap_or("unknown");
+    // Times are stored as strings (cheaper for the scripts); the API shows numbers.
+    let time = |k: &str| -> Json {
+        match meta.get(k) {
+            Some(Json::String(s)) => s.parse::<i64>().map(Json::from).unwrap_or(Json::Null),
+            Some(v) => v.clone(),
+            None => Json::Null,
+        }
+    };
+    let mut out = json!({
+        "id": id,
+        "state": state,
+        "url": spec.get("url"),
+        "created_at": time("c"),
+        "next_attempt_at": if state == "scheduled" { time("n") } else { Json::Null },
+        "attempts": attempts,
+        "stalls": meta.get("st"),
+        "spec": spec,
+    });
+    if state == "delivering" {
+        out["lease_until"] = time("l");
+        out["owner"] = meta.get("o").cloned().unwrap_or(Json::Null);
+    }
+    if meta.get("f").is_some() {
+        out[if state == "dead" {
+            "died_at"
+        } else {
+            "delivered_at"
+        }] = time("f");
+    }
+    if let Some(r) = meta.get("r") {
+        out["reason"] = r.clone();
+    }
+    out
+}
+
+fn head_of(reply: &[Value]) -> Option<i64> {
+    reply.first().and_then(as_i64).filter(|h| *h >= 0)
+}

@@ -1,0 +1,32 @@
+//! What every handler can reach: one state for all routes.
+//!
+//! Invariant: built once per node in `node::router`; every field is a cheap handle.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::delivery::store::Store;
+use crate::devices::presence::Presence;
+use crate::devices::Devices;
+use crate::metrics::Metrics;
+use crate::push::{Hub, Results};
+use crate::redis::Redis;
+
+/// Shared state of the API and health handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub redis: Redis,
+    pub notifications: Store,
+    pub results: Results,
+    pub presence: Presence,
+    /// The pub/sub hub; live only on nodes with the gateway role (readiness includes it there).
+    pub hub: Hub,
+    /// Device call router.
+    pub devices: Devices,
+    pub metrics: Metrics,
+    /// Cancelled when the node starts draining (`/readyz` answers 503 from then on).
+    pub shutdown: CancellationToken,
+}

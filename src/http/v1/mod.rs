@@ -1,0 +1,54 @@
+//! The `/v1` API (role `api`), behind the API key.
+//!
+//! Invariant: every route requires a configured bearer key (`auth`), every body is bounded
+//! (`MAX_DOCUMENT_BYTES`), and every refusal has a stable code (`error`).
+
+pub mod dead;
+pub mod devices;
+pub mod notifications;
+pub mod results;
+pub mod stats;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::routing::{get, post};
+use axum::Router;
+
+use super::error::ApiError;
+use super::state::AppState;
+use crate::delivery::schema::MAX_DOCUMENT_BYTES;
+
+/// The `/v1` routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/notifications", post(notifications::enqueue))
+        .route("/v1/notifications/{id}", get(notifications::show))
+        .route("/v1/dead", get(dead::dead_list))
+        .route("/v1/dead/replay", post(dead::dead_replay))
+        .route("/v1/dead/{id}/replay", post(dead::dead_replay_one))
+        .route("/v1/stats", get(stats::stats))
+        .route(
+            "/v1/orders/{order_id}/result",
+            post(results::publish_handler),
+        )
+        .route("/v1/devices/{id}", get(devices::device_show))
+        .route("/v1/devices/{id}/call", post(devices::device_call))
+        .route("/v1/devices/{id}/send", post(devices::device_send))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            super::auth::require_key,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES))
+        .with_state(state)
+}
+
+/// A notification or device id from the path, checked like the schema checks ids.
+pub(crate) fn check_id(id: &str) -> Result<(), ApiError> {
+    crate::delivery::schema::validate_id(id).map_err(|m| ApiError::Invalid {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid",
+        message: format!("id {m}"),
+        field: Some("id".into()),
+    })
+}
