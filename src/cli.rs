@@ -4,6 +4,8 @@
 //! Invariant: every flag has an environment variable; bad configuration exits with status 64
 //! and a message naming the flag.
 
+pub mod simulate;
+
 use std::io::Read;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -443,7 +445,7 @@ impl ServeArgs {
             device_events_url: self.device_events_url.clone(),
         };
         if let Some((cert, key)) = &c.device_tls {
-            crate::devices::tls_acceptor(cert, key)
+            crate::tls::tls_acceptor(cert, key)
                 .map_err(|e| format!("--device-tls-cert/--device-tls-key: {e}"))?;
         }
         validate(&c)?;
@@ -676,7 +678,7 @@ pub async fn operate(command: Command) -> ExitCode {
 }
 
 async fn simulate_devices(args: SimulateArgs) -> Result<(), u8> {
-    use crate::devices::simulate::{device, FleetStats};
+    use crate::cli::simulate::{device, FleetStats};
     use std::sync::atomic::Ordering;
     let stats = std::sync::Arc::new(FleetStats::default());
     let stop = tokio_util::sync::CancellationToken::new();
@@ -684,7 +686,7 @@ async fn simulate_devices(args: SimulateArgs) -> Result<(), u8> {
     let expiry = crate::util::now_ms() / 1000 + 30 * 24 * 3600;
     let tls = match &args.tls_ca {
         Some(ca) => Some(
-            crate::devices::simulate::tls_to(&args.connect, ca)
+            crate::cli::simulate::tls_to(&args.connect, ca)
                 .map_err(|e| config_err(format!("--tls-ca: {e}")))?,
         ),
         None => None,

@@ -17,6 +17,7 @@ pub mod node;
 pub mod push;
 pub mod redis;
 pub mod shutdown;
+pub mod tls;
 pub mod token;
 pub mod util;
 

@@ -220,7 +220,7 @@ fn spawn_roles(
         if let Some(listener) = device_listener {
             let tls = match &config.device_tls {
                 Some((cert, key)) => {
-                    Some(crate::devices::tls_acceptor(cert, key).map_err(RunError::DeviceTls)?)
+                    Some(crate::tls::tls_acceptor(cert, key).map_err(RunError::DeviceTls)?)
                 }
                 None => None,
             };

@@ -22,7 +22,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, Instrument};
 
+use futures::future::BoxFuture;
+
 use super::error::ApiError;
+use crate::devices::link::MessageStream;
 use crate::devices::Devices;
 use crate::push::hub::Push;
 use crate::push::result_frame;
@@ -275,7 +278,41 @@ async fn device_socket(ws: WebSocketUpgrade, State(state): State<Gateway>) -> Re
         .on_upgrade(move |socket| {
             state
                 .devices
-                .serve_websocket(socket, state.shutdown.clone())
+                .serve_messages(Box::new(DeviceSocket(socket)), state.shutdown.clone())
                 .instrument(info_span!("device_ws"))
         })
+}
+
+/// The `/device` websocket as the device protocol's message transport: a text or binary
+/// message is one frame; pings and pongs are answered underneath.
+struct DeviceSocket(WebSocket);
+
+impl MessageStream for DeviceSocket {
+    fn recv(&mut self) -> BoxFuture<'_, Option<Result<Vec<u8>, ()>>> {
+        Box::pin(async move {
+            loop {
+                return match self.0.recv().await {
+                    None | Some(Ok(Message::Close(_))) => None,
+                    Some(Err(_)) => Some(Err(())),
+                    Some(Ok(Message::Text(t))) => Some(Ok(t.as_bytes().to_vec())),
+                    Some(Ok(Message::Binary(b))) => Some(Ok(b.to_vec())),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                };
+            }
+        })
+    }
+
+    fn send(&mut self, text: String) -> BoxFuture<'_, bool> {
+        Box::pin(async move { self.0.send(Message::Text(text.into())).await.is_ok() })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let frame = CloseFrame {
+                code: 1000,
+                reason: "".into(),
+            };
+            let _ = self.0.send(Message::Close(Some(frame))).await;
+        })
+    }
 }

@@ -668,7 +668,7 @@ async fn the_device_listener_speaks_tls_only_when_given_a_certificate() {
     let _ = sim.kill();
     let _ = sim.wait();
     // Files that cannot work are refused with the reason (the node would not start).
-    let acceptor = paynotify::devices::tls_acceptor;
+    let acceptor = paynotify::tls::tls_acceptor;
     let e = acceptor(&pki.path("missing.pem"), &pki.path("server.key"))
         .err()
         .unwrap();
