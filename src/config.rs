@@ -1,7 +1,12 @@
-//! Validated runtime configuration of a node, built from the CLI (or directly by tests).
+//! Validated runtime configuration of a node, built from the CLI. Its defaults are the flags'
+//! (`cli::serve`, written once there); `cli::serve::config_for` gives them to `dev` and tests.
 //!
 //! Invariant: a `Config` that exists is usable: durations are positive, limits are at least 1,
 //! secrets parsed. Secrets are kept out of `Debug` output.
+
+pub mod validate;
+
+pub use validate::validate;
 
 use std::time::Duration;
 
@@ -165,51 +170,6 @@ impl std::fmt::Debug for Config {
             .field("ws_allowed_origins", &self.ws_allowed_origins)
             .field("device_events_url", &self.device_events_url)
             .finish()
-    }
-}
-
-impl Config {
-    /// The production defaults (the same as the flags'), on `redis_url`: every role, private
-    /// targets refused, no keys or secrets yet (validation asks for them).
-    pub fn for_redis(redis_url: &str) -> Self {
-        Self {
-            redis_url: redis_url.to_string(),
-            redis_cluster: false,
-            redis_tls: Default::default(),
-            redis_sentinel: None,
-            redis_master_password: None,
-            wait_replicas: 0,
-            wait_timeout: Duration::from_millis(100),
-            prefix: "paynotify".into(),
-            partitions: 1,
-            roles: Roles::ALL,
-            node_id: default_node_id(),
-            api_keys: Vec::new(),
-            signing_secrets: Vec::new(),
-            allow_private_targets: false,
-            lease: Duration::from_secs(30),
-            max_stalls: 3,
-            retention: Duration::from_secs(7 * 24 * 3600),
-            dead_retention: Duration::from_secs(30 * 24 * 3600),
-            per_destination_concurrency: 32,
-            max_in_flight: 1024,
-            claim_batch: 256,
-            shutdown_grace: Duration::from_secs(20),
-            shutdown_delay: Duration::ZERO,
-            max_connections: 100_000,
-            max_connections_per_ip: 0,
-            header_read_timeout: Duration::from_secs(10),
-            token_secrets: Vec::new(),
-            result_ttl: Duration::from_secs(24 * 3600),
-            ws_ping_interval: Duration::from_secs(20),
-            ws_max_subscriptions: 32,
-            ws_allowed_origins: Vec::new(),
-            ws_send_queue: 64,
-            device_listen: None,
-            device_heartbeat: Duration::from_secs(5),
-            device_tls: None,
-            device_events_url: None,
-        }
     }
 }
 

@@ -11,7 +11,6 @@ use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::DevArgs;
-use crate::config::Config;
 use crate::redis::child::{RedisChildError, RedisServer};
 
 /// Why `dev` could not run.
@@ -43,7 +42,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<(), DevEr
         .api_key
         .clone()
         .unwrap_or_else(|| format!("dev_{}", uuid::Uuid::new_v4().simple()));
-    let mut config = Config::for_redis(&redis_url);
+    let mut config = crate::cli::serve::config_for(&redis_url);
     config.api_keys = vec![api_key.clone()];
     config.signing_secrets = vec![crate::delivery::signing::generate_secret()];
     config.token_secrets = vec![format!("dev_{}", uuid::Uuid::new_v4().simple())];

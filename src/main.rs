@@ -60,6 +60,10 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        command => paynotify::cli::operate(command).await,
+        Command::SimulateDevices(args) => match paynotify::cli::simulate::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(code) => ExitCode::from(code),
+        },
+        Command::Operate(operation) => paynotify::cli::ops::operate(operation).await,
     }
 }

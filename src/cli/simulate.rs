@@ -6,6 +6,10 @@
 //! Invariant: each simulated device is its own task and reconnects with backoff, so the fleet
 //! keeps its size through node restarts.
 
+use clap::Args;
+
+use super::ops::config_err;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,4 +143,92 @@ where
     }
     stats.online.fetch_sub(1, Ordering::Relaxed);
     true
+}
+
+/// `simulate-devices`: a fleet of simulated devices for demos and load tests.
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// The device listener to connect to.
+    #[arg(
+        long,
+        env = "PAYNOTIFY_DEVICE_CONNECT",
+        default_value = "127.0.0.1:7070"
+    )]
+    pub connect: String,
+    /// Connect with TLS, trusting the CA certificate(s) in this PEM file (for a listener
+    /// started with --device-tls-cert); the certificate must name the host of --connect.
+    #[arg(long, env = "PAYNOTIFY_DEVICE_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// How many devices.
+    #[arg(long, default_value_t = 10)]
+    pub count: usize,
+    /// Device ids are this prefix plus a number.
+    #[arg(long, default_value = "sim-")]
+    pub id_prefix: String,
+    /// How often each device pings.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+    /// How many of the devices (the last ones) read and answer nothing.
+    #[arg(long, default_value_t = 0)]
+    pub black_hole: usize,
+    /// Token secret used to mint each device's token.
+    #[arg(
+        long,
+        env = "PAYNOTIFY_TOKEN_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true,
+        required = true
+    )]
+    pub token_secret: Vec<String>,
+}
+
+/// Runs `simulate-devices` until Ctrl-C.
+pub async fn run(args: SimulateArgs) -> Result<(), u8> {
+    use crate::cli::simulate::{device, FleetStats};
+    use std::sync::atomic::Ordering;
+    let stats = std::sync::Arc::new(FleetStats::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(crate::shutdown::cancel_on_signal(stop.clone()));
+    let expiry = crate::util::now_ms() / 1000 + 30 * 24 * 3600;
+    let tls = match &args.tls_ca {
+        Some(ca) => Some(
+            crate::cli::simulate::tls_to(&args.connect, ca)
+                .map_err(|e| config_err(format!("--tls-ca: {e}")))?,
+        ),
+        None => None,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..args.count {
+        let id = format!("{}{i}", args.id_prefix);
+        crate::delivery::schema::validate_id(&id)
+            .map_err(|m| config_err(format!("device id {id:?}: {m}")))?;
+        let token = crate::token::mint(&args.token_secret, crate::token::Kind::Device, &id, expiry)
+            .map_err(|e| config_err(e.to_string()))?;
+        let black_hole = i >= args.count.saturating_sub(args.black_hole);
+        tasks.spawn(device(
+            args.connect.clone(),
+            tls.clone(),
+            id,
+            token,
+            args.heartbeat,
+            black_hole,
+            stats.clone(),
+            stop.clone(),
+        ));
+    }
+    let mut report = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = report.tick() => eprintln!(
+                "devices online {}/{}, calls answered {}, reconnects {}",
+                stats.online.load(Ordering::Relaxed),
+                args.count,
+                stats.calls_answered.load(Ordering::Relaxed),
+                stats.reconnects.load(Ordering::Relaxed)
+            ),
+            _ = stop.cancelled() => break,
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
 }

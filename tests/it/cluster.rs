@@ -15,7 +15,7 @@ use crate::support::*;
 const PARTITIONS: u32 = 12;
 
 fn cluster_config(cluster: &RedisCluster) -> paynotify::Config {
-    let mut c = paynotify::Config::for_redis(&cluster.url_list());
+    let mut c = paynotify::cli::serve::config_for(&cluster.url_list());
     c.redis_cluster = true;
     c.allow_private_targets = true;
     c.partitions = PARTITIONS;

@@ -277,7 +277,7 @@ pub async fn setup() -> (RedisServer, Sink, Node) {
 
 /// A test config: the given Redis, a unique prefix, an API key, short lease.
 pub fn config(redis: &RedisServer) -> Config {
-    let mut c = Config::for_redis(&redis.url());
+    let mut c = paynotify::cli::serve::config_for(&redis.url());
     // The sink listens on loopback.
     c.allow_private_targets = true;
     c.api_keys = vec![API_KEY.to_string()];
