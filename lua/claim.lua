@@ -5,9 +5,11 @@
 -- failure: it bumps the stall counter and, past the limit, moves the entry to the dead set.
 -- Reads and writes are batched (one HMGET/HSET/ZADD per batch, not per entry).
 --
--- KEYS[1] due    ZSET    member "<seq>:<id>" -> next attempt / lease expiry (ms)
+-- Needs meta.lua (prepended by src/redis/scripts.rs): the meta and member formats.
+--
+-- KEYS[1] due    ZSET    member (meta.lua) -> next attempt / lease expiry (ms)
 -- KEYS[2] spec   HASH    id -> spec JSON
--- KEYS[3] meta   HASH    id -> state JSON
+-- KEYS[3] meta   HASH    id -> meta JSON (meta.lua)
 -- KEYS[4] seq    STRING  counter, source of fencing tokens
 -- KEYS[5] dead   ZSET    id -> time it died (ms)
 -- KEYS[6] stats  HASH    counters
@@ -19,8 +21,7 @@
 -- Returns: {head_ms or -1, then per claimed entry: id, token, attempt, round_index, due_ms, spec}
 --   due_ms is when the attempt was scheduled (a stall re-claim keeps the original due time).
 --   head_ms is the earliest score left in the due set after the claim.
--- Times in the state JSON are kept as strings: formatting and parsing large numbers is the
--- most expensive thing a script can do per entry.
+-- Times in meta are kept as strings (see meta.lua).
 local now = tonumber(ARGV[1])
 local lease_until = string.format('%d', now + tonumber(ARGV[2]))
 local max_stalls = tonumber(ARGV[5])
@@ -29,7 +30,7 @@ local out = {-1}
 local n = #entries / 2
 if n > 0 then
   local ids = {}
-  for i = 1, n do ids[i] = string.sub(entries[2 * i - 1], 18) end
+  for i = 1, n do ids[i] = id_of_member(entries[2 * i - 1]) end
   local metas = redis.call('HMGET', KEYS[3], unpack(ids))
   local specs = redis.call('HMGET', KEYS[2], unpack(ids))
   local last_token = redis.call('INCRBY', KEYS[4], n)
@@ -41,7 +42,7 @@ if n > 0 then
     if not raw or not spec then
       due_rem[#due_rem + 1] = member
     else
-      local m = cjson.decode(raw)
+      local m = meta_decode(raw)
       local claim = true
       if m.s == 'delivering' then
         m.st = m.st + 1
@@ -53,10 +54,9 @@ if n > 0 then
           m.s = 'dead'
           m.r = 'stalled: the lease expired ' .. m.st .. ' times without a result (worker crashed or hung)'
           m.f = ARGV[1]
-          m.o = nil
-          m.l = nil
+          meta_end_lease(m)
           meta_set[#meta_set + 1] = id
-          meta_set[#meta_set + 1] = cjson.encode(m)
+          meta_set[#meta_set + 1] = meta_encode(m)
           died = died + 1
         end
       elseif m.s == 'scheduled' then
@@ -76,7 +76,7 @@ if n > 0 then
         local due = m.n or score
         m.d = due
         meta_set[#meta_set + 1] = id
-        meta_set[#meta_set + 1] = cjson.encode(m)
+        meta_set[#meta_set + 1] = meta_encode(m)
         lease_add[#lease_add + 1] = lease_until
         lease_add[#lease_add + 1] = member
         out[#out + 1] = id

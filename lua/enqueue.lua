@@ -1,8 +1,10 @@
 -- enqueue.lua: put a new notification on its partition's schedule, at most once per id.
 --
--- KEYS[1] due    ZSET    member "<seq:016x>:<id>", score = next attempt time (ms)
+-- Needs meta.lua (prepended by src/redis/scripts.rs): the meta and member formats.
+--
+-- KEYS[1] due    ZSET    member_of(seq, id) (meta.lua), score = next attempt time (ms)
 -- KEYS[2] spec   HASH    id -> normalized spec JSON (immutable)
--- KEYS[3] meta   HASH    id -> state JSON {s, m, a, b, st, t, c, n, ...}
+-- KEYS[3] meta   HASH    id -> meta JSON (meta.lua)
 -- KEYS[4] seq    STRING  per-partition counter (member order for ties, fencing tokens)
 -- KEYS[5] stats  HASH    counters
 -- ARGV[1] id
@@ -17,20 +19,17 @@ local existing = redis.call('HGET', KEYS[2], id)
 if existing then
   local raw = redis.call('HGET', KEYS[3], id)
   local state = 'unknown'
-  if raw then state = cjson.decode(raw).s end
+  if raw then state = meta_decode(raw).s end
   if existing == ARGV[2] then
     return {'exists', state}
   end
   return {'conflict', state}
 end
 local seq = redis.call('INCR', KEYS[4])
-local member = string.format('%016x', seq) .. ':' .. id
--- Times and tokens in the state JSON are strings (see claim.lua).
+local member = member_of(seq, id)
 local due = ARGV[3]
 redis.call('HSET', KEYS[2], id, ARGV[2])
-redis.call('HSET', KEYS[3], id, cjson.encode({
-  s = 'scheduled', m = member, a = 0, b = 0, st = 0, t = '0', c = ARGV[4], n = due
-}))
+redis.call('HSET', KEYS[3], id, meta_encode(meta_new(member, ARGV[4], due)))
 redis.call('ZADD', KEYS[1], due, member)
 redis.call('HINCRBY', KEYS[5], 'enqueued', 1)
 local head = redis.call('ZRANGE', KEYS[1], 0, 0)

@@ -1,8 +1,10 @@
 -- release.lua: hand leased notifications back to the due set without counting an attempt
 -- (a node draining on shutdown, or a destination at its concurrency limit).
 --
--- KEYS[1] due    ZSET   member -> next attempt (ms)
--- KEYS[2] meta   HASH   id -> state JSON
+-- Needs meta.lua (prepended by src/redis/scripts.rs): the meta and member formats.
+--
+-- KEYS[1] due    ZSET   member (meta.lua) -> next attempt (ms)
+-- KEYS[2] meta   HASH   id -> meta JSON (meta.lua)
 -- KEYS[3] stats  HASH   counters
 -- ARGV[1] wake shard channel of the partition (same hash tag), SPUBLISHed to when a released
 --         entry becomes the earliest one
@@ -14,15 +16,14 @@ for i = 2, #ARGV, 3 do
   local id = ARGV[i]
   local raw = redis.call('HGET', KEYS[2], id)
   if raw then
-    local m = cjson.decode(raw)
-    if m.s == 'delivering' and m.t == ARGV[i + 1] then
+    local m = meta_decode(raw)
+    if meta_leased_by(m, ARGV[i + 1]) then
       local at = tonumber(ARGV[i + 2])
       m.s = 'scheduled'
       m.n = ARGV[i + 2]
-      m.o = nil
-      m.l = nil
+      meta_end_lease(m)
       redis.call('ZADD', KEYS[1], ARGV[i + 2], m.m)
-      redis.call('HSET', KEYS[2], id, cjson.encode(m))
+      redis.call('HSET', KEYS[2], id, meta_encode(m))
       redis.call('HINCRBY', KEYS[3], 'delivering', -1)
       released = released + 1
       if earliest == nil or at < earliest then earliest = at end

@@ -1,7 +1,9 @@
 -- replay.lua: move dead notifications back to the due set for a fresh round of the schedule.
 --
--- KEYS[1] due    ZSET   member -> next attempt (ms)
--- KEYS[2] meta   HASH   id -> state JSON
+-- Needs meta.lua (prepended by src/redis/scripts.rs): the meta and member formats.
+--
+-- KEYS[1] due    ZSET   member (meta.lua) -> next attempt (ms)
+-- KEYS[2] meta   HASH   id -> meta JSON (meta.lua)
 -- KEYS[3] dead   ZSET   id -> died at (ms)
 -- ARGV[1] now (ms)
 -- ARGV[2] wake shard channel of the partition (same hash tag), SPUBLISHed to
@@ -17,7 +19,7 @@ local out = {}
 for _, id in ipairs(ids) do
   local raw = redis.call('HGET', KEYS[2], id)
   if raw and redis.call('ZREM', KEYS[3], id) == 1 then
-    local m = cjson.decode(raw)
+    local m = meta_decode(raw)
     m.s = 'scheduled'
     m.b = m.a
     m.st = 0
@@ -25,7 +27,7 @@ for _, id in ipairs(ids) do
     m.r = nil
     m.f = nil
     redis.call('ZADD', KEYS[1], ARGV[1], m.m)
-    redis.call('HSET', KEYS[2], id, cjson.encode(m))
+    redis.call('HSET', KEYS[2], id, meta_encode(m))
     out[#out + 1] = id
   end
 end

@@ -4,8 +4,10 @@
 -- entry, or it was settled already) changes nothing: a worker that lost its lease can never
 -- overwrite the state. Reads and writes are batched (one HMGET/HSET/ZADD per batch).
 --
--- KEYS[1] due    ZSET   member -> next attempt (ms)
--- KEYS[2] meta   HASH   id -> state JSON
+-- Needs meta.lua (prepended by src/redis/scripts.rs): the meta and member formats.
+--
+-- KEYS[1] due    ZSET   member (meta.lua) -> next attempt (ms)
+-- KEYS[2] meta   HASH   id -> meta JSON (meta.lua)
 -- KEYS[3] log    HASH   id -> attempt records, JSON objects joined by ","
 -- KEYS[4] done   ZSET   id -> delivered at (ms), for retention
 -- KEYS[5] dead   ZSET   id -> died at (ms)
@@ -43,8 +45,8 @@ if n > 0 then
     local raw = metas[i]
     local applied = 0
     if raw and not seen[id] then
-      local m = cjson.decode(raw)
-      if m.s == 'delivering' and m.t == ARGV[base + 1] then
+      local m = meta_decode(raw)
+      if meta_leased_by(m, ARGV[base + 1]) then
         seen[id] = true
         applied = 1
         applied_count = applied_count + 1
@@ -56,8 +58,7 @@ if n > 0 then
           log_set[#log_set + 1] = ARGV[base + 5]
         end
         m.a = m.a + 1
-        m.o = nil
-        m.l = nil
+        meta_end_lease(m)
         if verdict == 'retry' then
           local next_at = ARGV[base + 3]
           m.s = 'scheduled'
@@ -82,7 +83,7 @@ if n > 0 then
           end
         end
         meta_set[#meta_set + 1] = id
-        meta_set[#meta_set + 1] = cjson.encode(m)
+        meta_set[#meta_set + 1] = meta_encode(m)
       end
     end
     out[#out + 1] = applied

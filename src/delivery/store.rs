@@ -9,6 +9,7 @@
 use redis::Value;
 use serde_json::{json, Value as Json};
 
+use crate::delivery::meta::{Meta, State};
 use crate::delivery::schema::NewNotification;
 use crate::redis::{as_i64, as_string, Keys, PartitionKeys, Redis, Result, StoreError};
 
@@ -407,7 +408,7 @@ impl Store {
         let (Some(spec), Some(meta)) = (spec, meta) else {
             return Ok(None);
         };
-        Ok(Some(render(id, &spec, &meta, log.as_deref())))
+        render(id, &spec, &meta, log.as_deref()).map(Some)
     }
 
     /// The oldest dead notifications of each partition (id, died at ms, reason), up to `limit`.
@@ -438,14 +439,14 @@ impl Store {
                 )
                 .await?;
             for ((id, died), meta) in ids.into_iter().zip(metas) {
-                let meta: Json = meta
-                    .and_then(|m| serde_json::from_str(&m).ok())
-                    .unwrap_or(Json::Null);
+                // No meta: the retention sweep forgot the entry between the two reads.
+                let Some(meta) = meta else { continue };
+                let meta = Meta::decode(&id, &meta)?;
                 out.push(json!({
                     "id": id,
                     "died_at": died as i64,
-                    "reason": meta.get("r").cloned().unwrap_or(Json::Null),
-                    "attempts": meta.get("a").cloned().unwrap_or(Json::Null),
+                    "reason": meta.reason,
+                    "attempts": meta.attempts,
                 }));
             }
         }
@@ -521,8 +522,9 @@ impl Store {
     }
 }
 
-/// Builds the public JSON view of a notification from its stored parts.
-fn render(id: &str, spec: &str, meta: &str, log: Option<&str>) -> Json {
+/// Builds the public JSON view of a notification from its stored parts; a corrupt meta entry
+/// is an error naming the id.
+fn render(id: &str, spec: &str, meta: &str, log: Option<&str>) -> Result<Json> {
     let mut spec: Json = serde_json::from_str(spec).unwrap_or(Json::Null);
     // Header values may be the merchant's credentials: views show the names only.
     if let Some(headers) = spec.get_mut("headers").and_then(Json::as_object_mut) {
@@ -530,44 +532,35 @@ fn render(id: &str, spec: &str, meta: &str, log: Option<&str>) -> Json {
             *value = Json::String("<redacted>".into());
         }
     }
-    let meta: Json = serde_json::from_str(meta).unwrap_or(Json::Null);
+    let meta = Meta::decode(id, meta)?;
     let attempts: Json = log
         .and_then(|l| serde_json::from_str(&format!("[{l}]")).ok())
         .unwrap_or_else(|| json!([]));
-    let state = meta.get("s").and_then(Json::as_str).unwrap_or("unknown");
-    // Times are stored as strings (cheaper for the scripts); the API shows numbers.
-    let time = |k: &str| -> Json {
-        match meta.get(k) {
-            Some(Json::String(s)) => s.parse::<i64>().map(Json::from).unwrap_or(Json::Null),
-            Some(v) => v.clone(),
-            None => Json::Null,
-        }
-    };
     let mut out = json!({
         "id": id,
-        "state": state,
+        "state": meta.state.as_str(),
         "url": spec.get("url"),
-        "created_at": time("c"),
-        "next_attempt_at": if state == "scheduled" { time("n") } else { Json::Null },
+        "created_at": meta.created,
+        "next_attempt_at": if meta.state == State::Scheduled { meta.next_at } else { None },
         "attempts": attempts,
-        "stalls": meta.get("st"),
+        "stalls": meta.stalls,
         "spec": spec,
     });
-    if state == "delivering" {
-        out["lease_until"] = time("l");
-        out["owner"] = meta.get("o").cloned().unwrap_or(Json::Null);
+    if meta.state == State::Delivering {
+        out["lease_until"] = json!(meta.lease_until);
+        out["owner"] = json!(meta.owner);
     }
-    if meta.get("f").is_some() {
-        out[if state == "dead" {
+    if let Some(finished) = meta.finished {
+        out[if meta.state == State::Dead {
             "died_at"
         } else {
             "delivered_at"
-        }] = time("f");
+        }] = json!(finished);
     }
-    if let Some(r) = meta.get("r") {
-        out["reason"] = r.clone();
+    if let Some(reason) = meta.reason {
+        out["reason"] = json!(reason);
     }
-    out
+    Ok(out)
 }
 
 fn head_of(reply: &[Value]) -> Option<i64> {

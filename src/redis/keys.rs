@@ -35,11 +35,12 @@ fn spread_tag(p: u32, n: u32) -> String {
 /// The keys of one partition.
 #[derive(Debug, Clone)]
 pub struct PartitionKeys {
-    /// ZSET: member `<seq:016x>:<id>` scored by next attempt time or lease expiry (ms).
+    /// ZSET: member `<seq:016x>:<id>` (`delivery::meta::member_of`, `lua/meta.lua`) scored by
+    /// next attempt time or lease expiry (ms).
     pub due: String,
     /// HASH: id -> normalized spec JSON.
     pub spec: String,
-    /// HASH: id -> state JSON.
+    /// HASH: id -> meta JSON (`lua/meta.lua`, `delivery::meta::Meta`).
     pub meta: String,
     /// HASH: id -> attempt records joined by `,`.
     pub log: String,

@@ -375,6 +375,182 @@ async fn a_lost_lease_cannot_overwrite_state_and_stalls_end_in_dead() {
     );
 }
 
+/// Every script that rewrites a meta entry leaves one `Meta` can read with the fields
+/// `lua/meta.lua` documents: a claim, a stall re-claim, a release, a dead outcome and a replay,
+/// with the due-set member and its score in step; a corrupt entry is an error naming the id.
+#[tokio::test]
+async fn meta_round_trips_through_stall_release_dead_and_replay() {
+    use paynotify::delivery::meta::{id_of_member, Meta, State};
+    use paynotify::delivery::store::{Settled, Settlement};
+
+    let redis = RedisServer::start().unwrap();
+    let store = store(&redis);
+    store.load_scripts().await.unwrap();
+    let pk = store.keys().partition(store.keys().partition_of("rt"));
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // The stored entry (only documented fields), decoded, and its member's score in `due`.
+    let mut read = async || -> (Meta, Option<i64>) {
+        let raw: String = redis::cmd("HGET")
+            .arg(&pk.meta)
+            .arg("rt")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        for key in json.as_object().unwrap().keys() {
+            assert!(Meta::FIELDS.contains(&key.as_str()), "{key} in {raw}");
+        }
+        let meta = Meta::decode("rt", &raw).unwrap();
+        assert_eq!(id_of_member(&meta.member), Some("rt"), "{raw}");
+        let score: Option<i64> = redis::cmd("ZSCORE")
+            .arg(&pk.due)
+            .arg(&meta.member)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        (meta, score)
+    };
+    let now = paynotify::now_ms();
+    let n = paynotify::delivery::schema::parse(
+        br#"{"id":"rt","url":"http://m.example/","schedule":[0,1]}"#,
+        now,
+        || unreachable!(),
+    )
+    .unwrap();
+    store.enqueue(&n, now).await.unwrap();
+    let (m, score) = read().await;
+    assert_eq!(m.state, State::Scheduled);
+    assert_eq!((m.attempts, m.round_base, m.stalls, m.token), (0, 0, 0, 0));
+    assert_eq!((m.created, m.next_at, score), (now, Some(now), Some(now)));
+    assert_eq!(
+        (m.owner.clone(), m.lease_until, m.due_at),
+        (None, None, None)
+    );
+    let member = m.member;
+
+    let (_, first) = store.claim(0, now, 100, 10, "worker-a", 5).await.unwrap();
+    let (m, score) = read().await;
+    assert_eq!(m.state, State::Delivering);
+    assert_eq!(
+        (m.token, m.owner.as_deref()),
+        (first[0].token, Some("worker-a"))
+    );
+    assert_eq!(
+        (m.lease_until, score, m.due_at),
+        (Some(now + 100), Some(now + 100), Some(now))
+    );
+
+    // The lease runs out: a stall re-claim counts a stall, not an attempt, and keeps the due time.
+    let (_, second) = store
+        .claim(0, now + 150, 100, 10, "worker-b", 5)
+        .await
+        .unwrap();
+    let (m, score) = read().await;
+    assert_eq!(m.state, State::Delivering);
+    assert_eq!((m.attempts, m.stalls), (0, 1));
+    assert_eq!(
+        (m.token, m.owner.as_deref()),
+        (second[0].token, Some("worker-b"))
+    );
+    assert_eq!((m.lease_until, score), (Some(now + 250), Some(now + 250)));
+    assert_eq!((m.due_at, m.next_at), (Some(now), Some(now)));
+    assert_eq!(m.member, member);
+
+    // Released: scheduled again without an attempt, no lease.
+    let released = store
+        .release(0, &[("rt".into(), second[0].token, now + 500)])
+        .await
+        .unwrap();
+    assert_eq!(released, 1);
+    let (m, score) = read().await;
+    assert_eq!(m.state, State::Scheduled);
+    assert_eq!((m.attempts, m.stalls, m.token), (0, 1, second[0].token));
+    assert_eq!((m.owner.clone(), m.lease_until), (None, None));
+    assert_eq!((m.next_at, score), (Some(now + 500), Some(now + 500)));
+    let shown = store.show("rt").await.unwrap().unwrap();
+    assert_eq!(shown["state"], "scheduled", "{shown}");
+    assert_eq!(shown["next_attempt_at"], now + 500, "{shown}");
+    assert_eq!(shown["stalls"], 1, "{shown}");
+    assert!(shown.get("owner").is_none(), "{shown}");
+
+    // Claimed again (not a stall) and settled dead.
+    let (_, third) = store
+        .claim(0, now + 500, 100, 10, "worker-c", 5)
+        .await
+        .unwrap();
+    assert_eq!((third[0].attempt, third[0].due_ms), (1, now + 500));
+    let (m, _) = read().await;
+    assert_eq!((m.stalls, m.due_at), (1, Some(now + 500)));
+    let dead = Settlement {
+        id: "rt".into(),
+        token: third[0].token,
+        verdict: Settled::Dead,
+        next_ms: 0,
+        reason: "410 Gone / stop".into(),
+        record: "{}".into(),
+    };
+    let (_, applied) = store.settle(0, now + 600, &[dead]).await.unwrap();
+    assert_eq!(applied, vec![true]);
+    let (m, score) = read().await;
+    assert_eq!(m.state, State::Dead);
+    assert_eq!((m.attempts, m.round_base, m.stalls), (1, 0, 1));
+    assert_eq!(
+        (m.finished, m.next_at, score),
+        (Some(now + 600), None, None)
+    );
+    assert_eq!(m.reason.as_deref(), Some("410 Gone / stop"));
+    assert_eq!((m.owner.clone(), m.lease_until), (None, None));
+    let list = store.dead_list(10).await.unwrap();
+    assert_eq!(
+        list,
+        vec![json!({"id": "rt", "died_at": now + 600, "reason": "410 Gone / stop", "attempts": 1})]
+    );
+    let shown = store.show("rt").await.unwrap().unwrap();
+    assert_eq!(shown["died_at"], now + 600, "{shown}");
+
+    // Replayed: a new round, stalls and the outcome forgotten, the member kept.
+    let replayed = store.replay(&["rt".into()], now + 700).await.unwrap();
+    assert_eq!(replayed, vec!["rt".to_string()]);
+    let (m, score) = read().await;
+    assert_eq!(m.state, State::Scheduled);
+    assert_eq!((m.attempts, m.round_base, m.stalls), (1, 1, 0));
+    assert_eq!((m.next_at, score), (Some(now + 700), Some(now + 700)));
+    assert_eq!((m.finished, m.reason.clone()), (None, None));
+    assert_eq!((m.member, m.created), (member, now));
+    let (_, fourth) = store
+        .claim(0, now + 700, 100, 10, "worker-d", 5)
+        .await
+        .unwrap();
+    assert_eq!((fourth[0].attempt, fourth[0].round_index), (2, 0));
+
+    // A corrupt entry is an error naming the id, in both views.
+    let _: () = redis::cmd("HSET")
+        .arg(&pk.meta)
+        .arg("rt")
+        .arg(r#"{"s":"limbo"}"#)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let err = store
+        .show("rt")
+        .await
+        .expect_err("corrupt meta must not render");
+    assert!(err.to_string().contains("\"rt\""), "{err}");
+    let _: () = redis::cmd("ZADD")
+        .arg(&pk.dead)
+        .arg(now)
+        .arg("rt")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let err = store
+        .dead_list(10)
+        .await
+        .expect_err("corrupt meta must not list");
+    assert!(err.to_string().contains("\"rt\""), "{err}");
+}
+
 #[tokio::test]
 async fn retention_sweep_forgets_old_delivered_notifications() {
     let (redis, sink, node) = setup().await;
