@@ -7,6 +7,7 @@
 pub mod ops;
 pub mod serve;
 pub mod simulate;
+pub mod validate;
 
 use clap::{Parser, Subcommand, ValueEnum};
 

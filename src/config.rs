@@ -4,10 +4,6 @@
 //! Invariant: a `Config` that exists is usable: durations are positive, limits are at least 1,
 //! secrets parsed. Secrets are kept out of `Debug` output.
 
-pub mod validate;
-
-pub use validate::validate;
-
 use std::time::Duration;
 
 /// The roles a node can run.

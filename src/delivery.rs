@@ -10,4 +10,5 @@ pub mod meta;
 pub mod schema;
 pub mod signing;
 pub mod store;
+pub mod view;
 pub mod worker;

@@ -60,10 +60,58 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<(), DevEr
         addr: args.listen.clone(),
         source,
     })?;
-    let redis_note = if args.redis_url.is_some() {
-        String::new()
+    print_banner(
+        &addr,
+        &redis_url,
+        args.redis_url.is_none(),
+        &api_key,
+        &config,
+        &args.device_listen,
+    );
+    let demo = DemoState {
+        results: crate::push::Results::new(
+            crate::redis::Redis::connect(
+                &redis_url,
+                crate::redis::keys::Keys::new(&config.prefix, config.partitions),
+            )
+            .map_err(crate::node::RunError::from)?,
+        ),
+        token_secrets: config.token_secrets.clone(),
+        result_ttl: config.result_ttl,
+    };
+    let sink = axum::Router::new()
+        .route(
+            "/dev/sink",
+            post(|headers: axum::http::HeaderMap, body: String| async move {
+                let id = headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_string();
+                tracing::info!(%id, body = %body.chars().take(200).collect::<String>(), "demo sink received a notification");
+                "success"
+            }),
+        )
+        .route("/demo", get(demo_page))
+        .route("/dev/pay/{order_id}", get(demo_pay).post(demo_pay))
+        .with_state(demo);
+    crate::node::run_with(config, listener, shutdown, sink).await?;
+    Ok(())
+}
+
+/// What `dev` prints at start: where everything is, and commands to try.
+fn print_banner(
+    addr: &std::net::SocketAddr,
+    redis_url: &str,
+    private_redis: bool,
+    api_key: &str,
+    config: &crate::config::Config,
+    device_listen: &str,
+) {
+    let redis_note = if private_redis {
+        " (a private redis-server, removed on exit)"
     } else {
-        " (a private redis-server, removed on exit)".to_string()
+        ""
     };
     println!(
         r#"
@@ -96,38 +144,8 @@ Stop with Ctrl-C.
 "#,
         redis = redis_url,
         secret = config.signing_secrets[0],
-        device_listen = args.device_listen,
         token_secret = config.token_secrets[0],
     );
-    let demo = DemoState {
-        results: crate::push::Results::new(
-            crate::redis::Redis::connect(
-                &redis_url,
-                crate::redis::keys::Keys::new(&config.prefix, config.partitions),
-            )
-            .map_err(crate::node::RunError::from)?,
-        ),
-        token_secrets: config.token_secrets.clone(),
-        result_ttl: config.result_ttl,
-    };
-    let sink = axum::Router::new()
-        .route(
-            "/dev/sink",
-            post(|headers: axum::http::HeaderMap, body: String| async move {
-                let id = headers
-                    .get("webhook-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-")
-                    .to_string();
-                tracing::info!(%id, body = %body.chars().take(200).collect::<String>(), "demo sink received a notification");
-                "success"
-            }),
-        )
-        .route("/demo", get(demo_page))
-        .route("/dev/pay/{order_id}", get(demo_pay).post(demo_pay))
-        .with_state(demo);
-    crate::node::run_with(config, listener, shutdown, sink).await?;
-    Ok(())
 }
 
 #[derive(Clone)]

@@ -97,6 +97,8 @@ pub fn decode_entry(
 }
 
 /// Consumes the intake stream until `shutdown`.
+// long: the consumer loop with its group, reclaim and blocking-read states reads best whole;
+// its per-batch work is in `process`.
 pub async fn run(
     config: Arc<Config>,
     redis: Redis,

@@ -12,6 +12,7 @@ pub mod dev;
 pub mod devices;
 pub mod http;
 pub mod intake;
+pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod push;
@@ -20,6 +21,9 @@ pub mod shutdown;
 pub mod tls;
 pub mod token;
 pub mod util;
+
+#[cfg(test)]
+mod layout;
 
 pub use config::Config;
 pub use node::{run, run_with, run_with_listeners, RunError};

@@ -119,51 +119,7 @@ pub async fn operate(command: Operation) -> ExitCode {
     let result = match command {
         Operation::Enqueue { redis, json } => enqueue(redis, json).await,
         Operation::Show { redis, id } => show(redis, id).await,
-        Operation::Dead {
-            command: DeadCommand::List { redis, limit },
-        } => {
-            async {
-                let store = redis.store().map_err(config_err)?;
-                let dead = store
-                    .dead_list(limit.clamp(1, 10_000))
-                    .await
-                    .map_err(runtime_err)?;
-                print_json(&serde_json::json!({"dead": dead}));
-                Ok(())
-            }
-            .await
-        }
-        Operation::Dead {
-            command: DeadCommand::Replay { redis, ids, all },
-        } => {
-            async {
-                let store = redis.store().map_err(config_err)?;
-                if all {
-                    let n = store
-                        .replay_all(crate::util::now_ms())
-                        .await
-                        .map_err(runtime_err)?;
-                    print_json(&serde_json::json!({"replayed": n}));
-                } else if ids.is_empty() {
-                    return Err(config_err("give one or more ids, or --all".into()));
-                } else {
-                    let got = store
-                        .replay(&ids, crate::util::now_ms())
-                        .await
-                        .map_err(runtime_err)?;
-                    print_json(&serde_json::json!({"replayed": got.len(), "ids": got}));
-                    if got.len() < ids.len() {
-                        eprintln!(
-                            "{} of the ids were not in the dead set",
-                            ids.len() - got.len()
-                        );
-                        return Err(1);
-                    }
-                }
-                Ok(())
-            }
-            .await
-        }
+        Operation::Dead { command } => dead(command).await,
         Operation::Stats { redis } => {
             async {
                 let store = redis.store().map_err(config_err)?;
@@ -231,6 +187,53 @@ pub(super) fn runtime_err(e: impl std::fmt::Display) -> u8 {
 
 fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// `dead list` and `dead replay`.
+async fn dead(command: DeadCommand) -> Result<(), u8> {
+    match command {
+        DeadCommand::List { redis, limit } => {
+            async {
+                let store = redis.store().map_err(config_err)?;
+                let dead = store
+                    .dead_list(limit.clamp(1, 10_000))
+                    .await
+                    .map_err(runtime_err)?;
+                print_json(&serde_json::json!({"dead": dead}));
+                Ok(())
+            }
+            .await
+        }
+        DeadCommand::Replay { redis, ids, all } => {
+            async {
+                let store = redis.store().map_err(config_err)?;
+                if all {
+                    let n = store
+                        .replay_all(crate::util::now_ms())
+                        .await
+                        .map_err(runtime_err)?;
+                    print_json(&serde_json::json!({"replayed": n}));
+                } else if ids.is_empty() {
+                    return Err(config_err("give one or more ids, or --all".into()));
+                } else {
+                    let got = store
+                        .replay(&ids, crate::util::now_ms())
+                        .await
+                        .map_err(runtime_err)?;
+                    print_json(&serde_json::json!({"replayed": got.len(), "ids": got}));
+                    if got.len() < ids.len() {
+                        eprintln!(
+                            "{} of the ids were not in the dead set",
+                            ids.len() - got.len()
+                        );
+                        return Err(1);
+                    }
+                }
+                Ok(())
+            }
+            .await
+        }
+    }
 }
 
 async fn enqueue(redis: RedisArgs, json: Option<String>) -> Result<(), u8> {

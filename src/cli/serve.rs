@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::config::{validate, Config, Roles};
+use super::validate;
+use crate::config::{Config, Roles};
 use crate::delivery::store::Store;
 use crate::redis::{Keys, Redis, Target};
 

@@ -19,7 +19,7 @@ impl Devices {
         self,
         listener: TcpListener,
         tls: Option<tokio_rustls::TlsAcceptor>,
-        limits: crate::http::server::ConnLimits,
+        limits: crate::limits::ConnLimits,
         shutdown: CancellationToken,
     ) {
         let mut connections = tokio::task::JoinSet::new();

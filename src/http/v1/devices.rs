@@ -105,7 +105,13 @@ pub async fn device_call(
         .device_calls
         .get_or_create(&crate::metrics::Outcome { outcome: label })
         .inc();
-    Ok(match outcome {
+    Ok(call_response(&id, timeout_ms, outcome))
+}
+
+/// The HTTP answer to a call's outcome.
+fn call_response(id: &str, timeout_ms: u64, outcome: crate::devices::CallOutcome) -> Response {
+    use crate::devices::CallOutcome;
+    match outcome {
         CallOutcome::Result(v) => Json(json!({"result": v})).into_response(),
         CallOutcome::DeviceError(e) => (
             StatusCode::BAD_GATEWAY,
@@ -133,7 +139,7 @@ pub async fn device_call(
             format!("device {id:?} did not answer within {timeout_ms} ms"),
         )
         .into_response(),
-    })
+    }
 }
 
 /// `POST /v1/devices/{id}/send` with any JSON: delivered as `{"type":"message","data":…}`.

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::Config;
+use crate::config::Config;
 use crate::redis::Target;
 
 /// Checks a config; the error names the flag.
