@@ -56,7 +56,7 @@ async fn the_demo_page_says_paid_in_chromium() {
         return;
     }
     let redis = RedisServer::start().unwrap();
-    let port = paynotify::redis::child::free_port().unwrap();
+    let port = paynotify_testkit::free_port().unwrap();
     let mut dev = Command::new(env!("CARGO_BIN_EXE_paynotify"))
         .args([
             "dev",

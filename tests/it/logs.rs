@@ -12,7 +12,7 @@ async fn json_logs_carry_the_delivery_span_and_never_a_secret() {
     let redis = RedisServer::start().unwrap();
     let sink = Sink::start().await;
     let signing = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let port = paynotify::redis::child::free_port().unwrap();
+    let port = paynotify_testkit::free_port().unwrap();
     let addr = format!("127.0.0.1:{port}");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
         .args(["--log-format", "json", "serve", "--redis-url", &redis.url()])

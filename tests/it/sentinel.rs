@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use paynotify::redis::child::RedisSentinels;
+use paynotify_testkit::RedisSentinels;
 use serde_json::json;
 
 use crate::support::*;

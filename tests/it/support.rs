@@ -12,8 +12,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-pub use paynotify::redis::child::RedisServer;
 use paynotify::Config;
+pub use paynotify_testkit::RedisServer;
 use tokio_util::sync::CancellationToken;
 
 pub const API_KEY: &str = "test-api-key-0123456789";
@@ -459,7 +459,7 @@ pub struct Proc {
 
 impl Proc {
     pub fn serve(redis_url: &str, extra: &[&str]) -> Proc {
-        let port = paynotify::redis::child::free_port().unwrap();
+        let port = paynotify_testkit::free_port().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
             .arg("serve")

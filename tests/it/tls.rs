@@ -74,7 +74,7 @@ fn arg(p: &Path) -> String {
 
 /// A redis-server that speaks TLS on the returned port and requires client certificates.
 fn tls_redis(pki: &Pki) -> (RedisServer, u16) {
-    let port = paynotify::redis::child::free_port().unwrap();
+    let port = paynotify_testkit::free_port().unwrap();
     let redis = RedisServer::start_with_args(vec![
         "--tls-port".into(),
         port.to_string(),
