@@ -4,10 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use paynotify_testkit::RedisCluster;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
@@ -26,16 +25,6 @@ fn cluster_config(cluster: &RedisCluster) -> paynotify::Config {
     c
 }
 
-fn token(kind: paynotify::token::Kind, id: &str) -> String {
-    paynotify::token::mint(
-        &[TOKEN_SECRET.to_string()],
-        kind,
-        id,
-        paynotify::now_ms() / 1000 + 600,
-    )
-    .unwrap()
-}
-
 /// The masters that hold the partitions' keys.
 fn masters_of_partitions(cluster: &RedisCluster) -> HashSet<usize> {
     let keys = paynotify::redis::keys::Keys::for_cluster("paynotify", PARTITIONS);
@@ -44,24 +33,14 @@ fn masters_of_partitions(cluster: &RedisCluster) -> HashSet<usize> {
         .collect()
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn follow(node: &Node, order: &str) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", node.addr))
-        .await
-        .unwrap();
-    let frame = json!({"type": "subscribe", "order_id": order, "token": token(paynotify::token::Kind::Order, order)});
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .unwrap();
-    let reply = ws.next().await.unwrap().unwrap();
-    assert!(reply.to_string().contains("subscribed"), "{reply}");
+async fn follow(node: &Node, order: &str) -> WsClient {
+    let mut ws = WsClient::connect(node.addr).await;
+    ws.subscribe(order).await;
     ws
 }
 
 /// Publishes until the follower sees a result (a restarted shard may need a moment).
-async fn publish_until_seen(node: &Node, ws: &mut Ws, order: &str) -> Value {
+async fn publish_until_seen(node: &Node, ws: &mut WsClient, order: &str) -> Value {
     for _ in 0..100 {
         let r = api()
             .post(node.url(&format!("/v1/orders/{order}/result")))
@@ -70,10 +49,7 @@ async fn publish_until_seen(node: &Node, ws: &mut Ws, order: &str) -> Value {
             .await
             .unwrap();
         if r.status() == 200 {
-            if let Ok(Some(Ok(Message::Text(t)))) =
-                tokio::time::timeout(Duration::from_millis(300), ws.next()).await
-            {
-                let v: Value = serde_json::from_str(&t).unwrap();
+            if let Some(v) = ws.next_json(Duration::from_millis(300)).await {
                 if v["type"] == "result" {
                     return v;
                 }
@@ -87,34 +63,13 @@ async fn publish_until_seen(node: &Node, ws: &mut Ws, order: &str) -> Value {
 
 /// A device that answers every call with "here" until the test ends.
 async fn device(node: &Node, id: &str) -> tokio::task::JoinHandle<()> {
-    let stream = tokio::net::TcpStream::connect(node.device_addr.unwrap())
+    // Pings well inside the heartbeat, so a loaded machine does not get it closed as silent.
+    DeviceClient::online(node.device_addr.unwrap(), id)
         .await
-        .unwrap();
-    let (r, mut w) = stream.into_split();
-    let hello = json!({"type": "hello", "device_id": id, "token": token(paynotify::token::Kind::Device, id)});
-    w.write_all(format!("{hello}\n").as_bytes()).await.unwrap();
-    let mut lines = BufReader::new(r).lines();
-    let welcome = lines.next_line().await.unwrap().unwrap();
-    assert!(welcome.contains("welcome"), "{welcome}");
-    tokio::spawn(async move {
-        // Well inside the heartbeat, so a loaded machine does not get it closed as silent.
-        let mut ping = tokio::time::interval(Duration::from_millis(300));
-        loop {
-            tokio::select! {
-                line = lines.next_line() => match line {
-                    Ok(Some(line)) => {
-                        let frame: Value = serde_json::from_str(&line).unwrap();
-                        if frame["type"] == "call" {
-                            let reply = json!({"type": "reply", "id": frame["id"], "result": "here"});
-                            if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() { return }
-                        }
-                    }
-                    _ => return,
-                },
-                _ = ping.tick() => if w.write_all(b"{\"type\":\"ping\"}\n").await.is_err() { return },
-            }
-        }
-    })
+        .serve(Some(Duration::from_millis(300)), |frame| {
+            (frame["type"] == "call")
+                .then(|| json!({"type": "reply", "id": frame["id"], "result": "here"}))
+        })
 }
 
 async fn call(node: &Node, id: &str) -> (u16, Value) {
@@ -347,19 +302,7 @@ async fn push_and_device_semantics_hold_on_a_three_master_cluster() {
     assert_eq!(r.status(), 403);
     // Devices: offline, a one-way message through the other node, an event.
     assert_eq!(call(&b, "nobody").await.0, 404);
-    let stream = tokio::net::TcpStream::connect(a.device_addr.unwrap())
-        .await
-        .unwrap();
-    let (r, mut w) = stream.into_split();
-    let hello = json!({"type": "hello", "device_id": "cl-vend", "token": token(paynotify::token::Kind::Device, "cl-vend")});
-    w.write_all(format!("{hello}\n").as_bytes()).await.unwrap();
-    let mut lines = BufReader::new(r).lines();
-    assert!(lines
-        .next_line()
-        .await
-        .unwrap()
-        .unwrap()
-        .contains("welcome"));
+    let mut vend = DeviceClient::online(a.device_addr.unwrap(), "cl-vend").await;
     let r = api()
         .post(b.url("/v1/devices/cl-vend/send"))
         .json(&json!({"open": 1}))
@@ -367,13 +310,12 @@ async fn push_and_device_semantics_hold_on_a_three_master_cluster() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let msg = lines.next_line().await.unwrap().unwrap();
-    assert!(msg.contains("\"open\":1"), "{msg}");
-    w.write_all(b"{\"type\":\"event\",\"name\":\"coin\",\"data\":{\"n\":1}}\n")
-        .await
-        .unwrap();
-    let ack = lines.next_line().await.unwrap().unwrap();
-    assert!(ack.contains("event_ack"), "{ack}");
+    let msg = vend.recv(Duration::from_secs(10)).await.unwrap();
+    assert!(msg.to_string().contains("\"open\":1"), "{msg}");
+    vend.send(json!({"type": "event", "name": "coin", "data": {"n": 1}}))
+        .await;
+    let ack = vend.recv(Duration::from_secs(10)).await.unwrap();
+    assert!(ack.to_string().contains("event_ack"), "{ack}");
     wait_until(Duration::from_secs(20), || async { sink.count() == 1 }).await;
 }
 

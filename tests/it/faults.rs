@@ -3,10 +3,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
 
@@ -144,71 +141,19 @@ async fn a_redis_that_comes_back_empty_gets_its_groups_subscriptions_and_presenc
     let sink = Sink::start().await;
     let node = device_node_with(&redis, |c| c.device_heartbeat = Duration::from_millis(500)).await;
     // A browser following an order, and a device.
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", node.addr))
-        .await
-        .unwrap();
-    let order_token = paynotify::token::mint(
-        &[TOKEN_SECRET.to_string()],
-        paynotify::token::Kind::Order,
-        "o-empty",
-        paynotify::now_ms() / 1000 + 600,
-    )
-    .unwrap();
-    ws.send(Message::Text(
-        json!({"type": "subscribe", "order_id": "o-empty", "token": order_token})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    let subscribed = ws.next().await.unwrap().unwrap();
-    assert!(
-        subscribed.to_string().contains("subscribed"),
-        "{subscribed}"
-    );
-    let device_token = paynotify::token::mint(
-        &[TOKEN_SECRET.to_string()],
-        paynotify::token::Kind::Device,
-        "gate-e",
-        paynotify::now_ms() / 1000 + 600,
-    )
-    .unwrap();
-    let stream = tokio::net::TcpStream::connect(node.device_addr.unwrap())
-        .await
-        .unwrap();
-    let (r, mut w) = stream.into_split();
-    w.write_all(
-        format!(
-            "{}\n",
-            json!({"type": "hello", "device_id": "gate-e", "token": device_token})
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut lines = BufReader::new(r).lines();
-    let welcome = lines.next_line().await.unwrap().unwrap();
-    assert!(welcome.contains("welcome"), "{welcome}");
+    let mut ws = WsClient::connect(node.addr).await;
+    ws.subscribe("o-empty").await;
     // The device pings and answers calls.
-    let device = tokio::spawn(async move {
-        let mut ping = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                line = lines.next_line() => match line {
-                    Ok(Some(line)) => {
-                        let frame: Value = serde_json::from_str(&line).unwrap();
-                        if frame["type"] == "call" {
-                            let reply = json!({"type": "reply", "id": frame["id"], "result": "here"});
-                            w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
-                        }
-                        assert_ne!(frame["type"], "goodbye", "the device was sent away: {frame}");
-                    }
-                    _ => return,
-                },
-                _ = ping.tick() => w.write_all(b"{\"type\":\"ping\"}\n").await.unwrap(),
-            }
-        }
-    });
+    let device = DeviceClient::online(node.device_addr.unwrap(), "gate-e")
+        .await
+        .serve(Some(Duration::from_millis(250)), |frame| {
+            assert_ne!(
+                frame["type"], "goodbye",
+                "the device was sent away: {frame}"
+            );
+            (frame["type"] == "call")
+                .then(|| json!({"type": "reply", "id": frame["id"], "result": "here"}))
+        });
 
     redis.restart().unwrap();
     wait_until(Duration::from_secs(20), || async {
@@ -225,10 +170,7 @@ async fn a_redis_that_comes_back_empty_gets_its_groups_subscriptions_and_presenc
     let mut got = None;
     for _ in 0..50 {
         assert_eq!(post_result(&node, "o-empty", "paid").await, 200);
-        if let Ok(Some(Ok(Message::Text(t)))) =
-            tokio::time::timeout(Duration::from_millis(300), ws.next()).await
-        {
-            let v: Value = serde_json::from_str(&t).unwrap();
+        if let Some(v) = ws.next_json(Duration::from_millis(300)).await {
             if v["type"] == "result" {
                 got = Some(v);
                 break;

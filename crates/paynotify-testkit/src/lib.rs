@@ -1,17 +1,45 @@
 //! The test and benchmark harness of paynotify, out of the service library: the library keeps
 //! only the single private `redis-server` that `paynotify dev` runs ([`RedisServer`], re-exported
-//! here), and this crate builds on it what only tests and benchmarks need: [`RedisCluster`] and
-//! [`RedisSentinels`], Redis Cluster and Sentinel children (slot moves, master restarts,
-//! failovers).
+//! here), and this crate builds on it what only tests and benchmarks need.
+//!
+//! - [`RedisCluster`] and [`RedisSentinels`]: Redis Cluster and Sentinel children (slot moves,
+//!   master restarts, failovers);
+//! - [`Sink`]: a recording HTTP server for merchant callbacks;
+//! - [`WsClient`]: a browser on `/ws`; [`DeviceClient`]: a device over TCP or `/device`;
+//! - [`TestClient`]: the API, each call stating the status it expects;
+//! - [`mint_token`], [`wait_until`], and the test credentials [`API_KEY`] and [`TOKEN_SECRET`].
 
+mod client;
 mod cluster;
+mod device;
 mod sentinel;
+mod sink;
+mod wait;
+mod ws;
 
+pub use client::TestClient;
 pub use cluster::RedisCluster;
+pub use device::DeviceClient;
 pub use paynotify::redis::child::{free_port, RedisChildError, RedisServer};
 pub use sentinel::RedisSentinels;
+pub use sink::{Received, Sink};
+pub use wait::{poll_until, wait_until};
+pub use ws::WsClient;
 
 use std::time::Duration;
+
+/// The API key test nodes accept.
+pub const API_KEY: &str = "test-api-key-0123456789";
+/// The secret test nodes sign and check tokens with.
+pub const TOKEN_SECRET: &str = "test-token-secret-0123456789";
+
+/// A token for `id` of `kind` (an order for a browser, a device), valid for ten minutes, signed
+/// with [`TOKEN_SECRET`].
+pub fn mint_token(kind: paynotify::token::Kind, id: &str) -> String {
+    let expiry = paynotify::now_ms() / 1000 + 600;
+    paynotify::token::mint(&[TOKEN_SECRET.to_string()], kind, id, expiry)
+        .expect("minting a token with the test secret")
+}
 
 /// Starting a Redis Cluster or Sentinels failed.
 #[derive(Debug, thiserror::Error)]
