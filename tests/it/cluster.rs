@@ -42,7 +42,9 @@ async fn follow(node: &Node, order: &str) -> WsClient {
 /// Publishes until the follower sees a result (a restarted shard may need a moment).
 async fn publish_until_seen(node: &Node, ws: &mut WsClient, order: &str) -> Value {
     for _ in 0..100 {
-        let r = api()
+        let r = node
+            .api()
+            .http()
             .post(node.url(&format!("/v1/orders/{order}/result")))
             .json(&json!({"status": "paid"}))
             .send()
@@ -73,7 +75,9 @@ async fn device(node: &Node, id: &str) -> tokio::task::JoinHandle<()> {
 }
 
 async fn call(node: &Node, id: &str) -> (u16, Value) {
-    let r = api()
+    let r = node
+        .api()
+        .http()
         .post(node.url(&format!("/v1/devices/{id}/call")))
         .json(&json!({"method": "where", "timeout_ms": 3000}))
         .send()
@@ -89,7 +93,7 @@ async fn enqueue_many(node: &Node, sink: &Sink, prefix: &str, n: usize, extra: V
         if let (Some(d), Some(e)) = (doc.as_object_mut(), extra.as_object()) {
             d.extend(e.clone());
         }
-        let (code, body) = post_json(node, doc).await;
+        let (code, body) = node.api().post_any("/v1/notifications", doc).await;
         assert_eq!(code, 201, "{body}");
     }
 }
@@ -123,7 +127,9 @@ async fn engine_push_and_devices_run_on_a_three_master_cluster() {
     let mut conn = client.get_async_connection().await.unwrap();
     let doc = json!({"id": "from-intake", "url": sink.url("/ok"), "body": "from-intake"});
     xadd_notification(&mut conn, &doc).await;
-    wait_state(&b, "from-intake", "delivered", Duration::from_secs(20)).await;
+    b.api()
+        .wait_state("from-intake", "delivered", Duration::from_secs(20))
+        .await;
     // Push: a follower on A, the result published through B.
     let mut ws = follow(&a, "cl-order").await;
     let v = publish_until_seen(&b, &mut ws, "cl-order").await;
@@ -202,16 +208,29 @@ async fn engine_semantics_hold_on_a_three_master_cluster() {
     let ids: Vec<String> = (0..24).map(|i| format!("dead-{i}")).collect();
     for id in &ids {
         let doc = json!({"id": id, "url": sink.url("/flaky/1"), "body": id, "schedule": [0]});
-        assert_eq!(post_json(&node, doc).await.0, 201);
+        node.api()
+            .post::<Value>("/v1/notifications", doc, StatusCode::CREATED)
+            .await;
     }
     for id in &ids {
-        wait_state(&node, id, "dead", Duration::from_secs(20)).await;
+        node.api()
+            .wait_state(id, "dead", Duration::from_secs(20))
+            .await;
     }
-    let dead = get_json(&node, "/v1/dead?limit=100").await;
+    let dead = node
+        .api()
+        .get::<Value>("/v1/dead?limit=100", StatusCode::OK)
+        .await;
     assert_eq!(dead["dead"].as_array().unwrap().len(), 24, "{dead}");
-    assert_eq!(post_empty(&node, "/v1/dead/dead-0/replay").await, 200);
-    wait_state(&node, "dead-0", "delivered", Duration::from_secs(20)).await;
-    let r = api()
+    node.api()
+        .post_empty::<Value>("/v1/dead/dead-0/replay", StatusCode::OK)
+        .await;
+    node.api()
+        .wait_state("dead-0", "delivered", Duration::from_secs(20))
+        .await;
+    let r = node
+        .api()
+        .http()
         .post(node.url("/v1/dead/replay"))
         .json(&json!({"all": true}))
         .send()
@@ -219,21 +238,37 @@ async fn engine_semantics_hold_on_a_three_master_cluster() {
         .unwrap();
     assert_eq!(r.status(), 200);
     for id in &ids {
-        let v = wait_state(&node, id, "delivered", Duration::from_secs(20)).await;
+        let v = node
+            .api()
+            .wait_state(id, "delivered", Duration::from_secs(20))
+            .await;
         assert_eq!(v["attempts"].as_array().unwrap().len(), 2, "{v}");
     }
     // Retries on a schedule: two failures, then success.
     let doc = json!({"id": "flaky", "url": sink.url("/flaky/2"), "body": "flaky", "schedule": [0, 0.1, 0.1]});
-    assert_eq!(post_json(&node, doc).await.0, 201);
-    let v = wait_state(&node, "flaky", "delivered", Duration::from_secs(20)).await;
+    node.api()
+        .post::<Value>("/v1/notifications", doc, StatusCode::CREATED)
+        .await;
+    let v = node
+        .api()
+        .wait_state("flaky", "delivered", Duration::from_secs(20))
+        .await;
     assert_eq!(v["attempts"].as_array().unwrap().len(), 3);
     // Idempotency and conflicts.
     let doc = json!({"id": "once", "url": sink.url("/ok"), "body": "once"});
-    assert_eq!(post_json(&node, doc.clone()).await.0, 201);
-    assert_eq!(post_json(&node, doc).await.0, 200);
+    node.api()
+        .post::<Value>("/v1/notifications", doc.clone(), StatusCode::CREATED)
+        .await;
+    node.api()
+        .post::<Value>("/v1/notifications", doc, StatusCode::OK)
+        .await;
     let other = json!({"id": "once", "url": sink.url("/ok"), "body": "other"});
-    assert_eq!(post_json(&node, other).await.0, 409);
-    wait_state(&node, "once", "delivered", Duration::from_secs(20)).await;
+    node.api()
+        .post::<Value>("/v1/notifications", other, StatusCode::CONFLICT)
+        .await;
+    node.api()
+        .wait_state("once", "delivered", Duration::from_secs(20))
+        .await;
     // The intake rejects a bad entry with its reason.
     let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
     let mut conn = client.get_async_connection().await.unwrap();
@@ -247,7 +282,7 @@ async fn engine_semantics_hold_on_a_three_master_cluster() {
         .unwrap();
     wait_xlen(&conn, "paynotify:rejected", 1).await;
     // Stats add up over every partition.
-    let stats = get_json(&node, "/v1/stats").await;
+    let stats = node.api().get::<Value>("/v1/stats", StatusCode::OK).await;
     assert_eq!(stats["dead"], 0, "{stats}");
     assert_eq!(stats["delivered"], 26, "{stats}");
     assert_eq!(stats["total_dead"], 24, "{stats}");
@@ -303,7 +338,9 @@ async fn push_and_device_semantics_hold_on_a_three_master_cluster() {
     // Devices: offline, a one-way message through the other node, an event.
     assert_eq!(call(&b, "nobody").await.0, 404);
     let mut vend = DeviceClient::online(a.device_addr.unwrap(), "cl-vend").await;
-    let r = api()
+    let r = b
+        .api()
+        .http()
         .post(b.url("/v1/devices/cl-vend/send"))
         .json(&json!({"open": 1}))
         .send()

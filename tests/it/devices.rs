@@ -14,7 +14,14 @@ use crate::support::*;
 
 /// An authenticated POST of `body` to `path` on `node`: (status, JSON body).
 async fn post(node: &Node, path: &str, body: Value) -> (u16, Value) {
-    let r = api().post(node.url(path)).json(&body).send().await.unwrap();
+    let r = node
+        .api()
+        .http()
+        .post(node.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or_default())
 }
@@ -52,7 +59,10 @@ async fn a_call_through_node_b_reaches_a_device_on_node_a() {
         (status, body["code"].clone()),
         (404, json!("device_offline"))
     );
-    let presence = get_json(&b, "/v1/devices/gate-1").await;
+    let presence = b
+        .api()
+        .get::<Value>("/v1/devices/gate-1", StatusCode::OK)
+        .await;
     assert_eq!(presence["online"], true);
     assert!(presence["connected_since"].as_i64().unwrap() > 0);
     assert_eq!(
@@ -81,10 +91,10 @@ async fn a_black_holed_device_times_out_without_holding_up_the_others() {
     }
     let started = Instant::now();
     let stuck = tokio::spawn({
-        let b_url = b.url("/v1/devices/hole/call");
+        let (client, b_url) = (b.api().http().clone(), b.url("/v1/devices/hole/call"));
         async move {
             let t = Instant::now();
-            let r = api()
+            let r = client
                 .post(b_url)
                 .json(&json!({"method": "amount_due", "timeout_ms": 10_000}))
                 .send()
@@ -148,7 +158,10 @@ async fn a_silent_device_is_offline_within_one_and_a_half_heartbeats() {
         took >= Duration::from_millis(550) && took < Duration::from_millis(1500),
         "{took:?}"
     );
-    let presence = get_json(&a, "/v1/devices/quiet-gate").await;
+    let presence = a
+        .api()
+        .get::<Value>("/v1/devices/quiet-gate", StatusCode::OK)
+        .await;
     assert_eq!(presence["online"], false);
 }
 
@@ -158,7 +171,12 @@ async fn a_device_that_reconnects_to_another_node_takes_its_calls_along() {
     let a = device_node_with(&redis, |c| c.node_id = "node-a".into()).await;
     let b = device_node_with(&redis, |c| c.node_id = "node-b".into()).await;
     let mut old = DeviceClient::online(a.device_addr.unwrap(), "roamer").await;
-    assert_eq!(get_json(&b, "/v1/devices/roamer").await["node"], "node-a");
+    assert_eq!(
+        b.api()
+            .get::<Value>("/v1/devices/roamer", StatusCode::OK)
+            .await["node"],
+        "node-a"
+    );
     let new = DeviceClient::online(b.device_addr.unwrap(), "roamer")
         .await
         .serve_echo();
@@ -167,7 +185,10 @@ async fn a_device_that_reconnects_to_another_node_takes_its_calls_along() {
     assert_eq!(bye["type"], "goodbye");
     let (status, body) = call(&a, "roamer", "amount_due", 3000).await;
     assert_eq!(status, 200, "{body}");
-    let presence = get_json(&a, "/v1/devices/roamer").await;
+    let presence = a
+        .api()
+        .get::<Value>("/v1/devices/roamer", StatusCode::OK)
+        .await;
     assert_eq!(presence["online"], true);
     assert_eq!(
         presence["node"], "node-b",
@@ -240,7 +261,7 @@ async fn device_events_become_notifications_for_the_app() {
     assert_eq!(got["device_id"], "vending-7");
     assert_eq!(got["event"], "coin_jam");
     assert_eq!(got["data"]["slot"], 3);
-    let shown = show(&a, ack["id"].as_str().unwrap()).await;
+    let shown = a.api().notification(ack["id"].as_str().unwrap()).await;
     assert_eq!(shown["state"], "delivered");
 }
 
@@ -268,7 +289,10 @@ async fn the_simulator_connects_devices_that_answer_calls() {
         .spawn()
         .unwrap();
     wait_until(Duration::from_secs(10), || async {
-        let v = get_json(&a, "/v1/devices/sim-4").await;
+        let v = a
+            .api()
+            .get::<Value>("/v1/devices/sim-4", StatusCode::OK)
+            .await;
         v["online"] == true
     })
     .await;
@@ -424,7 +448,8 @@ async fn sends_say_when_the_device_queue_is_full_and_oversized_payloads_are_refu
     let mut busy_body = Value::Null;
     for _ in 0..60 {
         let sends = (0..50).map(|_| {
-            api()
+            b.api()
+                .http()
                 .post(b.url("/v1/devices/stuck/send"))
                 .json(&data)
                 .send()
@@ -533,7 +558,10 @@ async fn the_device_listener_speaks_tls_only_when_given_a_certificate() {
     let read = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut got)).await;
     assert!(read.is_ok(), "the plaintext connection was left open");
     assert!(!String::from_utf8_lossy(&got).contains("welcome"));
-    let presence = get_json(&b, "/v1/devices/plain").await;
+    let presence = b
+        .api()
+        .get::<Value>("/v1/devices/plain", StatusCode::OK)
+        .await;
     assert_eq!(presence["online"], false, "{presence}");
     // The simulator speaks TLS too, given the CA.
     let mut sim = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
@@ -552,7 +580,10 @@ async fn the_device_listener_speaks_tls_only_when_given_a_certificate() {
         .spawn()
         .unwrap();
     wait_until(Duration::from_secs(10), || async {
-        get_json(&b, "/v1/devices/tls-sim-1").await["online"] == true
+        b.api()
+            .get::<Value>("/v1/devices/tls-sim-1", StatusCode::OK)
+            .await["online"]
+            == true
     })
     .await;
     let (status, body) = call(&b, "tls-sim-0", "amount_due", 3000).await;
@@ -602,7 +633,7 @@ async fn a_burst_gets_exactly_the_cap_and_refusals_are_exact_and_counted() {
     let redis = RedisServer::start().unwrap();
     let (a, b) = patient_pair(&redis).await;
     let mut device = DeviceClient::online(a.device_addr.unwrap(), "gate-A").await;
-    let client = api();
+    let client = b.api().http().clone();
     let url = b.url("/v1/devices/gate-A/call");
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..1000 {
@@ -689,7 +720,7 @@ async fn abandoned_calls_leave_nothing_waiting() {
     let redis = RedisServer::start().unwrap();
     let (a, b) = patient_pair(&redis).await;
     let _silent = DeviceClient::online(a.device_addr.unwrap(), "mute").await;
-    let client = api();
+    let client = b.api().http().clone();
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..100 {
         let (client, url) = (client.clone(), b.url("/v1/devices/mute/call"));

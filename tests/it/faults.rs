@@ -17,15 +17,8 @@ async fn status(url: String) -> Option<u16> {
         .map(|r| r.status().as_u16())
 }
 
-async fn enqueue(addr: std::net::SocketAddr, doc: Value) -> (u16, Value) {
-    let r = api()
-        .post(format!("http://{addr}/v1/notifications"))
-        .json(&doc)
-        .send()
-        .await
-        .unwrap();
-    let code = r.status().as_u16();
-    (code, r.json().await.unwrap_or_default())
+async fn enqueue(node: &Proc, doc: Value) -> (u16, Value) {
+    node.api().post_any("/v1/notifications", doc).await
 }
 
 /// Ids the sink has received (the body of each notification is its id).
@@ -51,7 +44,7 @@ async fn a_30_second_redis_outage_loses_nothing_and_readiness_follows_it() {
     for p in &procs {
         p.wait_ready().await;
     }
-    let a = procs[0].addr;
+    let a = &procs[0];
     let mut expected = HashSet::new();
     for i in 0..100 {
         let id = format!("before-{i}");
@@ -111,7 +104,7 @@ async fn a_30_second_redis_outage_loses_nothing_and_readiness_follows_it() {
     for i in 0..50 {
         let id = format!("after-{i}");
         let (code, body) = enqueue(
-            procs[1].addr,
+            &procs[1],
             json!({"id": id, "url": sink.url("/ok"), "body": id}),
         )
         .await;
@@ -180,11 +173,16 @@ async fn a_redis_that_comes_back_empty_gets_its_groups_subscriptions_and_presenc
     assert_eq!(got.expect("no result after the restart")["status"], "paid");
     // The device's presence comes back without dropping it, and calls reach it.
     wait_until(Duration::from_secs(10), || async {
-        let v = get_json(&node, "/v1/devices/gate-e").await;
+        let v = node
+            .api()
+            .get::<Value>("/v1/devices/gate-e", StatusCode::OK)
+            .await;
         v["online"] == true
     })
     .await;
-    let r = api()
+    let r = node
+        .api()
+        .http()
         .post(node.url("/v1/devices/gate-e/call"))
         .json(&json!({"method": "where", "timeout_ms": 3000}))
         .send()
@@ -209,11 +207,13 @@ async fn wait_replicas_refuses_an_enqueue_no_replica_confirmed() {
     let later = paynotify::now_ms() + 3_600_000;
     for i in 0..50 {
         // The same document each time: a retry of a refused enqueue is idempotent.
-        let (code, _) = post_json(
-            &node,
-            json!({"id": "w-1", "url": sink.url("/ok"), "deliver_at": later}),
-        )
-        .await;
+        let (code, _) = node
+            .api()
+            .post_any(
+                "/v1/notifications",
+                json!({"id": "w-1", "url": sink.url("/ok"), "deliver_at": later}),
+            )
+            .await;
         if code == 201 || code == 200 {
             created = true;
             break;
@@ -224,10 +224,7 @@ async fn wait_replicas_refuses_an_enqueue_no_replica_confirmed() {
     assert!(created, "the replica never confirmed");
     // Without it, the enqueue is refused clearly (the write is on the primary; a retry is safe).
     replica.stop();
-    let (code, body) = post_json(
-        &node,
-        json!({"id": "w-2", "url": sink.url("/ok"), "deliver_at": paynotify::now_ms() + 3_600_000}),
-    )
+    let (code, body) = node.api().post_any("/v1/notifications", json!({"id": "w-2", "url": sink.url("/ok"), "deliver_at": paynotify::now_ms() + 3_600_000}))
     .await;
     assert_eq!(
         (code, body["code"].clone()),

@@ -44,13 +44,10 @@ async fn json_logs_carry_the_delivery_span_and_never_a_secret() {
         async move { reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) }
     })
     .await;
-    let r = api()
-        .post(format!("http://{addr}/v1/notifications"))
-        .json(&json!({"id": "logged-1", "url": sink.url("/status/500"), "schedule": [0, 0.2]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let api = TestClient::new(addr.parse().unwrap());
+    let doc = json!({"id": "logged-1", "url": sink.url("/status/500"), "schedule": [0, 0.2]});
+    api.post::<Value>("/v1/notifications", doc, StatusCode::CREATED)
+        .await;
     wait_until(Duration::from_secs(10), || async { sink.count() >= 2 }).await;
     // Both attempts reached the route that answers 500 (not a 404 from a missing route).
     assert!(sink.received().iter().all(|r| r.path == "/status/500"));

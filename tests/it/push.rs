@@ -10,7 +10,9 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::support::*;
 
 async fn publish(node: &Node, order_id: &str, status: &str) -> u64 {
-    let r = api()
+    let r = node
+        .api()
+        .http()
         .post(node.url(&format!("/v1/orders/{order_id}/result")))
         .json(&json!({"status": status, "data": {"amount": "9.99"}}))
         .send()
@@ -281,7 +283,13 @@ async fn a_slow_reader_is_cut_off_and_the_others_carry_on() {
     if let Some(code) = closed_with {
         assert_eq!(code, 1013);
     }
-    let stats = api().get(node.url("/healthz")).send().await.unwrap();
+    let stats = node
+        .api()
+        .http()
+        .get(node.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(stats.status(), 200);
 }
 

@@ -3,12 +3,15 @@
 //! clients), whose pieces are re-exported here.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use paynotify::Config;
 pub use paynotify_testkit::{
-    mint_token, wait_until, DeviceClient, RedisServer, Sink, WsClient, API_KEY, TOKEN_SECRET,
+    mint_token, wait_until, DeviceClient, RedisServer, Sink, TestClient, WsClient, API_KEY,
+    TOKEN_SECRET,
 };
+pub use reqwest::StatusCode;
+pub use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 /// A node run in-process with [`paynotify::run`].
@@ -17,6 +20,8 @@ pub struct Node {
     /// Where devices connect, when the node was started with a device listener.
     pub device_addr: Option<SocketAddr>,
     pub shutdown: CancellationToken,
+    /// The test's API client for this node.
+    api: TestClient,
     handle: Option<tokio::task::JoinHandle<Result<(), paynotify::RunError>>>,
 }
 
@@ -51,6 +56,7 @@ impl Node {
             addr,
             device_addr,
             shutdown,
+            api: TestClient::new(addr),
             handle: Some(handle),
         };
         node.wait_ready().await;
@@ -58,6 +64,8 @@ impl Node {
     }
 
     async fn wait_ready(&self) {
+        // Not the kept API client: its pooled connection would count against the node's
+        // connection caps for the rest of the test.
         let client = reqwest::Client::new();
         let url = format!("http://{}/readyz", self.addr);
         wait_until(Duration::from_secs(10), || {
@@ -76,6 +84,11 @@ impl Node {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The test's authenticated API client for this node (one per node, kept for the test).
+    pub fn api(&self) -> &TestClient {
+        &self.api
     }
 
     pub async fn stop(mut self) {
@@ -128,25 +141,11 @@ pub async fn device_node_with(redis: &RedisServer, tweak: impl FnOnce(&mut Confi
 
 /// Publishes `{"status": status}` as `order_id`'s result through `node`; the HTTP status.
 pub async fn post_result(node: &Node, order_id: &str, status: &str) -> u16 {
-    api()
-        .post(node.url(&format!("/v1/orders/{order_id}/result")))
-        .json(&serde_json::json!({ "status": status }))
-        .send()
+    let path = format!("/v1/orders/{order_id}/result");
+    node.api()
+        .post_any(&path, serde_json::json!({ "status": status }))
         .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-/// An authenticated POST without a body; the HTTP status.
-pub async fn post_empty(node: &Node, path: &str) -> u16 {
-    api()
-        .post(node.url(path))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+        .0
 }
 
 /// Waits (up to 20 s) until the stream `key` has `n` entries.
@@ -166,19 +165,6 @@ where
         }
     })
     .await;
-}
-
-/// An authenticated API client.
-pub fn api() -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {API_KEY}").parse().unwrap(),
-    );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap()
 }
 
 /// The order-result store on the given Redis with the default prefix.
@@ -201,60 +187,11 @@ pub fn store(redis: &RedisServer) -> paynotify::delivery::store::Store {
     .unwrap()
 }
 
-/// Enqueues a document over HTTP and returns (status, body).
-pub async fn post_json(node: &Node, doc: serde_json::Value) -> (u16, serde_json::Value) {
-    let r = api()
-        .post(node.url("/v1/notifications"))
-        .json(&doc)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or_default())
-}
-
-/// An authenticated GET of `path` on `node`, as JSON.
-pub async fn get_json(node: &Node, path: &str) -> serde_json::Value {
-    api()
-        .get(node.url(path))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-/// GET /v1/notifications/{id}.
-pub async fn show(node: &Node, id: &str) -> serde_json::Value {
-    get_json(node, &format!("/v1/notifications/{id}")).await
-}
-
-/// Waits until notification `id` is in `state` and returns its record.
-pub async fn wait_state(
-    node: &Node,
-    id: &str,
-    state: &str,
-    timeout: Duration,
-) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let v = show(node, id).await;
-        if v["state"] == state {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id} not {state} within {timeout:?}: {v:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A `paynotify serve` child process.
 pub struct Proc {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    api: TestClient,
 }
 
 impl Proc {
@@ -279,7 +216,11 @@ impl Proc {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        Proc { child, addr }
+        Proc {
+            child,
+            addr,
+            api: TestClient::new(addr),
+        }
     }
 
     pub async fn wait_ready(&self) {
@@ -293,6 +234,11 @@ impl Proc {
             }
         })
         .await;
+    }
+
+    /// The test's authenticated API client for this node.
+    pub fn api(&self) -> &TestClient {
+        &self.api
     }
 
     pub fn kill9(&mut self) {
