@@ -84,7 +84,7 @@ async fn success_body_rule_redirects_timeouts_gone_and_retry_after() {
     let v = node.api().wait_state("redirect", "dead", t).await;
     assert_eq!(v["attempts"][0]["status"], 302);
     assert!(
-        sink.received().iter().all(|r| r.path != "/ok/"),
+        sink.received().iter().all(|r| r.path != "/ok"),
         "a redirect was followed"
     );
     let v = node.api().wait_state("timeout", "dead", t).await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 /// One request the sink received.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// The request's path as sent (no query).
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -121,23 +122,26 @@ impl Sink {
 async fn handle_plain(
     State(state): State<Arc<SinkState>>,
     Path(kind): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    respond(state, kind, String::new(), headers, body).await
+    respond(state, uri, kind, String::new(), headers, body).await
 }
 
 async fn handle(
     State(state): State<Arc<SinkState>>,
     Path((kind, arg)): Path<(String, String)>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    respond(state, kind, arg, headers, body).await
+    respond(state, uri, kind, arg, headers, body).await
 }
 
 async fn respond(
     state: Arc<SinkState>,
+    uri: Uri,
     kind: String,
     arg: String,
     headers: HeaderMap,
@@ -152,7 +156,7 @@ async fn respond(
         *n
     };
     state.received.lock().unwrap().push(Received {
-        path: format!("/{kind}/{arg}"),
+        path: uri.path().to_string(),
         headers,
         body,
         at_ms,
