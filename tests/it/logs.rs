@@ -12,13 +12,11 @@ async fn json_logs_carry_the_delivery_span_and_never_a_secret() {
     let redis = RedisServer::start().unwrap();
     let sink = Sink::start().await;
     let signing = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let port = paynotify_testkit::free_port().unwrap();
-    let addr = format!("127.0.0.1:{port}");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
         .args(["--log-format", "json", "serve", "--redis-url", &redis.url()])
         .args([
             "--listen",
-            &addr,
+            "127.0.0.1:0",
             "--api-key",
             API_KEY,
             "--token-secret",
@@ -38,6 +36,8 @@ async fn json_logs_carry_the_delivery_span_and_never_a_secret() {
         stderr.read_to_string(&mut text).unwrap();
         text
     });
+    let port = paynotify_testkit::listening_port(&mut child, Duration::from_secs(20));
+    let addr = format!("127.0.0.1:{port}");
     let ready = format!("http://{addr}/readyz");
     wait_until(Duration::from_secs(20), || {
         let ready = ready.clone();

@@ -195,16 +195,16 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts `paynotify serve` on `127.0.0.1:0` and learns the port it bound from `/proc`
+    /// (no free port picked beforehand that another process could take first).
     pub fn serve(redis_url: &str, extra: &[&str]) -> Proc {
-        let port = paynotify_testkit::free_port().unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
             .arg("serve")
             .args([
                 "--redis-url",
                 redis_url,
                 "--listen",
-                &addr.to_string(),
+                "127.0.0.1:0",
                 "--api-key",
                 API_KEY,
                 "--token-secret",
@@ -216,6 +216,8 @@ impl Proc {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        let port = paynotify_testkit::listening_port(&mut child, Duration::from_secs(20));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         Proc {
             child,
             addr,

@@ -7,11 +7,13 @@
 //! - [`Sink`]: a recording HTTP server for merchant callbacks;
 //! - [`WsClient`]: a browser on `/ws`; [`DeviceClient`]: a device over TCP or `/device`;
 //! - [`TestClient`]: the API, each call stating the status it expects;
+//! - [`listening_port`]: the port a child started on port 0 bound;
 //! - [`mint_token`], [`wait_until`], and the test credentials [`API_KEY`] and [`TOKEN_SECRET`].
 
 mod client;
 mod cluster;
 mod device;
+mod listen;
 mod sentinel;
 mod sink;
 mod wait;
@@ -20,6 +22,7 @@ mod ws;
 pub use client::TestClient;
 pub use cluster::RedisCluster;
 pub use device::DeviceClient;
+pub use listen::listening_port;
 pub use paynotify::redis::child::{free_port, RedisChildError, RedisServer};
 pub use sentinel::RedisSentinels;
 pub use sink::{Received, Sink};
