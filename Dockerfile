@@ -11,6 +11,8 @@ COPY src ./src
 COPY lua ./lua
 COPY web ./web
 COPY benches ./benches
+# The test harness crate: a workspace member and dev-dependency, so cargo needs its manifest.
+COPY crates ./crates
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin paynotify \

@@ -17,7 +17,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use paynotify::redis::child::RedisServer;
+use paynotify_testkit::RedisServer;
 
 const SECRET: &str = "bench-token-secret-0123456789";
 const KEY: &str = "bench-api-key-0123456789";
@@ -93,7 +93,7 @@ async fn run() {
     println!("devices: {count} devices on node A, {rate} calls/s through node B for {seconds} s, one black-holed device{}", if env("BENCH_TLS", 0) == 1 { ", device connections over TLS" } else { "" });
     let bin = std::env::var("PAYNOTIFY_BIN").unwrap_or_else(|_| "target/release/paynotify".into());
     let redis = RedisServer::start().unwrap();
-    let port = || paynotify::redis::child::free_port().unwrap();
+    let port = || paynotify_testkit::free_port().unwrap();
     let (a_http, a_dev, b_http) = (port(), port(), port());
     let spawn = |args: Vec<String>| {
         std::process::Command::new(&bin)

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use paynotify::delivery::store::Store;
-use paynotify::redis::child::RedisServer;
 use paynotify::redis::keys::Keys;
+use paynotify_testkit::RedisServer;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use paynotify::push::Results;
-use paynotify::redis::child::RedisServer;
 use paynotify::redis::keys::Keys;
 use paynotify::redis::Redis;
+use paynotify_testkit::RedisServer;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "bench-token-secret-0123456789";
@@ -98,8 +98,8 @@ async fn run() {
     println!("push: {conns} websocket connections over 2 nodes, {rate} results/s for {seconds} s");
     let redis = RedisServer::start().unwrap();
     let ports = [
-        paynotify::redis::child::free_port().unwrap(),
-        paynotify::redis::child::free_port().unwrap(),
+        paynotify_testkit::free_port().unwrap(),
+        paynotify_testkit::free_port().unwrap(),
     ];
     let mut nodes: Vec<_> = ports.iter().map(|p| node(&redis, *p)).collect();
     for p in ports {

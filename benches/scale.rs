@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use futures::StreamExt;
-use paynotify::redis::child::{free_port, RedisCluster, RedisServer};
+use paynotify_testkit::{free_port, RedisCluster, RedisServer};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)

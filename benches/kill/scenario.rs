@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use paynotify::redis::child::RedisServer;
+use paynotify_testkit::RedisServer;
 
 /// Most outcomes one settle script call takes (`SETTLE_BATCH` in the worker).
 pub const SETTLE_BATCH: u64 = 1000;

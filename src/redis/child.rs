@@ -1,11 +1,11 @@
-//! Private `redis-server` children: one server ([`RedisServer`]) used by `paynotify dev` and by
-//! the test suite, and a small Redis Cluster of such servers ([`RedisCluster`]) for the cluster
-//! tests and the scale benchmark.
+//! A private `redis-server` child ([`RedisServer`]), used by `paynotify dev` and, through the
+//! `paynotify-testkit` crate (which builds Redis Cluster and Sentinel children on it), by the
+//! test suite and the benchmarks.
 //!
 //! Invariants: every child lives in its own temp dir on a port that was free when it started,
 //! and is killed (SIGKILL) and reaped when its handle is dropped; a restart reuses the port and
 //! the dir, so clients can reconnect and a persistent server (append-only file, fsync always)
-//! keeps its data. A cluster node also keeps its `nodes.conf`, hence its identity and its slots.
+//! keeps its data (a cluster node also keeps its `nodes.conf`, hence its identity and slots).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Starting or stopping a child, or forming a cluster, failed.
+/// Starting or stopping a child failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisChildError {
     #[error("cannot start {binary}: {source} (install it with `apt-get install redis-server`, or give a Redis URL)")]
@@ -25,26 +25,6 @@ pub enum RedisChildError {
     NotReady(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
-    #[error("no port p with p and p + 10000 (cluster bus) both free after {0} tries")]
-    NoClusterPort(usize),
-    #[error("`redis-cli --cluster create` failed ({status}):\n{output}\nnode logs:\n{logs}")]
-    ClusterCreate {
-        status: String,
-        output: String,
-        logs: String,
-    },
-    #[error("the cluster did not report cluster_state:ok with all 16384 slots ok on every node within {timeout:?}; last CLUSTER INFO:\n{last}\nnode logs:\n{logs}")]
-    ClusterNotReady {
-        timeout: Duration,
-        last: String,
-        logs: String,
-    },
-    #[error("no master {index}: the cluster has {masters}")]
-    NoSuchMaster { index: usize, masters: usize },
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("no master of the cluster serves slot {0}")]
-    SlotUnserved(u16),
 }
 
 /// A running `redis-server` child.
@@ -89,9 +69,10 @@ impl RedisServer {
         )
     }
 
-    /// Starts a server on `port` with `extra_args` after the standard ones; they are given
-    /// again on every restart.
-    fn start_configured(
+    /// Starts a server on `port` (persistent or not, as for [`start_with`](Self::start_with))
+    /// with `extra_args` after the standard ones; they are given again on every restart. For a
+    /// caller that chooses the port itself (a cluster node, whose bus port must be free too).
+    pub fn start_configured(
         port: u16,
         persistent: bool,
         extra_args: Vec<String>,
@@ -110,7 +91,8 @@ impl RedisServer {
         Ok(server)
     }
 
-    fn binary() -> String {
+    /// The `redis-server` binary: `$PAYNOTIFY_REDIS_SERVER`, else `redis-server` on the `PATH`.
+    pub fn binary() -> String {
         std::env::var("PAYNOTIFY_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
     }
 
@@ -176,6 +158,11 @@ impl RedisServer {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Whether the child was started and not [`stop`](Self::stop)ped since (it may have died).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
@@ -225,532 +212,4 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-/// How long [`RedisCluster`] waits for the cluster to settle.
-const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A Redis Cluster of private `redis-server` children: masters only, no replicas.
-///
-/// Invariants: every master is a persistent [`RedisServer`] (append-only file, fsync always,
-/// `nodes.conf` in its own temp dir) on a port `p` whose cluster bus port `p + 10000` was free
-/// too; together they serve all 16384 slots. [`start`](Self::start) and every method that
-/// starts a master return only once every running master reports `cluster_state:ok` with all
-/// 16384 slots ok. A restarted master comes back on the same port with the same node id, slots
-/// and data. Dropping the handle kills every master.
-pub struct RedisCluster {
-    masters: Vec<RedisServer>,
-}
-
-impl RedisCluster {
-    /// Starts `masters` masters (at least 3 for `redis-cli --cluster create`), joins them with
-    /// `redis-cli --cluster create ... --cluster-replicas 0`, which spreads the slots evenly, and
-    /// waits (up to 20 s) until the cluster is ok on every node.
-    pub fn start(masters: usize) -> Result<Self, RedisChildError> {
-        let mut taken = Vec::with_capacity(masters);
-        let mut nodes = Vec::with_capacity(masters);
-        for _ in 0..masters {
-            let port = free_cluster_port(&taken)?;
-            taken.push(port);
-            let extra = [
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "2000",
-            ]
-            .map(String::from)
-            .to_vec();
-            nodes.push(RedisServer::start_configured(port, true, extra)?);
-        }
-        let cluster = Self { masters: nodes };
-        cluster.create()?;
-        cluster.wait_ok()?;
-        Ok(cluster)
-    }
-
-    fn cli_binary() -> String {
-        std::env::var("PAYNOTIFY_REDIS_CLI").unwrap_or_else(|_| "redis-cli".into())
-    }
-
-    /// `redis-cli --cluster create`: assigns the slots and makes the nodes meet.
-    fn create(&self) -> Result<(), RedisChildError> {
-        let binary = Self::cli_binary();
-        let output = Command::new(&binary)
-            .arg("--cluster")
-            .arg("create")
-            .args(self.ports().iter().map(|p| format!("127.0.0.1:{p}")))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| RedisChildError::Spawn { binary, source })?;
-        if !output.status.success() {
-            return Err(RedisChildError::ClusterCreate {
-                status: output.status.to_string(),
-                output: format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&output.stdout),
-                    String::from_utf8_lossy(&output.stderr)
-                ),
-                logs: self.logs(),
-            });
-        }
-        Ok(())
-    }
-
-    /// Waits until every running master says `cluster_state:ok`, `cluster_slots_assigned` and
-    /// `cluster_slots_ok` 16384 (so no master is still flagged as failing by another).
-    fn wait_ok(&self) -> Result<(), RedisChildError> {
-        let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
-        let mut last = String::new();
-        loop {
-            let mut all_ok = true;
-            for node in self.masters.iter().filter(|m| m.child.is_some()) {
-                match cluster_info(node.port) {
-                    Ok(info) => {
-                        let field = |name: &str| {
-                            info.lines()
-                                .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
-                                .unwrap_or("")
-                                .to_string()
-                        };
-                        let ok = field("cluster_state") == "ok"
-                            && field("cluster_slots_assigned") == "16384"
-                            && field("cluster_slots_ok") == "16384";
-                        if !ok {
-                            all_ok = false;
-                            last = format!("node 127.0.0.1:{}:\n{info}", node.port);
-                        }
-                    }
-                    Err(e) => {
-                        all_ok = false;
-                        last = format!("node 127.0.0.1:{}: {e}", node.port);
-                    }
-                }
-            }
-            if all_ok {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(RedisChildError::ClusterNotReady {
-                    timeout: CLUSTER_READY_TIMEOUT,
-                    last,
-                    logs: self.logs(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Every master's log, each under a header naming its port.
-    fn logs(&self) -> String {
-        self.masters
-            .iter()
-            .map(|m| format!("--- 127.0.0.1:{} ---\n{}", m.port, m.log()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn master_mut(&mut self, index: usize) -> Result<&mut RedisServer, RedisChildError> {
-        let masters = self.masters.len();
-        self.masters
-            .get_mut(index)
-            .ok_or(RedisChildError::NoSuchMaster { index, masters })
-    }
-
-    /// `redis://127.0.0.1:<port>` of each master, in start order (stable across restarts).
-    pub fn urls(&self) -> Vec<String> {
-        self.masters.iter().map(RedisServer::url).collect()
-    }
-
-    /// [`urls`](Self::urls) joined with commas: the seed list for a cluster client.
-    pub fn url_list(&self) -> String {
-        self.urls().join(",")
-    }
-
-    /// The client port of each master, in start order (stable across restarts).
-    pub fn ports(&self) -> Vec<u16> {
-        self.masters.iter().map(RedisServer::port).collect()
-    }
-
-    /// The process id of master `index`, if it runs.
-    pub fn pid(&self, index: usize) -> Option<u32> {
-        self.masters.get(index).and_then(RedisServer::pid)
-    }
-
-    /// The log of master `index` so far (empty for an unknown index).
-    pub fn log(&self, index: usize) -> String {
-        self.masters
-            .get(index)
-            .map(RedisServer::log)
-            .unwrap_or_default()
-    }
-
-    /// Kills master `index` (SIGKILL) and reaps it; returns at once. The other masters mark it
-    /// failed after the node timeout (2 s), and the cluster then refuses commands until it is
-    /// back ([`start_master`](Self::start_master)). Does nothing if it is already stopped.
-    pub fn stop_master(&mut self, index: usize) -> Result<(), RedisChildError> {
-        self.master_mut(index)?.stop();
-        Ok(())
-    }
-
-    /// Starts a [`stop`](Self::stop_master)ped master again on the same port and dir (same node
-    /// id, slots and data) and waits until the whole cluster is ok again. A running master is
-    /// left alone (the wait still happens).
-    pub fn start_master(&mut self, index: usize) -> Result<(), RedisChildError> {
-        self.master_mut(index)?.start_again()?;
-        self.wait_ok()
-    }
-
-    /// Kills master `index` (SIGKILL), starts it again on the same port and dir, and waits until
-    /// the whole cluster is ok again. A restarted master stays unwritable for about 2 s (Redis
-    /// gives the cluster time to reconfigure), so this takes at least that long.
-    pub fn restart_master(&mut self, index: usize) -> Result<(), RedisChildError> {
-        self.stop_master(index)?;
-        self.start_master(index)
-    }
-
-    /// The index of the master that serves `key`'s slot (asked of the first running master).
-    /// Moves the slot of `key`, with its keys, to master `to` (Redis' own resharding steps:
-    /// IMPORTING/MIGRATING, MIGRATE, then SETSLOT NODE on every master). Clients subscribed to
-    /// shard channels of that slot are unsubscribed by the old owner.
-    pub fn move_slot_of(&self, key: &str, to: usize) -> Result<(), RedisChildError> {
-        let from = self.master_of_key(key)?;
-        let (Some(src), Some(dst)) = (self.masters.get(from), self.masters.get(to)) else {
-            return Err(RedisChildError::NoSuchMaster {
-                index: to,
-                masters: self.masters.len(),
-            });
-        };
-        if from == to {
-            return Ok(());
-        }
-        let (mut src_conn, mut dst_conn) = (connect(src.port)?, connect(dst.port)?);
-        let slot: u16 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(key)
-            .query(&mut src_conn)?;
-        let id = |conn: &mut redis::Connection| -> Result<String, RedisChildError> {
-            Ok(redis::cmd("CLUSTER").arg("MYID").query(conn)?)
-        };
-        let (src_id, dst_id) = (id(&mut src_conn)?, id(&mut dst_conn)?);
-        redis::cmd("CLUSTER")
-            .arg("SETSLOT")
-            .arg(slot)
-            .arg("IMPORTING")
-            .arg(&src_id)
-            .exec(&mut dst_conn)?;
-        redis::cmd("CLUSTER")
-            .arg("SETSLOT")
-            .arg(slot)
-            .arg("MIGRATING")
-            .arg(&dst_id)
-            .exec(&mut src_conn)?;
-        let keys: Vec<String> = redis::cmd("CLUSTER")
-            .arg("GETKEYSINSLOT")
-            .arg(slot)
-            .arg(1000)
-            .query(&mut src_conn)?;
-        if !keys.is_empty() {
-            redis::cmd("MIGRATE")
-                .arg("127.0.0.1")
-                .arg(dst.port)
-                .arg("")
-                .arg(0)
-                .arg(5000)
-                .arg("KEYS")
-                .arg(&keys)
-                .exec(&mut src_conn)?;
-        }
-        for m in self.masters.iter().filter(|m| m.child.is_some()) {
-            redis::cmd("CLUSTER")
-                .arg("SETSLOT")
-                .arg(slot)
-                .arg("NODE")
-                .arg(&dst_id)
-                .exec(&mut connect(m.port)?)?;
-        }
-        Ok(())
-    }
-
-    pub fn master_of_key(&self, key: &str) -> Result<usize, RedisChildError> {
-        let node = self.masters.iter().find(|m| m.child.is_some()).ok_or(
-            RedisChildError::NoSuchMaster {
-                index: 0,
-                masters: 0,
-            },
-        )?;
-        let mut conn = connect(node.port)?;
-        let slot: u16 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(key)
-            .query(&mut conn)?;
-        let nodes: String = redis::cmd("CLUSTER").arg("NODES").query(&mut conn)?;
-        // <id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch> <link> <slot ranges...>
-        for line in nodes.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let Some(port) = fields
-                .get(1)
-                .and_then(|a| a.split('@').next())
-                .and_then(|a| a.rsplit(':').next())
-                .and_then(|p| p.parse::<u16>().ok())
-            else {
-                continue;
-            };
-            let serves = fields.iter().skip(8).any(|range| {
-                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
-                matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if lo <= slot && slot <= hi)
-            });
-            if serves {
-                if let Some(i) = self.masters.iter().position(|m| m.port == port) {
-                    return Ok(i);
-                }
-            }
-        }
-        Err(RedisChildError::SlotUnserved(slot))
-    }
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        for master in &mut self.masters {
-            master.stop();
-        }
-    }
-}
-
-/// A plain (non-cluster) connection to one local node, with short timeouts.
-fn connect(port: u16) -> Result<redis::Connection, RedisChildError> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
-    let conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
-    conn.set_read_timeout(Some(Duration::from_secs(1)))?;
-    conn.set_write_timeout(Some(Duration::from_secs(1)))?;
-    Ok(conn)
-}
-
-/// `CLUSTER INFO` of one local node.
-fn cluster_info(port: u16) -> Result<String, RedisChildError> {
-    let mut conn = connect(port)?;
-    Ok(redis::cmd("CLUSTER").arg("INFO").query(&mut conn)?)
-}
-
-/// A port `p`, not in `taken`, such that `p` and its cluster bus port `p + 10000` were both
-/// free a moment ago. Both lie below the kernel's ephemeral range when it leaves room, so that
-/// outgoing connections do not take them in the meantime.
-fn free_cluster_port(taken: &[u16]) -> Result<u16, RedisChildError> {
-    use rand::Rng;
-    const TRIES: usize = 1000;
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32768);
-    let high = if ephemeral_low >= 10_000 + 10_000 + 1000 {
-        ephemeral_low - 10_000
-    } else {
-        55_535
-    };
-    let mut rng = rand::thread_rng();
-    for _ in 0..TRIES {
-        let port = rng.gen_range(10_000..high) as u16;
-        if taken.contains(&port)
-            || taken.contains(&(port + 10_000))
-            || taken.iter().any(|t| t + 10_000 == port)
-        {
-            continue;
-        }
-        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if free(port) && free(port + 10_000) {
-            return Ok(port);
-        }
-    }
-    Err(RedisChildError::NoClusterPort(TRIES))
-}
-
-/// Redis Sentinels (`redis-server <conf> --sentinel`) watching one primary, for failover tests.
-///
-/// Invariants: each Sentinel has its own port and writable config file in one temp dir (a
-/// Sentinel rewrites its file); [`start`](Self::start) returns once every Sentinel answers and
-/// reports the primary; dropping the handle kills them all.
-pub struct RedisSentinels {
-    children: Vec<(Child, u16)>,
-    dir: tempfile::TempDir,
-    master: String,
-}
-
-impl RedisSentinels {
-    /// Starts `count` Sentinels monitoring `primary` as `master` with `quorum`, declaring it down
-    /// after `down_after` without answers.
-    pub fn start(
-        primary: &RedisServer,
-        master: &str,
-        count: usize,
-        quorum: usize,
-        down_after: Duration,
-    ) -> Result<Self, RedisChildError> {
-        let dir = tempfile::Builder::new()
-            .prefix("paynotify-sentinel-")
-            .tempdir()?;
-        let mut sentinels = Self {
-            children: Vec::new(),
-            dir,
-            master: master.to_string(),
-        };
-        for i in 0..count {
-            let port = free_port()?;
-            let conf = sentinels.dir.path().join(format!("sentinel-{i}.conf"));
-            std::fs::write(
-                &conf,
-                format!(
-                    "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel-{i}.log\n\
-                     sentinel monitor {master} 127.0.0.1 {primary} {quorum}\n\
-                     sentinel down-after-milliseconds {master} {down}\n\
-                     sentinel failover-timeout {master} 5000\n\
-                     sentinel parallel-syncs {master} 1\n",
-                    dir = sentinels.dir.path().display(),
-                    primary = primary.port(),
-                    down = down_after.as_millis(),
-                ),
-            )?;
-            let binary = RedisServer::binary();
-            let child = Command::new(&binary)
-                .arg(&conf)
-                .arg("--sentinel")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|source| RedisChildError::Spawn { binary, source })?;
-            sentinels.children.push((child, port));
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for (_, port) in &sentinels.children {
-            loop {
-                if sentinels.primary_port_from(*port).is_ok() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(RedisChildError::NotReady(sentinels.logs()));
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        Ok(sentinels)
-    }
-
-    /// `redis://127.0.0.1:<port>,...` for every Sentinel.
-    pub fn url_list(&self) -> String {
-        let urls: Vec<String> = self
-            .children
-            .iter()
-            .map(|(_, p)| format!("redis://127.0.0.1:{p}"))
-            .collect();
-        urls.join(",")
-    }
-
-    /// The port of the primary, as the first Sentinel reports it now.
-    pub fn primary_port(&self) -> Result<u16, RedisChildError> {
-        let port = self.children.first().map(|(_, p)| *p).unwrap_or(0);
-        self.primary_port_from(port)
-    }
-
-    fn primary_port_from(&self, sentinel_port: u16) -> Result<u16, RedisChildError> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{sentinel_port}"))?;
-        let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
-        let (_host, port): (String, u16) = redis::cmd("SENTINEL")
-            .arg("get-master-addr-by-name")
-            .arg(&self.master)
-            .query(&mut conn)?;
-        Ok(port)
-    }
-
-    /// Every Sentinel's log so far.
-    pub fn logs(&self) -> String {
-        (0..self.children.len())
-            .map(|i| {
-                std::fs::read_to_string(self.dir.path().join(format!("sentinel-{i}.log")))
-                    .unwrap_or_default()
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for RedisSentinels {
-    fn drop(&mut self) {
-        for (child, _) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Three masters form a cluster; keys written through their owners survive a SIGKILL and
-    /// restart of master 1, and the cluster is ok again afterwards.
-    #[test]
-    fn cluster_starts_serves_and_survives_a_master_restart() {
-        let started = Instant::now();
-        let mut cluster = RedisCluster::start(3).unwrap();
-        assert_eq!(cluster.ports().len(), 3);
-        assert_eq!(cluster.urls().len(), 3);
-        assert_eq!(cluster.url_list().split(',').count(), 3);
-        for port in cluster.ports() {
-            let info = cluster_info(port).unwrap();
-            assert!(info.contains("cluster_state:ok"), "{port}: {info}");
-            assert!(info.contains("cluster_known_nodes:3"), "{port}: {info}");
-        }
-
-        let mut owners = Vec::new();
-        for p in 0..12 {
-            let key = format!("{{p{p}}}x");
-            let owner = cluster.master_of_key(&key).unwrap();
-            let mut conn = connect(cluster.ports()[owner]).unwrap();
-            let _: () = redis::cmd("SET")
-                .arg(&key)
-                .arg(format!("v{p}"))
-                .query(&mut conn)
-                .unwrap();
-            owners.push((key, owner, format!("v{p}")));
-        }
-        // A wrong node answers MOVED: the owner really is the owner.
-        let (key, owner, _) = &owners[0];
-        let other = (owner + 1) % 3;
-        let err = redis::cmd("GET")
-            .arg(key)
-            .query::<Option<String>>(&mut connect(cluster.ports()[other]).unwrap())
-            .unwrap_err();
-        assert_eq!(
-            err.redirect_node().map(|(addr, _slot)| addr.to_string()),
-            Some(format!("127.0.0.1:{}", cluster.ports()[*owner])),
-            "{err}"
-        );
-
-        let on_1: Vec<_> = owners.iter().filter(|(_, o, _)| *o == 1).collect();
-        assert!(!on_1.is_empty(), "no {{pN}} tag on master 1: {owners:?}");
-        let pid_before = cluster.pid(1);
-        cluster.restart_master(1).unwrap();
-        assert_ne!(cluster.pid(1), pid_before);
-        for port in cluster.ports() {
-            let info = cluster_info(port).unwrap();
-            assert!(info.contains("cluster_state:ok"), "{port}: {info}");
-        }
-        let mut conn = connect(cluster.ports()[1]).unwrap();
-        for (key, _, value) in &on_1 {
-            let got: Option<String> = redis::cmd("GET").arg(key).query(&mut conn).unwrap();
-            assert_eq!(got.as_ref(), Some(value), "{key} lost in the restart");
-        }
-        // The slot map did not move.
-        for (key, owner, _) in &owners {
-            assert_eq!(cluster.master_of_key(key).unwrap(), *owner, "{key}");
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "{:?}",
-            started.elapsed()
-        );
-    }
 }

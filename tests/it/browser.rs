@@ -56,7 +56,7 @@ async fn the_demo_page_says_paid_in_chromium() {
         return;
     }
     let redis = RedisServer::start().unwrap();
-    let port = paynotify::redis::child::free_port().unwrap();
+    let port = paynotify_testkit::free_port().unwrap();
     let mut dev = Command::new(env!("CARGO_BIN_EXE_paynotify"))
         .args([
             "dev",
@@ -114,7 +114,9 @@ async fn the_js_client_moves_to_another_node_when_its_node_dies_and_still_gets_t
     assert_eq!(ready, "READY", "the page never subscribed");
     // Node A goes away (its websockets close with 1001); the result is published through B.
     a.stop().await;
-    let r = api()
+    let r = b
+        .api()
+        .http()
         .post(b.url("/v1/orders/failover-1/result"))
         .json(&serde_json::json!({"status": "paid"}))
         .send()

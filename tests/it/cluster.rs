@@ -4,10 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
-use paynotify::redis::child::RedisCluster;
+use futures::StreamExt;
+use paynotify_testkit::RedisCluster;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
@@ -26,16 +25,6 @@ fn cluster_config(cluster: &RedisCluster) -> paynotify::Config {
     c
 }
 
-fn token(kind: paynotify::token::Kind, id: &str) -> String {
-    paynotify::token::mint(
-        &[TOKEN_SECRET.to_string()],
-        kind,
-        id,
-        paynotify::now_ms() / 1000 + 600,
-    )
-    .unwrap()
-}
-
 /// The masters that hold the partitions' keys.
 fn masters_of_partitions(cluster: &RedisCluster) -> HashSet<usize> {
     let keys = paynotify::redis::keys::Keys::for_cluster("paynotify", PARTITIONS);
@@ -44,36 +33,25 @@ fn masters_of_partitions(cluster: &RedisCluster) -> HashSet<usize> {
         .collect()
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn follow(node: &Node, order: &str) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", node.addr))
-        .await
-        .unwrap();
-    let frame = json!({"type": "subscribe", "order_id": order, "token": token(paynotify::token::Kind::Order, order)});
-    ws.send(Message::Text(frame.to_string().into()))
-        .await
-        .unwrap();
-    let reply = ws.next().await.unwrap().unwrap();
-    assert!(reply.to_string().contains("subscribed"), "{reply}");
+async fn follow(node: &Node, order: &str) -> WsClient {
+    let mut ws = WsClient::connect(node.addr).await;
+    ws.subscribe(order).await;
     ws
 }
 
 /// Publishes until the follower sees a result (a restarted shard may need a moment).
-async fn publish_until_seen(node: &Node, ws: &mut Ws, order: &str) -> Value {
+async fn publish_until_seen(node: &Node, ws: &mut WsClient, order: &str) -> Value {
     for _ in 0..100 {
-        let r = api()
+        let r = node
+            .api()
+            .http()
             .post(node.url(&format!("/v1/orders/{order}/result")))
             .json(&json!({"status": "paid"}))
             .send()
             .await
             .unwrap();
         if r.status() == 200 {
-            if let Ok(Some(Ok(Message::Text(t)))) =
-                tokio::time::timeout(Duration::from_millis(300), ws.next()).await
-            {
-                let v: Value = serde_json::from_str(&t).unwrap();
+            if let Some(v) = ws.next_json(Duration::from_millis(300)).await {
                 if v["type"] == "result" {
                     return v;
                 }
@@ -87,38 +65,19 @@ async fn publish_until_seen(node: &Node, ws: &mut Ws, order: &str) -> Value {
 
 /// A device that answers every call with "here" until the test ends.
 async fn device(node: &Node, id: &str) -> tokio::task::JoinHandle<()> {
-    let stream = tokio::net::TcpStream::connect(node.device_addr.unwrap())
+    // Pings well inside the heartbeat, so a loaded machine does not get it closed as silent.
+    DeviceClient::online(node.device_addr.unwrap(), id)
         .await
-        .unwrap();
-    let (r, mut w) = stream.into_split();
-    let hello = json!({"type": "hello", "device_id": id, "token": token(paynotify::token::Kind::Device, id)});
-    w.write_all(format!("{hello}\n").as_bytes()).await.unwrap();
-    let mut lines = BufReader::new(r).lines();
-    let welcome = lines.next_line().await.unwrap().unwrap();
-    assert!(welcome.contains("welcome"), "{welcome}");
-    tokio::spawn(async move {
-        // Well inside the heartbeat, so a loaded machine does not get it closed as silent.
-        let mut ping = tokio::time::interval(Duration::from_millis(300));
-        loop {
-            tokio::select! {
-                line = lines.next_line() => match line {
-                    Ok(Some(line)) => {
-                        let frame: Value = serde_json::from_str(&line).unwrap();
-                        if frame["type"] == "call" {
-                            let reply = json!({"type": "reply", "id": frame["id"], "result": "here"});
-                            if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() { return }
-                        }
-                    }
-                    _ => return,
-                },
-                _ = ping.tick() => if w.write_all(b"{\"type\":\"ping\"}\n").await.is_err() { return },
-            }
-        }
-    })
+        .serve(Some(Duration::from_millis(300)), |frame| {
+            (frame["type"] == "call")
+                .then(|| json!({"type": "reply", "id": frame["id"], "result": "here"}))
+        })
 }
 
 async fn call(node: &Node, id: &str) -> (u16, Value) {
-    let r = api()
+    let r = node
+        .api()
+        .http()
         .post(node.url(&format!("/v1/devices/{id}/call")))
         .json(&json!({"method": "where", "timeout_ms": 3000}))
         .send()
@@ -134,7 +93,7 @@ async fn enqueue_many(node: &Node, sink: &Sink, prefix: &str, n: usize, extra: V
         if let (Some(d), Some(e)) = (doc.as_object_mut(), extra.as_object()) {
             d.extend(e.clone());
         }
-        let (code, body) = post_json(node, doc).await;
+        let (code, body) = node.api().post_any("/v1/notifications", doc).await;
         assert_eq!(code, 201, "{body}");
     }
 }
@@ -168,7 +127,9 @@ async fn engine_push_and_devices_run_on_a_three_master_cluster() {
     let mut conn = client.get_async_connection().await.unwrap();
     let doc = json!({"id": "from-intake", "url": sink.url("/ok"), "body": "from-intake"});
     xadd_notification(&mut conn, &doc).await;
-    wait_state(&b, "from-intake", "delivered", Duration::from_secs(20)).await;
+    b.api()
+        .wait_state("from-intake", "delivered", Duration::from_secs(20))
+        .await;
     // Push: a follower on A, the result published through B.
     let mut ws = follow(&a, "cl-order").await;
     let v = publish_until_seen(&b, &mut ws, "cl-order").await;
@@ -247,16 +208,29 @@ async fn engine_semantics_hold_on_a_three_master_cluster() {
     let ids: Vec<String> = (0..24).map(|i| format!("dead-{i}")).collect();
     for id in &ids {
         let doc = json!({"id": id, "url": sink.url("/flaky/1"), "body": id, "schedule": [0]});
-        assert_eq!(post_json(&node, doc).await.0, 201);
+        node.api()
+            .post::<Value>("/v1/notifications", doc, StatusCode::CREATED)
+            .await;
     }
     for id in &ids {
-        wait_state(&node, id, "dead", Duration::from_secs(20)).await;
+        node.api()
+            .wait_state(id, "dead", Duration::from_secs(20))
+            .await;
     }
-    let dead = get_json(&node, "/v1/dead?limit=100").await;
+    let dead = node
+        .api()
+        .get::<Value>("/v1/dead?limit=100", StatusCode::OK)
+        .await;
     assert_eq!(dead["dead"].as_array().unwrap().len(), 24, "{dead}");
-    assert_eq!(post_empty(&node, "/v1/dead/dead-0/replay").await, 200);
-    wait_state(&node, "dead-0", "delivered", Duration::from_secs(20)).await;
-    let r = api()
+    node.api()
+        .post_empty::<Value>("/v1/dead/dead-0/replay", StatusCode::OK)
+        .await;
+    node.api()
+        .wait_state("dead-0", "delivered", Duration::from_secs(20))
+        .await;
+    let r = node
+        .api()
+        .http()
         .post(node.url("/v1/dead/replay"))
         .json(&json!({"all": true}))
         .send()
@@ -264,21 +238,37 @@ async fn engine_semantics_hold_on_a_three_master_cluster() {
         .unwrap();
     assert_eq!(r.status(), 200);
     for id in &ids {
-        let v = wait_state(&node, id, "delivered", Duration::from_secs(20)).await;
+        let v = node
+            .api()
+            .wait_state(id, "delivered", Duration::from_secs(20))
+            .await;
         assert_eq!(v["attempts"].as_array().unwrap().len(), 2, "{v}");
     }
     // Retries on a schedule: two failures, then success.
     let doc = json!({"id": "flaky", "url": sink.url("/flaky/2"), "body": "flaky", "schedule": [0, 0.1, 0.1]});
-    assert_eq!(post_json(&node, doc).await.0, 201);
-    let v = wait_state(&node, "flaky", "delivered", Duration::from_secs(20)).await;
+    node.api()
+        .post::<Value>("/v1/notifications", doc, StatusCode::CREATED)
+        .await;
+    let v = node
+        .api()
+        .wait_state("flaky", "delivered", Duration::from_secs(20))
+        .await;
     assert_eq!(v["attempts"].as_array().unwrap().len(), 3);
     // Idempotency and conflicts.
     let doc = json!({"id": "once", "url": sink.url("/ok"), "body": "once"});
-    assert_eq!(post_json(&node, doc.clone()).await.0, 201);
-    assert_eq!(post_json(&node, doc).await.0, 200);
+    node.api()
+        .post::<Value>("/v1/notifications", doc.clone(), StatusCode::CREATED)
+        .await;
+    node.api()
+        .post::<Value>("/v1/notifications", doc, StatusCode::OK)
+        .await;
     let other = json!({"id": "once", "url": sink.url("/ok"), "body": "other"});
-    assert_eq!(post_json(&node, other).await.0, 409);
-    wait_state(&node, "once", "delivered", Duration::from_secs(20)).await;
+    node.api()
+        .post::<Value>("/v1/notifications", other, StatusCode::CONFLICT)
+        .await;
+    node.api()
+        .wait_state("once", "delivered", Duration::from_secs(20))
+        .await;
     // The intake rejects a bad entry with its reason.
     let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
     let mut conn = client.get_async_connection().await.unwrap();
@@ -292,7 +282,7 @@ async fn engine_semantics_hold_on_a_three_master_cluster() {
         .unwrap();
     wait_xlen(&conn, "paynotify:rejected", 1).await;
     // Stats add up over every partition.
-    let stats = get_json(&node, "/v1/stats").await;
+    let stats = node.api().get::<Value>("/v1/stats", StatusCode::OK).await;
     assert_eq!(stats["dead"], 0, "{stats}");
     assert_eq!(stats["delivered"], 26, "{stats}");
     assert_eq!(stats["total_dead"], 24, "{stats}");
@@ -347,33 +337,22 @@ async fn push_and_device_semantics_hold_on_a_three_master_cluster() {
     assert_eq!(r.status(), 403);
     // Devices: offline, a one-way message through the other node, an event.
     assert_eq!(call(&b, "nobody").await.0, 404);
-    let stream = tokio::net::TcpStream::connect(a.device_addr.unwrap())
-        .await
-        .unwrap();
-    let (r, mut w) = stream.into_split();
-    let hello = json!({"type": "hello", "device_id": "cl-vend", "token": token(paynotify::token::Kind::Device, "cl-vend")});
-    w.write_all(format!("{hello}\n").as_bytes()).await.unwrap();
-    let mut lines = BufReader::new(r).lines();
-    assert!(lines
-        .next_line()
-        .await
-        .unwrap()
-        .unwrap()
-        .contains("welcome"));
-    let r = api()
+    let mut vend = DeviceClient::online(a.device_addr.unwrap(), "cl-vend").await;
+    let r = b
+        .api()
+        .http()
         .post(b.url("/v1/devices/cl-vend/send"))
         .json(&json!({"open": 1}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let msg = lines.next_line().await.unwrap().unwrap();
-    assert!(msg.contains("\"open\":1"), "{msg}");
-    w.write_all(b"{\"type\":\"event\",\"name\":\"coin\",\"data\":{\"n\":1}}\n")
-        .await
-        .unwrap();
-    let ack = lines.next_line().await.unwrap().unwrap();
-    assert!(ack.contains("event_ack"), "{ack}");
+    let msg = vend.recv(Duration::from_secs(10)).await.unwrap();
+    assert!(msg.to_string().contains("\"open\":1"), "{msg}");
+    vend.send(json!({"type": "event", "name": "coin", "data": {"n": 1}}))
+        .await;
+    let ack = vend.recv(Duration::from_secs(10)).await.unwrap();
+    assert!(ack.to_string().contains("event_ack"), "{ack}");
     wait_until(Duration::from_secs(20), || async { sink.count() == 1 }).await;
 }
 

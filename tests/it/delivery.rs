@@ -14,13 +14,13 @@ fn gaps(times: &[i64]) -> Vec<i64> {
 #[tokio::test]
 async fn explicit_sub_second_schedule_is_followed_then_dead() {
     let (_redis, sink, node) = setup().await;
-    let (s, _) = post_json(
-        &node,
-        json!({"id": "s1", "url": sink.url("/status/500"), "body": "s1", "schedule": [0.1, 0.2, 0.3]}),
-    )
+    let (s, _) = node.api().post_any("/v1/notifications", json!({"id": "s1", "url": sink.url("/status/500"), "body": "s1", "schedule": [0.1, 0.2, 0.3]}))
     .await;
     assert_eq!(s, 201);
-    let v = wait_state(&node, "s1", "dead", Duration::from_secs(10)).await;
+    let v = node
+        .api()
+        .wait_state("s1", "dead", Duration::from_secs(10))
+        .await;
     let times: Vec<i64> = sink.received().iter().map(|r| r.at_ms).collect();
     assert_eq!(times.len(), 3);
     let g = gaps(&times);
@@ -52,24 +52,26 @@ async fn success_body_rule_redirects_timeouts_gone_and_retry_after() {
         json!({"id": "later", "url": sink.url("/retry-after/1"), "body": "h", "schedule": [0, 0.05]}),
     ];
     for d in docs {
-        assert_eq!(post_json(&node, d).await.0, 201);
+        node.api()
+            .post::<Value>("/v1/notifications", d, StatusCode::CREATED)
+            .await;
     }
     let t = Duration::from_secs(10);
     assert_eq!(
-        wait_state(&node, "ok-body", "delivered", t).await["attempts"]
+        node.api().wait_state("ok-body", "delivered", t).await["attempts"]
             .as_array()
             .unwrap()
             .len(),
         1
     );
     assert_eq!(
-        wait_state(&node, "plain-2xx", "delivered", t).await["attempts"]
+        node.api().wait_state("plain-2xx", "delivered", t).await["attempts"]
             .as_array()
             .unwrap()
             .len(),
         1
     );
-    let v = wait_state(&node, "bad-body", "dead", t).await;
+    let v = node.api().wait_state("bad-body", "dead", t).await;
     assert_eq!(v["attempts"].as_array().unwrap().len(), 2);
     assert!(
         v["attempts"][0]["error"]
@@ -79,13 +81,13 @@ async fn success_body_rule_redirects_timeouts_gone_and_retry_after() {
         "{v}"
     );
     assert_eq!(v["attempts"][0]["response"], "fail");
-    let v = wait_state(&node, "redirect", "dead", t).await;
+    let v = node.api().wait_state("redirect", "dead", t).await;
     assert_eq!(v["attempts"][0]["status"], 302);
     assert!(
-        sink.received().iter().all(|r| r.path != "/ok/"),
+        sink.received().iter().all(|r| r.path != "/ok"),
         "a redirect was followed"
     );
-    let v = wait_state(&node, "timeout", "dead", t).await;
+    let v = node.api().wait_state("timeout", "dead", t).await;
     assert!(
         v["attempts"][0]["error"]
             .as_str()
@@ -94,16 +96,16 @@ async fn success_body_rule_redirects_timeouts_gone_and_retry_after() {
         "{v}"
     );
     assert!(v["attempts"][0]["latency_ms"].as_u64().unwrap() < 2000);
-    let v = wait_state(&node, "gone", "dead", t).await;
+    let v = node.api().wait_state("gone", "dead", t).await;
     assert_eq!(
         v["attempts"].as_array().unwrap().len(),
         1,
         "410 must stop retries"
     );
     assert!(v["reason"].as_str().unwrap().contains("410"));
-    let v = wait_state(&node, "flaky", "delivered", t).await;
+    let v = node.api().wait_state("flaky", "delivered", t).await;
     assert_eq!(v["attempts"].as_array().unwrap().len(), 3);
-    let v = wait_state(&node, "later", "dead", t).await;
+    let v = node.api().wait_state("later", "dead", t).await;
     let a = v["attempts"].as_array().unwrap();
     let gap = a[1]["started_at"].as_i64().unwrap() - a[0]["started_at"].as_i64().unwrap();
     assert!(gap >= 1000, "Retry-After: 1 not honoured: {gap} ms");
@@ -114,16 +116,20 @@ async fn success_body_rule_redirects_timeouts_gone_and_retry_after() {
 async fn dead_list_and_replay_over_http_and_cli() {
     let (redis, sink, node) = setup().await;
     for id in ["d1", "d2", "d3"] {
-        post_json(
-            &node,
-            json!({"id": id, "url": sink.url("/flaky/1"), "body": id, "schedule": [0]}),
-        )
-        .await;
+        node.api()
+            .post::<Value>(
+                "/v1/notifications",
+                json!({"id": id, "url": sink.url("/flaky/1"), "body": id, "schedule": [0]}),
+                StatusCode::CREATED,
+            )
+            .await;
     }
     for id in ["d1", "d2", "d3"] {
-        wait_state(&node, id, "dead", Duration::from_secs(10)).await;
+        node.api()
+            .wait_state(id, "dead", Duration::from_secs(10))
+            .await;
     }
-    let list = get_json(&node, "/v1/dead").await;
+    let list = node.api().get::<Value>("/v1/dead", StatusCode::OK).await;
     assert_eq!(list["dead"].as_array().unwrap().len(), 3, "{list}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
         .args(["dead", "list", "--redis-url", &redis.url()])
@@ -131,10 +137,17 @@ async fn dead_list_and_replay_over_http_and_cli() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"d2\""));
 
-    assert_eq!(post_empty(&node, "/v1/dead/d1/replay").await, 200);
-    let v = wait_state(&node, "d1", "delivered", Duration::from_secs(10)).await;
+    node.api()
+        .post_empty::<Value>("/v1/dead/d1/replay", StatusCode::OK)
+        .await;
+    let v = node
+        .api()
+        .wait_state("d1", "delivered", Duration::from_secs(10))
+        .await;
     assert_eq!(v["attempts"].as_array().unwrap().len(), 2);
-    let r = api()
+    let r = node
+        .api()
+        .http()
         .post(node.url("/v1/dead/d1/replay"))
         .send()
         .await
@@ -151,9 +164,13 @@ async fn dead_list_and_replay_over_http_and_cli() {
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"replayed\": 2"));
-    wait_state(&node, "d2", "delivered", Duration::from_secs(10)).await;
-    wait_state(&node, "d3", "delivered", Duration::from_secs(10)).await;
-    let stats = get_json(&node, "/v1/stats").await;
+    node.api()
+        .wait_state("d2", "delivered", Duration::from_secs(10))
+        .await;
+    node.api()
+        .wait_state("d3", "delivered", Duration::from_secs(10))
+        .await;
+    let stats = node.api().get::<Value>("/v1/stats", StatusCode::OK).await;
     assert_eq!(stats["delivered"], 3, "{stats}");
     assert_eq!(stats["dead"], 0, "{stats}");
     node.stop().await;
@@ -170,19 +187,21 @@ async fn signatures_verify_with_the_standardwebhooks_crate_and_bodies_go_out_unc
     })
     .await;
     let form = "charset=utf-8&notify_id=abc&out_trade_no=o-1&sign=Qx%2Bz9%2F%3D%3D&sign_type=RSA2&trade_status=TRADE_SUCCESS";
-    post_json(
-        &node,
-        json!({"id": "signed-1", "url": sink.url("/ok"), "body": form,
+    node.api()
+        .post::<Value>(
+            "/v1/notifications",
+            json!({"id": "signed-1", "url": sink.url("/ok"), "body": form,
                "headers": {"Content-Type": "application/x-www-form-urlencoded"}}),
-    )
-    .await;
-    post_json(
-        &node,
-        json!({"id": "signed-2", "url": sink.url("/ok"), "body": {"paid": true, "amount": "9.99"}}),
-    )
-    .await;
-    wait_state(&node, "signed-1", "delivered", Duration::from_secs(10)).await;
-    wait_state(&node, "signed-2", "delivered", Duration::from_secs(10)).await;
+            StatusCode::CREATED,
+        )
+        .await;
+    node.api().post::<Value>("/v1/notifications", json!({"id": "signed-2", "url": sink.url("/ok"), "body": {"paid": true, "amount": "9.99"}}), StatusCode::CREATED).await;
+    node.api()
+        .wait_state("signed-1", "delivered", Duration::from_secs(10))
+        .await;
+    node.api()
+        .wait_state("signed-2", "delivered", Duration::from_secs(10))
+        .await;
     let got = sink.received();
     assert_eq!(got.len(), 2);
     for r in &got {
@@ -234,10 +253,19 @@ async fn private_targets_are_refused_unless_allowed() {
         ),
     ];
     for (id, url) in &targets {
-        post_json(&node, json!({"id": id, "url": url, "body": id})).await;
+        node.api()
+            .post::<Value>(
+                "/v1/notifications",
+                json!({"id": id, "url": url, "body": id}),
+                StatusCode::CREATED,
+            )
+            .await;
     }
     for (id, _) in &targets {
-        let v = wait_state(&node, id, "dead", Duration::from_secs(10)).await;
+        let v = node
+            .api()
+            .wait_state(id, "dead", Duration::from_secs(10))
+            .await;
         assert!(
             v["reason"]
                 .as_str()
@@ -262,14 +290,10 @@ async fn a_slow_destination_does_not_hold_up_others() {
     let fast = Sink::start().await;
     let node = node_with(&redis, |c| c.per_destination_concurrency = 4).await;
     for i in 0..40 {
-        post_json(&node, json!({"id": format!("slow-{i}"), "url": slow.url("/sleep/2000"), "body": format!("slow-{i}")})).await;
+        node.api().post::<Value>("/v1/notifications", json!({"id": format!("slow-{i}"), "url": slow.url("/sleep/2000"), "body": format!("slow-{i}")}), StatusCode::CREATED).await;
     }
     for i in 0..40 {
-        post_json(
-            &node,
-            json!({"id": format!("fast-{i}"), "url": fast.url("/ok"), "body": format!("fast-{i}")}),
-        )
-        .await;
+        node.api().post::<Value>("/v1/notifications", json!({"id": format!("fast-{i}"), "url": fast.url("/ok"), "body": format!("fast-{i}")}), StatusCode::CREATED).await;
     }
     wait_until(Duration::from_secs(10), || async { fast.count() == 40 }).await;
     // The slow destination never had more than its limit at once (and had that many: the
@@ -279,7 +303,7 @@ async fn a_slow_destination_does_not_hold_up_others() {
         4,
         "peak concurrency at the slow destination"
     );
-    let stats = get_json(&node, "/v1/stats").await;
+    let stats = node.api().get::<Value>("/v1/stats", StatusCode::OK).await;
     assert!(stats["delivered"].as_i64().unwrap() >= 40, "{stats}");
     node.stop().await;
 }
@@ -554,12 +578,16 @@ async fn meta_round_trips_through_stall_release_dead_and_replay() {
 #[tokio::test]
 async fn retention_sweep_forgets_old_delivered_notifications() {
     let (redis, sink, node) = setup().await;
-    post_json(
-        &node,
-        json!({"id": "old", "url": sink.url("/ok"), "body": "old"}),
-    )
-    .await;
-    wait_state(&node, "old", "delivered", Duration::from_secs(10)).await;
+    node.api()
+        .post::<Value>(
+            "/v1/notifications",
+            json!({"id": "old", "url": sink.url("/ok"), "body": "old"}),
+            StatusCode::CREATED,
+        )
+        .await;
+    node.api()
+        .wait_state("old", "delivered", Duration::from_secs(10))
+        .await;
     let store = store(&redis);
     let future = paynotify::now_ms() + 1000;
     let swept = store.sweep_batch(0, future, 0, 100).await.unwrap();

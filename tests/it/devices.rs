@@ -3,125 +3,25 @@
 
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
+use paynotify::token::Kind;
+
 use crate::support::*;
-
-fn device_token(id: &str) -> String {
-    let expiry = paynotify::now_ms() / 1000 + 600;
-    paynotify::token::mint(
-        &[TOKEN_SECRET.to_string()],
-        paynotify::token::Kind::Device,
-        id,
-        expiry,
-    )
-    .unwrap()
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-enum Device {
-    Tcp {
-        reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-        writer: tokio::net::tcp::OwnedWriteHalf,
-    },
-    Ws(Box<Ws>),
-}
-
-impl Device {
-    async fn connect(node: &Node, id: &str, token: &str) -> (Device, Value) {
-        let stream = TcpStream::connect(node.device_addr.unwrap()).await.unwrap();
-        // As a device should (README): without it, a second reply written back to back waits
-        // for the server's delayed ACK, about 40 ms.
-        stream.set_nodelay(true).unwrap();
-        let (r, w) = stream.into_split();
-        let d = Device::Tcp {
-            reader: BufReader::new(r),
-            writer: w,
-        };
-        d.hello(id, token).await
-    }
-
-    /// The same device protocol over `ws://node/device`.
-    async fn connect_ws(node: &Node, id: &str, token: &str) -> (Device, Value) {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/device", node.addr))
-            .await
-            .unwrap();
-        Device::Ws(Box::new(ws)).hello(id, token).await
-    }
-
-    async fn hello(mut self, id: &str, token: &str) -> (Device, Value) {
-        self.send(json!({"type": "hello", "device_id": id, "token": token}))
-            .await;
-        let first = self.recv(Duration::from_secs(5)).await.unwrap();
-        (self, first)
-    }
-
-    async fn online(node: &Node, id: &str) -> Device {
-        let (d, welcome) = Self::connect(node, id, &device_token(id)).await;
-        assert_eq!(welcome["type"], "welcome", "{welcome}");
-        d
-    }
-
-    async fn send(&mut self, v: Value) {
-        match self {
-            Device::Tcp { writer, .. } => {
-                writer.write_all(format!("{v}\n").as_bytes()).await.unwrap()
-            }
-            Device::Ws(ws) => ws.send(Message::Text(v.to_string().into())).await.unwrap(),
-        }
-    }
-
-    /// The next frame; None on timeout or end of stream.
-    async fn recv(&mut self, wait: Duration) -> Option<Value> {
-        match self {
-            Device::Tcp { reader, .. } => {
-                let mut line = String::new();
-                match tokio::time::timeout(wait, reader.read_line(&mut line)).await {
-                    Ok(Ok(n)) if n > 0 => Some(serde_json::from_str(&line).unwrap()),
-                    _ => None,
-                }
-            }
-            Device::Ws(ws) => {
-                let deadline = tokio::time::Instant::now() + wait;
-                loop {
-                    match tokio::time::timeout_at(deadline, ws.next()).await {
-                        Ok(Some(Ok(Message::Text(t)))) => {
-                            return Some(serde_json::from_str(&t).unwrap())
-                        }
-                        Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-                        _ => return None,
-                    }
-                }
-            }
-        }
-    }
-
-    /// Answers every call with `{"echo": method}` until the stream ends.
-    fn serve_echo(mut self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            while let Some(frame) = self.recv(Duration::from_secs(60)).await {
-                if frame["type"] == "call" {
-                    let reply = if frame["method"] == "fail" {
-                        json!({"type": "reply", "id": frame["id"], "error": "jammed"})
-                    } else {
-                        json!({"type": "reply", "id": frame["id"], "result": {"echo": frame["method"], "params": frame["params"]}})
-                    };
-                    self.send(reply).await;
-                }
-            }
-        })
-    }
-}
 
 /// An authenticated POST of `body` to `path` on `node`: (status, JSON body).
 async fn post(node: &Node, path: &str, body: Value) -> (u16, Value) {
-    let r = api().post(node.url(path)).json(&body).send().await.unwrap();
+    let r = node
+        .api()
+        .http()
+        .post(node.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or_default())
 }
@@ -144,7 +44,9 @@ async fn a_call_through_node_b_reaches_a_device_on_node_a() {
     let redis = RedisServer::start().unwrap();
     let a = Node::start_with_devices(config(&redis)).await;
     let b = Node::start(config(&redis)).await;
-    let gate = Device::online(&a, "gate-1").await.serve_echo();
+    let gate = DeviceClient::online(a.device_addr.unwrap(), "gate-1")
+        .await
+        .serve_echo();
     let (status, body) = call(&b, "gate-1", "amount_due", 3000).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["result"]["echo"], "amount_due");
@@ -157,7 +59,10 @@ async fn a_call_through_node_b_reaches_a_device_on_node_a() {
         (status, body["code"].clone()),
         (404, json!("device_offline"))
     );
-    let presence = get_json(&b, "/v1/devices/gate-1").await;
+    let presence = b
+        .api()
+        .get::<Value>("/v1/devices/gate-1", StatusCode::OK)
+        .await;
     assert_eq!(presence["online"], true);
     assert!(presence["connected_since"].as_i64().unwrap() > 0);
     assert_eq!(
@@ -175,17 +80,21 @@ async fn a_black_holed_device_times_out_without_holding_up_the_others() {
     // The black hole sends no heartbeats either: give it longer than the call's deadline.
     let (a, b) = patient_pair(&redis).await;
     // This device reads nothing and answers nothing, but its connection stays up.
-    let _hole = Device::online(&a, "hole").await;
+    let _hole = DeviceClient::online(a.device_addr.unwrap(), "hole").await;
     let mut healthy = Vec::new();
     for i in 0..50 {
-        healthy.push(Device::online(&a, &format!("ok-{i}")).await.serve_echo());
+        healthy.push(
+            DeviceClient::online(a.device_addr.unwrap(), &format!("ok-{i}"))
+                .await
+                .serve_echo(),
+        );
     }
     let started = Instant::now();
     let stuck = tokio::spawn({
-        let b_url = b.url("/v1/devices/hole/call");
+        let (client, b_url) = (b.api().http().clone(), b.url("/v1/devices/hole/call"));
         async move {
             let t = Instant::now();
-            let r = api()
+            let r = client
                 .post(b_url)
                 .json(&json!({"method": "amount_due", "timeout_ms": 10_000}))
                 .send()
@@ -228,7 +137,7 @@ async fn a_black_holed_device_times_out_without_holding_up_the_others() {
 async fn a_silent_device_is_offline_within_one_and_a_half_heartbeats() {
     let redis = RedisServer::start().unwrap();
     let a = device_node_with(&redis, |c| c.device_heartbeat = Duration::from_millis(400)).await;
-    let mut d = Device::online(&a, "quiet-gate").await;
+    let mut d = DeviceClient::online(a.device_addr.unwrap(), "quiet-gate").await;
     // Pings keep it alive.
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -249,7 +158,10 @@ async fn a_silent_device_is_offline_within_one_and_a_half_heartbeats() {
         took >= Duration::from_millis(550) && took < Duration::from_millis(1500),
         "{took:?}"
     );
-    let presence = get_json(&a, "/v1/devices/quiet-gate").await;
+    let presence = a
+        .api()
+        .get::<Value>("/v1/devices/quiet-gate", StatusCode::OK)
+        .await;
     assert_eq!(presence["online"], false);
 }
 
@@ -258,15 +170,25 @@ async fn a_device_that_reconnects_to_another_node_takes_its_calls_along() {
     let redis = RedisServer::start().unwrap();
     let a = device_node_with(&redis, |c| c.node_id = "node-a".into()).await;
     let b = device_node_with(&redis, |c| c.node_id = "node-b".into()).await;
-    let mut old = Device::online(&a, "roamer").await;
-    assert_eq!(get_json(&b, "/v1/devices/roamer").await["node"], "node-a");
-    let new = Device::online(&b, "roamer").await.serve_echo();
+    let mut old = DeviceClient::online(a.device_addr.unwrap(), "roamer").await;
+    assert_eq!(
+        b.api()
+            .get::<Value>("/v1/devices/roamer", StatusCode::OK)
+            .await["node"],
+        "node-a"
+    );
+    let new = DeviceClient::online(b.device_addr.unwrap(), "roamer")
+        .await
+        .serve_echo();
     // The old connection is told to go.
     let bye = old.recv(Duration::from_secs(5)).await.unwrap();
     assert_eq!(bye["type"], "goodbye");
     let (status, body) = call(&a, "roamer", "amount_due", 3000).await;
     assert_eq!(status, 200, "{body}");
-    let presence = get_json(&a, "/v1/devices/roamer").await;
+    let presence = a
+        .api()
+        .get::<Value>("/v1/devices/roamer", StatusCode::OK)
+        .await;
     assert_eq!(presence["online"], true);
     assert_eq!(
         presence["node"], "node-b",
@@ -287,11 +209,11 @@ async fn bad_tokens_oversized_frames_and_garbage_are_refused() {
     )
     .unwrap();
     for (token, code) in [
-        (device_token("other"), "bad_token"),
+        (mint_token(Kind::Device, "other"), "bad_token"),
         (order_token, "bad_token"),
         ("junk".into(), "bad_token"),
     ] {
-        let (mut d, first) = Device::connect(&a, "gate-x", &token).await;
+        let (mut d, first) = DeviceClient::tcp(a.device_addr.unwrap(), "gate-x", &token).await;
         assert_eq!(
             (first["type"].clone(), first["code"].clone()),
             (json!("error"), json!(code))
@@ -309,13 +231,13 @@ async fn bad_tokens_oversized_frames_and_garbage_are_refused() {
     BufReader::new(r).read_line(&mut line).await.unwrap();
     assert!(line.contains("\"error\""), "{line}");
     // An oversized frame after a good hello ends the connection with an error.
-    let mut d = Device::online(&a, "gate-y").await;
+    let mut d = DeviceClient::online(a.device_addr.unwrap(), "gate-y").await;
     d.send(json!({"type": "ping", "pad": "x".repeat(10_000)}))
         .await;
     let err = d.recv(Duration::from_secs(5)).await.unwrap();
     assert_eq!(err["code"], "frame_too_large");
     // The node is fine.
-    let _ok = Device::online(&a, "gate-z").await;
+    let _ok = DeviceClient::online(a.device_addr.unwrap(), "gate-z").await;
 }
 
 /// A Redis, a sink for device events, and a node that sends them there.
@@ -329,7 +251,7 @@ async fn events_setup() -> (RedisServer, Sink, Node) {
 #[tokio::test]
 async fn device_events_become_notifications_for_the_app() {
     let (_redis, sink, a) = events_setup().await;
-    let mut d = Device::online(&a, "vending-7").await;
+    let mut d = DeviceClient::online(a.device_addr.unwrap(), "vending-7").await;
     d.send(json!({"type": "event", "name": "coin_jam", "data": {"slot": 3}}))
         .await;
     let ack = d.recv(Duration::from_secs(5)).await.unwrap();
@@ -339,7 +261,7 @@ async fn device_events_become_notifications_for_the_app() {
     assert_eq!(got["device_id"], "vending-7");
     assert_eq!(got["event"], "coin_jam");
     assert_eq!(got["data"]["slot"], 3);
-    let shown = show(&a, ack["id"].as_str().unwrap()).await;
+    let shown = a.api().notification(ack["id"].as_str().unwrap()).await;
     assert_eq!(shown["state"], "delivered");
 }
 
@@ -367,7 +289,10 @@ async fn the_simulator_connects_devices_that_answer_calls() {
         .spawn()
         .unwrap();
     wait_until(Duration::from_secs(10), || async {
-        let v = get_json(&a, "/v1/devices/sim-4").await;
+        let v = a
+            .api()
+            .get::<Value>("/v1/devices/sim-4", StatusCode::OK)
+            .await;
         v["online"] == true
     })
     .await;
@@ -387,7 +312,8 @@ async fn the_device_websocket_speaks_the_same_frames() {
     let redis = RedisServer::start().unwrap();
     let a = Node::start_with_devices(config(&redis)).await;
     let b = Node::start(config(&redis)).await;
-    let (mut d, welcome) = Device::connect_ws(&a, "kiosk-1", &device_token("kiosk-1")).await;
+    let (mut d, welcome) =
+        DeviceClient::ws(a.addr, "kiosk-1", &mint_token(Kind::Device, "kiosk-1")).await;
     assert_eq!(welcome["type"], "welcome", "{welcome}");
     d.send(json!({"type": "ping"})).await;
     assert_eq!(
@@ -399,32 +325,32 @@ async fn the_device_websocket_speaks_the_same_frames() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["result"]["echo"], "amount_due");
     // A TCP connection for the same device replaces the websocket one.
-    let tcp = Device::online(&a, "kiosk-1").await.serve_echo();
+    let tcp = DeviceClient::online(a.device_addr.unwrap(), "kiosk-1")
+        .await
+        .serve_echo();
     echo.await.unwrap();
     let (status, _) = call(&b, "kiosk-1", "amount_due", 3000).await;
     assert_eq!(status, 200);
     tcp.abort();
     // Refusals: a bad token, garbage, an oversized frame.
-    let (mut bad, first) = Device::connect_ws(&a, "kiosk-2", &device_token("other")).await;
+    let (mut bad, first) =
+        DeviceClient::ws(a.addr, "kiosk-2", &mint_token(Kind::Device, "other")).await;
     assert_eq!(first["code"], "bad_token", "{first}");
     assert!(bad.recv(Duration::from_secs(2)).await.is_none());
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/device", a.addr))
-        .await
-        .unwrap();
-    let mut garbage = Device::Ws(Box::new(ws));
-    if let Device::Ws(ws) = &mut garbage {
-        ws.send(Message::Binary(vec![0u8, 0xff, 1].into()))
-            .await
-            .unwrap();
-    }
+    let mut garbage = DeviceClient::ws_unintroduced(a.addr).await;
+    garbage
+        .send_message(Message::Binary(vec![0u8, 0xff, 1].into()))
+        .await;
     let err = garbage.recv(Duration::from_secs(5)).await.unwrap();
     assert_eq!(err["code"], "bad_frame", "{err}");
-    let (mut big, _) = Device::connect_ws(&a, "kiosk-3", &device_token("kiosk-3")).await;
+    let (mut big, _) =
+        DeviceClient::ws(a.addr, "kiosk-3", &mint_token(Kind::Device, "kiosk-3")).await;
     big.send(json!({"type": "ping", "pad": "x".repeat(10_000)}))
         .await;
     let err = big.recv(Duration::from_secs(5)).await.unwrap();
     assert_eq!(err["code"], "frame_too_large", "{err}");
-    let (_ok, welcome) = Device::connect_ws(&a, "kiosk-4", &device_token("kiosk-4")).await;
+    let (_ok, welcome) =
+        DeviceClient::ws(a.addr, "kiosk-4", &mint_token(Kind::Device, "kiosk-4")).await;
     assert_eq!(welcome["type"], "welcome");
 }
 
@@ -432,7 +358,7 @@ async fn the_device_websocket_speaks_the_same_frames() {
 async fn a_device_that_never_answers_gets_at_most_256_calls_in_flight() {
     let redis = RedisServer::start().unwrap();
     let a = device_node_with(&redis, |c| c.device_heartbeat = Duration::from_secs(30)).await;
-    let _hole = Device::online(&a, "jammed").await;
+    let _hole = DeviceClient::online(a.device_addr.unwrap(), "jammed").await;
     let calls = (0..300).map(|_| call(&a, "jammed", "amount_due", 2000));
     let results = futures::future::join_all(calls).await;
     let busy: Vec<&Value> = results
@@ -462,7 +388,7 @@ async fn a_device_connection_ends_when_its_token_expires() {
         paynotify::now_ms() / 1000 + 2,
     )
     .unwrap();
-    let (mut d, welcome) = Device::connect(&a, "brief", &short).await;
+    let (mut d, welcome) = DeviceClient::tcp(a.device_addr.unwrap(), "brief", &short).await;
     assert_eq!(welcome["type"], "welcome");
     let mut last = None;
     for _ in 0..30 {
@@ -487,7 +413,7 @@ async fn sends_say_when_the_device_queue_is_full_and_oversized_payloads_are_refu
     let redis = RedisServer::start().unwrap();
     let (a, b) = patient_pair(&redis).await;
     // A device that reads what it is sent gets the message (sent through the other node).
-    let mut reader = Device::online(&a, "reader").await;
+    let mut reader = DeviceClient::online(a.device_addr.unwrap(), "reader").await;
     assert_eq!(
         post(&b, "/v1/devices/reader/send", json!({"open": true}))
             .await
@@ -516,13 +442,14 @@ async fn sends_say_when_the_device_queue_is_full_and_oversized_payloads_are_refu
     );
     // A device that stops reading: once the socket buffers and its queue are full, sends are
     // refused with 429 device_busy instead of being accepted and dropped.
-    let _stuck = Device::online(&a, "stuck").await;
+    let _stuck = DeviceClient::online(a.device_addr.unwrap(), "stuck").await;
     let data = json!({ "pad": "y".repeat(paynotify::devices::MAX_DEVICE_PAYLOAD - 20) });
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
     let mut busy_body = Value::Null;
     for _ in 0..60 {
         let sends = (0..50).map(|_| {
-            api()
+            b.api()
+                .http()
                 .post(b.url("/v1/devices/stuck/send"))
                 .json(&data)
                 .send()
@@ -551,7 +478,7 @@ async fn sends_say_when_the_device_queue_is_full_and_oversized_payloads_are_refu
 async fn an_event_flood_is_rate_limited_and_every_acknowledged_event_is_delivered() {
     use paynotify::devices::EVENT_BURST;
     let (_redis, sink, a) = events_setup().await;
-    let mut d = Device::online(&a, "chatty").await;
+    let mut d = DeviceClient::online(a.device_addr.unwrap(), "chatty").await;
     let sent = EVENT_BURST * 2;
     for i in 0..sent {
         d.send(json!({"type": "event", "name": "tick", "data": {"i": i}}))
@@ -603,21 +530,13 @@ async fn the_device_listener_speaks_tls_only_when_given_a_certificate() {
     let tcp = TcpStream::connect(a.device_addr.unwrap()).await.unwrap();
     let name = ServerName::try_from("127.0.0.1").unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();
-    let (r, mut w) = tokio::io::split(tls);
-    let hello =
-        json!({"type": "hello", "device_id": "tls-gate", "token": device_token("tls-gate")});
-    w.write_all(format!("{hello}\n").as_bytes()).await.unwrap();
-    let mut lines = BufReader::new(r).lines();
-    let welcome = lines.next_line().await.unwrap().unwrap();
-    assert!(welcome.contains("welcome"), "{welcome}");
-    let answering = tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let frame: Value = serde_json::from_str(&line).unwrap();
-            if frame["type"] == "call" {
-                let reply = json!({"type": "reply", "id": frame["id"], "result": "over tls"});
-                w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
-            }
-        }
+    let (device, welcome) = DeviceClient::over(tls)
+        .hello("tls-gate", &mint_token(Kind::Device, "tls-gate"))
+        .await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    let answering = device.serve(None, |frame| {
+        (frame["type"] == "call")
+            .then(|| json!({"type": "reply", "id": frame["id"], "result": "over tls"}))
     });
     let (status, body) = call(&b, "tls-gate", "where", 3000).await;
     assert_eq!(
@@ -629,7 +548,8 @@ async fn the_device_listener_speaks_tls_only_when_given_a_certificate() {
     // A plaintext hello (a token in the clear) is never answered: the handshake fails and the
     // connection is closed.
     let mut plain = TcpStream::connect(a.device_addr.unwrap()).await.unwrap();
-    let hello = json!({"type": "hello", "device_id": "plain", "token": device_token("plain")});
+    let hello =
+        json!({"type": "hello", "device_id": "plain", "token": mint_token(Kind::Device, "plain")});
     plain
         .write_all(format!("{hello}\n").as_bytes())
         .await
@@ -638,7 +558,10 @@ async fn the_device_listener_speaks_tls_only_when_given_a_certificate() {
     let read = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut got)).await;
     assert!(read.is_ok(), "the plaintext connection was left open");
     assert!(!String::from_utf8_lossy(&got).contains("welcome"));
-    let presence = get_json(&b, "/v1/devices/plain").await;
+    let presence = b
+        .api()
+        .get::<Value>("/v1/devices/plain", StatusCode::OK)
+        .await;
     assert_eq!(presence["online"], false, "{presence}");
     // The simulator speaks TLS too, given the CA.
     let mut sim = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
@@ -657,7 +580,10 @@ async fn the_device_listener_speaks_tls_only_when_given_a_certificate() {
         .spawn()
         .unwrap();
     wait_until(Duration::from_secs(10), || async {
-        get_json(&b, "/v1/devices/tls-sim-1").await["online"] == true
+        b.api()
+            .get::<Value>("/v1/devices/tls-sim-1", StatusCode::OK)
+            .await["online"]
+            == true
     })
     .await;
     let (status, body) = call(&b, "tls-sim-0", "amount_due", 3000).await;
@@ -706,8 +632,8 @@ async fn metric(node: &Node, name: &str) -> f64 {
 async fn a_burst_gets_exactly_the_cap_and_refusals_are_exact_and_counted() {
     let redis = RedisServer::start().unwrap();
     let (a, b) = patient_pair(&redis).await;
-    let mut device = Device::online(&a, "gate-A").await;
-    let client = api();
+    let mut device = DeviceClient::online(a.device_addr.unwrap(), "gate-A").await;
+    let client = b.api().http().clone();
     let url = b.url("/v1/devices/gate-A/call");
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..1000 {
@@ -765,7 +691,9 @@ async fn a_burst_gets_exactly_the_cap_and_refusals_are_exact_and_counted() {
     assert!(device.recv(Duration::from_millis(300)).await.is_none());
 
     // A device that answers at once: a burst below the cap is never refused.
-    let echo = Device::online(&a, "gate-B").await.serve_echo();
+    let echo = DeviceClient::online(a.device_addr.unwrap(), "gate-B")
+        .await
+        .serve_echo();
     let burst = (0..200).map(|i| {
         let client = client.clone();
         let url = b.url("/v1/devices/gate-B/call");
@@ -791,8 +719,8 @@ async fn a_burst_gets_exactly_the_cap_and_refusals_are_exact_and_counted() {
 async fn abandoned_calls_leave_nothing_waiting() {
     let redis = RedisServer::start().unwrap();
     let (a, b) = patient_pair(&redis).await;
-    let _silent = Device::online(&a, "mute").await;
-    let client = api();
+    let _silent = DeviceClient::online(a.device_addr.unwrap(), "mute").await;
+    let client = b.api().http().clone();
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..100 {
         let (client, url) = (client.clone(), b.url("/v1/devices/mute/call"));

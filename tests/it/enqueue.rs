@@ -11,21 +11,25 @@ use crate::support::*;
 async fn http_enqueue_is_idempotent_and_conflicts_on_different_content() {
     let (_redis, sink, node) = setup().await;
     let doc = json!({"id": "order-1", "url": sink.url("/ok"), "body": "order-1"});
-    let (status, body) = post_json(&node, doc.clone()).await;
+    let (status, body) = node.api().post_any("/v1/notifications", doc.clone()).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["created"], true);
-    let (status, body) = post_json(&node, doc.clone()).await;
+    let (status, body) = node.api().post_any("/v1/notifications", doc.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["created"], false);
-    wait_state(&node, "order-1", "delivered", Duration::from_secs(10)).await;
+    node.api()
+        .wait_state("order-1", "delivered", Duration::from_secs(10))
+        .await;
     // Same id, same content, after delivery: still one notification.
-    let (status, _) = post_json(&node, doc).await;
+    let (status, _) = node.api().post_any("/v1/notifications", doc).await;
     assert_eq!(status, 200);
-    let (status, body) = post_json(
-        &node,
-        json!({"id": "order-1", "url": sink.url("/ok"), "body": "other"}),
-    )
-    .await;
+    let (status, body) = node
+        .api()
+        .post_any(
+            "/v1/notifications",
+            json!({"id": "order-1", "url": sink.url("/ok"), "body": "other"}),
+        )
+        .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["code"], "conflict");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -87,7 +91,9 @@ async fn intake_stream_enqueues_once_and_rejects_with_reason() {
     }
     let _: String = many.query_async(&mut conn).await.unwrap();
     wait_xlen(&conn, "paynotify:rejected", 5).await;
-    wait_state(&node, "order-2", "delivered", Duration::from_secs(10)).await;
+    node.api()
+        .wait_state("order-2", "delivered", Duration::from_secs(10))
+        .await;
     wait_until(Duration::from_secs(10), || async {
         sink.counts().contains_key(&b"anonymous"[..])
     })
@@ -148,7 +154,9 @@ async fn cli_enqueue_is_idempotent() {
     assert!(String::from_utf8_lossy(&invalid.stderr).contains("field `url`"));
 
     let node = Node::start(config(&redis)).await;
-    wait_state(&node, "order-3", "delivered", Duration::from_secs(10)).await;
+    node.api()
+        .wait_state("order-3", "delivered", Duration::from_secs(10))
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.counts().get(&b"order-3"[..]).copied(), Some(1));
     let shown = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
@@ -165,7 +173,7 @@ async fn cli_enqueue_is_idempotent() {
 async fn bad_requests_get_400_naming_the_field_and_401_without_key() {
     let redis = RedisServer::start().unwrap();
     let node = Node::start(config(&redis)).await;
-    let client = api();
+    let client = node.api().http().clone();
     let cases = [
         ("{\"url\": ", None),
         (r#"{"body": "x"}"#, Some("url")),

@@ -3,10 +3,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
 
@@ -20,15 +17,8 @@ async fn status(url: String) -> Option<u16> {
         .map(|r| r.status().as_u16())
 }
 
-async fn enqueue(addr: std::net::SocketAddr, doc: Value) -> (u16, Value) {
-    let r = api()
-        .post(format!("http://{addr}/v1/notifications"))
-        .json(&doc)
-        .send()
-        .await
-        .unwrap();
-    let code = r.status().as_u16();
-    (code, r.json().await.unwrap_or_default())
+async fn enqueue(node: &Proc, doc: Value) -> (u16, Value) {
+    node.api().post_any("/v1/notifications", doc).await
 }
 
 /// Ids the sink has received (the body of each notification is its id).
@@ -54,7 +44,7 @@ async fn a_30_second_redis_outage_loses_nothing_and_readiness_follows_it() {
     for p in &procs {
         p.wait_ready().await;
     }
-    let a = procs[0].addr;
+    let a = &procs[0];
     let mut expected = HashSet::new();
     for i in 0..100 {
         let id = format!("before-{i}");
@@ -114,7 +104,7 @@ async fn a_30_second_redis_outage_loses_nothing_and_readiness_follows_it() {
     for i in 0..50 {
         let id = format!("after-{i}");
         let (code, body) = enqueue(
-            procs[1].addr,
+            &procs[1],
             json!({"id": id, "url": sink.url("/ok"), "body": id}),
         )
         .await;
@@ -144,71 +134,19 @@ async fn a_redis_that_comes_back_empty_gets_its_groups_subscriptions_and_presenc
     let sink = Sink::start().await;
     let node = device_node_with(&redis, |c| c.device_heartbeat = Duration::from_millis(500)).await;
     // A browser following an order, and a device.
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", node.addr))
-        .await
-        .unwrap();
-    let order_token = paynotify::token::mint(
-        &[TOKEN_SECRET.to_string()],
-        paynotify::token::Kind::Order,
-        "o-empty",
-        paynotify::now_ms() / 1000 + 600,
-    )
-    .unwrap();
-    ws.send(Message::Text(
-        json!({"type": "subscribe", "order_id": "o-empty", "token": order_token})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    let subscribed = ws.next().await.unwrap().unwrap();
-    assert!(
-        subscribed.to_string().contains("subscribed"),
-        "{subscribed}"
-    );
-    let device_token = paynotify::token::mint(
-        &[TOKEN_SECRET.to_string()],
-        paynotify::token::Kind::Device,
-        "gate-e",
-        paynotify::now_ms() / 1000 + 600,
-    )
-    .unwrap();
-    let stream = tokio::net::TcpStream::connect(node.device_addr.unwrap())
-        .await
-        .unwrap();
-    let (r, mut w) = stream.into_split();
-    w.write_all(
-        format!(
-            "{}\n",
-            json!({"type": "hello", "device_id": "gate-e", "token": device_token})
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut lines = BufReader::new(r).lines();
-    let welcome = lines.next_line().await.unwrap().unwrap();
-    assert!(welcome.contains("welcome"), "{welcome}");
+    let mut ws = WsClient::connect(node.addr).await;
+    ws.subscribe("o-empty").await;
     // The device pings and answers calls.
-    let device = tokio::spawn(async move {
-        let mut ping = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                line = lines.next_line() => match line {
-                    Ok(Some(line)) => {
-                        let frame: Value = serde_json::from_str(&line).unwrap();
-                        if frame["type"] == "call" {
-                            let reply = json!({"type": "reply", "id": frame["id"], "result": "here"});
-                            w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
-                        }
-                        assert_ne!(frame["type"], "goodbye", "the device was sent away: {frame}");
-                    }
-                    _ => return,
-                },
-                _ = ping.tick() => w.write_all(b"{\"type\":\"ping\"}\n").await.unwrap(),
-            }
-        }
-    });
+    let device = DeviceClient::online(node.device_addr.unwrap(), "gate-e")
+        .await
+        .serve(Some(Duration::from_millis(250)), |frame| {
+            assert_ne!(
+                frame["type"], "goodbye",
+                "the device was sent away: {frame}"
+            );
+            (frame["type"] == "call")
+                .then(|| json!({"type": "reply", "id": frame["id"], "result": "here"}))
+        });
 
     redis.restart().unwrap();
     wait_until(Duration::from_secs(20), || async {
@@ -225,10 +163,7 @@ async fn a_redis_that_comes_back_empty_gets_its_groups_subscriptions_and_presenc
     let mut got = None;
     for _ in 0..50 {
         assert_eq!(post_result(&node, "o-empty", "paid").await, 200);
-        if let Ok(Some(Ok(Message::Text(t)))) =
-            tokio::time::timeout(Duration::from_millis(300), ws.next()).await
-        {
-            let v: Value = serde_json::from_str(&t).unwrap();
+        if let Some(v) = ws.next_json(Duration::from_millis(300)).await {
             if v["type"] == "result" {
                 got = Some(v);
                 break;
@@ -238,11 +173,16 @@ async fn a_redis_that_comes_back_empty_gets_its_groups_subscriptions_and_presenc
     assert_eq!(got.expect("no result after the restart")["status"], "paid");
     // The device's presence comes back without dropping it, and calls reach it.
     wait_until(Duration::from_secs(10), || async {
-        let v = get_json(&node, "/v1/devices/gate-e").await;
+        let v = node
+            .api()
+            .get::<Value>("/v1/devices/gate-e", StatusCode::OK)
+            .await;
         v["online"] == true
     })
     .await;
-    let r = api()
+    let r = node
+        .api()
+        .http()
         .post(node.url("/v1/devices/gate-e/call"))
         .json(&json!({"method": "where", "timeout_ms": 3000}))
         .send()
@@ -267,11 +207,13 @@ async fn wait_replicas_refuses_an_enqueue_no_replica_confirmed() {
     let later = paynotify::now_ms() + 3_600_000;
     for i in 0..50 {
         // The same document each time: a retry of a refused enqueue is idempotent.
-        let (code, _) = post_json(
-            &node,
-            json!({"id": "w-1", "url": sink.url("/ok"), "deliver_at": later}),
-        )
-        .await;
+        let (code, _) = node
+            .api()
+            .post_any(
+                "/v1/notifications",
+                json!({"id": "w-1", "url": sink.url("/ok"), "deliver_at": later}),
+            )
+            .await;
         if code == 201 || code == 200 {
             created = true;
             break;
@@ -282,10 +224,7 @@ async fn wait_replicas_refuses_an_enqueue_no_replica_confirmed() {
     assert!(created, "the replica never confirmed");
     // Without it, the enqueue is refused clearly (the write is on the primary; a retry is safe).
     replica.stop();
-    let (code, body) = post_json(
-        &node,
-        json!({"id": "w-2", "url": sink.url("/ok"), "deliver_at": paynotify::now_ms() + 3_600_000}),
-    )
+    let (code, body) = node.api().post_any("/v1/notifications", json!({"id": "w-2", "url": sink.url("/ok"), "deliver_at": paynotify::now_ms() + 3_600_000}))
     .await;
     assert_eq!(
         (code, body["code"].clone()),

@@ -102,7 +102,9 @@ async fn a_full_node_refuses_new_connections_with_503() {
 #[tokio::test]
 async fn refusals_made_by_the_framework_are_json_too() {
     let (_redis, _sink, node) = setup().await;
-    let wrong_method = api()
+    let wrong_method = node
+        .api()
+        .http()
         .put(node.url("/v1/notifications"))
         .send()
         .await
@@ -110,7 +112,9 @@ async fn refusals_made_by_the_framework_are_json_too() {
     assert_eq!(wrong_method.status(), 405);
     let body: serde_json::Value = wrong_method.json().await.unwrap();
     assert_eq!(body["code"], "method_not_allowed", "{body}");
-    let bad_query = api()
+    let bad_query = node
+        .api()
+        .http()
         .get(node.url("/v1/orders/o-1/result?wait=forever&token=x"))
         .send()
         .await
@@ -124,14 +128,19 @@ async fn refusals_made_by_the_framework_are_json_too() {
 #[tokio::test]
 async fn views_never_show_the_merchants_header_values() {
     let (_redis, sink, node) = setup().await;
-    let (code, body) = post_json(
-        &node,
-        serde_json::json!({"id": "with-creds", "url": sink.url("/ok"),
+    let (code, body) = node
+        .api()
+        .post_any(
+            "/v1/notifications",
+            serde_json::json!({"id": "with-creds", "url": sink.url("/ok"),
             "headers": {"Authorization": "Bearer merchant-secret-123"}}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(code, 201, "{body}");
-    let shown = wait_state(&node, "with-creds", "delivered", Duration::from_secs(10)).await;
+    let shown = node
+        .api()
+        .wait_state("with-creds", "delivered", Duration::from_secs(10))
+        .await;
     let text = shown.to_string();
     assert!(!text.contains("merchant-secret-123"), "{text}");
     assert_eq!(

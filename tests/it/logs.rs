@@ -12,13 +12,11 @@ async fn json_logs_carry_the_delivery_span_and_never_a_secret() {
     let redis = RedisServer::start().unwrap();
     let sink = Sink::start().await;
     let signing = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let port = paynotify::redis::child::free_port().unwrap();
-    let addr = format!("127.0.0.1:{port}");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
         .args(["--log-format", "json", "serve", "--redis-url", &redis.url()])
         .args([
             "--listen",
-            &addr,
+            "127.0.0.1:0",
             "--api-key",
             API_KEY,
             "--token-secret",
@@ -38,19 +36,18 @@ async fn json_logs_carry_the_delivery_span_and_never_a_secret() {
         stderr.read_to_string(&mut text).unwrap();
         text
     });
+    let port = paynotify_testkit::listening_port(&mut child, Duration::from_secs(20));
+    let addr = format!("127.0.0.1:{port}");
     let ready = format!("http://{addr}/readyz");
     wait_until(Duration::from_secs(20), || {
         let ready = ready.clone();
         async move { reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) }
     })
     .await;
-    let r = api()
-        .post(format!("http://{addr}/v1/notifications"))
-        .json(&json!({"id": "logged-1", "url": sink.url("/status/500"), "schedule": [0, 0.2]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let api = TestClient::new(addr.parse().unwrap());
+    let doc = json!({"id": "logged-1", "url": sink.url("/status/500"), "schedule": [0, 0.2]});
+    api.post::<Value>("/v1/notifications", doc, StatusCode::CREATED)
+        .await;
     wait_until(Duration::from_secs(10), || async { sink.count() >= 2 }).await;
     // Both attempts reached the route that answers 500 (not a 404 from a missing route).
     assert!(sink.received().iter().all(|r| r.path == "/status/500"));

@@ -3,60 +3,16 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use paynotify::token::Kind;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn token(order_id: &str) -> String {
-    let expiry = paynotify::now_ms() / 1000 + 600;
-    paynotify::token::mint(
-        &[TOKEN_SECRET.to_string()],
-        paynotify::token::Kind::Order,
-        order_id,
-        expiry,
-    )
-    .unwrap()
-}
-
-async fn connect(node: &Node) -> Ws {
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", node.addr))
-        .await
-        .unwrap();
-    ws
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::Text(v.to_string().into())).await.unwrap();
-}
-
-/// The next text frame, or None if nothing comes within `wait`.
-async fn next(ws: &mut Ws, wait: Duration) -> Option<Value> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).unwrap()),
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            _ => return None,
-        }
-    }
-}
-
-async fn subscribe(ws: &mut Ws, order_id: &str) {
-    send(
-        ws,
-        json!({"type": "subscribe", "order_id": order_id, "token": token(order_id)}),
-    )
-    .await;
-    let v = next(ws, Duration::from_secs(5)).await.unwrap();
-    assert_eq!(v, json!({"type": "subscribed", "order_id": order_id}));
-}
-
 async fn publish(node: &Node, order_id: &str, status: &str) -> u64 {
-    let r = api()
+    let r = node
+        .api()
+        .http()
         .post(node.url(&format!("/v1/orders/{order_id}/result")))
         .json(&json!({"status": status, "data": {"amount": "9.99"}}))
         .send()
@@ -71,17 +27,17 @@ async fn a_subscriber_on_node_a_gets_a_result_published_through_node_b() {
     let redis = RedisServer::start().unwrap();
     let a = Node::start(config(&redis)).await;
     let b = Node::start(config(&redis)).await;
-    let mut ws = connect(&a).await;
-    subscribe(&mut ws, "order-ab").await;
+    let mut ws = WsClient::connect(a.addr).await;
+    ws.subscribe("order-ab").await;
     assert_eq!(publish(&b, "order-ab", "paid").await, 1);
-    let v = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    let v = ws.next_json(Duration::from_secs(5)).await.unwrap();
     assert_eq!(v["type"], "result");
     assert_eq!(v["order_id"], "order-ab");
     assert_eq!(v["status"], "paid");
     assert_eq!(v["seq"], 1);
     assert_eq!(v["data"]["amount"], "9.99");
     assert!(
-        next(&mut ws, Duration::from_millis(300)).await.is_none(),
+        ws.next_json(Duration::from_millis(300)).await.is_none(),
         "a second copy arrived"
     );
 }
@@ -93,28 +49,26 @@ async fn results_published_before_during_and_after_subscribe_arrive_exactly_once
     let b = Node::start(config(&redis)).await;
     // Before.
     publish(&b, "before", "paid").await;
-    let mut ws = connect(&a).await;
-    subscribe(&mut ws, "before").await;
-    let v = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    let mut ws = WsClient::connect(a.addr).await;
+    ws.subscribe("before").await;
+    let v = ws.next_json(Duration::from_secs(5)).await.unwrap();
     assert_eq!(
         (v["order_id"].clone(), v["seq"].clone()),
         (json!("before"), json!(1))
     );
     // During: the publish races the subscribe, many times.
-    let mut ws2 = connect(&a).await;
+    let mut ws2 = WsClient::connect(a.addr).await;
     for i in 0..40 {
         let order = format!("during-{i}");
         let sub = async {
-            send(
-                &mut ws2,
-                json!({"type": "subscribe", "order_id": order, "token": token(&order)}),
-            )
-            .await;
+            let token = mint_token(Kind::Order, &order);
+            ws2.send_json(json!({"type": "subscribe", "order_id": order, "token": token}))
+                .await;
         };
         tokio::join!(sub, publish(&b, &order, "paid"));
     }
     let mut seen = std::collections::HashMap::new();
-    while let Some(v) = next(&mut ws2, Duration::from_millis(700)).await {
+    while let Some(v) = ws2.next_json(Duration::from_millis(700)).await {
         if v["type"] == "result" {
             *seen
                 .entry(v["order_id"].as_str().unwrap().to_string())
@@ -125,11 +79,11 @@ async fn results_published_before_during_and_after_subscribe_arrive_exactly_once
     assert_eq!(seen.len(), 40, "some results were lost: {seen:?}");
     assert!(seen.values().all(|n| *n == 1), "duplicates: {seen:?}");
     // After, and a second result is a new result.
-    subscribe(&mut ws, "after").await;
+    ws.subscribe("after").await;
     publish(&b, "after", "paid").await;
     publish(&b, "after", "refunded").await;
-    let first = next(&mut ws, Duration::from_secs(5)).await.unwrap();
-    let second = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    let first = ws.next_json(Duration::from_secs(5)).await.unwrap();
+    let second = ws.next_json(Duration::from_secs(5)).await.unwrap();
     assert_eq!(
         (first["seq"].clone(), first["status"].clone()),
         (json!(1), json!("paid"))
@@ -138,13 +92,13 @@ async fn results_published_before_during_and_after_subscribe_arrive_exactly_once
         (second["seq"].clone(), second["status"].clone()),
         (json!(2), json!("refunded"))
     );
-    assert!(next(&mut ws, Duration::from_millis(300)).await.is_none());
+    assert!(ws.next_json(Duration::from_millis(300)).await.is_none());
 }
 
 #[tokio::test]
 async fn bad_expired_and_other_orders_tokens_get_an_error_frame_and_nothing_else() {
     let (_redis, _sink, node) = setup().await;
-    let mut ws = connect(&node).await;
+    let mut ws = WsClient::connect(node.addr).await;
     let expired = paynotify::token::mint(
         &[TOKEN_SECRET.to_string()],
         paynotify::token::Kind::Order,
@@ -160,24 +114,21 @@ async fn bad_expired_and_other_orders_tokens_get_an_error_frame_and_nothing_else
     )
     .unwrap();
     for (tok, code) in [
-        (token("other-order"), "bad_token"),
+        (mint_token(Kind::Order, "other-order"), "bad_token"),
         (expired, "expired_token"),
         (device, "bad_token"),
         ("v1.99999999999.AAAA".to_string(), "bad_token"),
         ("garbage".to_string(), "bad_token"),
     ] {
-        send(
-            &mut ws,
-            json!({"type": "subscribe", "order_id": "secret-order", "token": tok}),
-        )
-        .await;
-        let v = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+        ws.send_json(json!({"type": "subscribe", "order_id": "secret-order", "token": tok}))
+            .await;
+        let v = ws.next_json(Duration::from_secs(5)).await.unwrap();
         assert_eq!(v["type"], "error", "{v}");
         assert_eq!(v["code"], code, "{v}");
     }
     publish(&node, "secret-order", "paid").await;
     assert!(
-        next(&mut ws, Duration::from_millis(500)).await.is_none(),
+        ws.next_json(Duration::from_millis(500)).await.is_none(),
         "a refused subscriber got the result"
     );
     // Malformed frames get errors too, and the connection stays usable.
@@ -186,20 +137,20 @@ async fn bad_expired_and_other_orders_tokens_get_an_error_frame_and_nothing_else
         json!({"type": "dance"}),
         json!([1, 2]),
     ] {
-        send(&mut ws, frame).await;
+        ws.send_json(frame).await;
         assert_eq!(
-            next(&mut ws, Duration::from_secs(5)).await.unwrap()["code"],
+            ws.next_json(Duration::from_secs(5)).await.unwrap()["code"],
             "bad_frame"
         );
     }
     ws.send(Message::Text("not json".into())).await.unwrap();
     assert_eq!(
-        next(&mut ws, Duration::from_secs(5)).await.unwrap()["code"],
+        ws.next_json(Duration::from_secs(5)).await.unwrap()["code"],
         "bad_frame"
     );
-    send(&mut ws, json!({"type": "ping"})).await;
+    ws.send_json(json!({"type": "ping"})).await;
     assert_eq!(
-        next(&mut ws, Duration::from_secs(5)).await.unwrap()["type"],
+        ws.next_json(Duration::from_secs(5)).await.unwrap()["type"],
         "pong"
     );
 }
@@ -207,34 +158,31 @@ async fn bad_expired_and_other_orders_tokens_get_an_error_frame_and_nothing_else
 #[tokio::test]
 async fn two_tabs_both_get_the_result_and_an_unsubscribed_one_does_not() {
     let (_redis, _sink, node) = setup().await;
-    let mut tab1 = connect(&node).await;
-    let mut tab2 = connect(&node).await;
-    let mut gone = connect(&node).await;
+    let mut tab1 = WsClient::connect(node.addr).await;
+    let mut tab2 = WsClient::connect(node.addr).await;
+    let mut gone = WsClient::connect(node.addr).await;
     for ws in [&mut tab1, &mut tab2, &mut gone] {
-        subscribe(ws, "order-tabs").await;
+        ws.subscribe("order-tabs").await;
     }
-    send(
-        &mut gone,
-        json!({"type": "unsubscribe", "order_id": "order-tabs"}),
-    )
-    .await;
+    gone.send_json(json!({"type": "unsubscribe", "order_id": "order-tabs"}))
+        .await;
     assert_eq!(
-        next(&mut gone, Duration::from_secs(5)).await.unwrap()["type"],
+        gone.next_json(Duration::from_secs(5)).await.unwrap()["type"],
         "unsubscribed"
     );
     publish(&node, "order-tabs", "paid").await;
     for ws in [&mut tab1, &mut tab2] {
         assert_eq!(
-            next(ws, Duration::from_secs(5)).await.unwrap()["status"],
+            ws.next_json(Duration::from_secs(5)).await.unwrap()["status"],
             "paid"
         );
     }
-    assert!(next(&mut gone, Duration::from_millis(500)).await.is_none());
+    assert!(gone.next_json(Duration::from_millis(500)).await.is_none());
     // Closing tab 1 leaves tab 2 subscribed.
     tab1.close(None).await.unwrap();
     publish(&node, "order-tabs", "refunded").await;
     assert_eq!(
-        next(&mut tab2, Duration::from_secs(5)).await.unwrap()["status"],
+        tab2.next_json(Duration::from_secs(5)).await.unwrap()["status"],
         "refunded"
     );
 }
@@ -243,17 +191,15 @@ async fn two_tabs_both_get_the_result_and_an_unsubscribed_one_does_not() {
 async fn too_many_subscriptions_and_oversized_frames_are_refused() {
     let redis = RedisServer::start().unwrap();
     let node = node_with(&redis, |c| c.ws_max_subscriptions = 3).await;
-    let mut ws = connect(&node).await;
+    let mut ws = WsClient::connect(node.addr).await;
     for i in 0..3 {
-        subscribe(&mut ws, &format!("many-{i}")).await;
+        ws.subscribe(&format!("many-{i}")).await;
     }
-    send(
-        &mut ws,
-        json!({"type": "subscribe", "order_id": "many-3", "token": token("many-3")}),
-    )
-    .await;
+    let token = mint_token(Kind::Order, "many-3");
+    ws.send_json(json!({"type": "subscribe", "order_id": "many-3", "token": token}))
+        .await;
     assert_eq!(
-        next(&mut ws, Duration::from_secs(5)).await.unwrap()["code"],
+        ws.next_json(Duration::from_secs(5)).await.unwrap()["code"],
         "too_many_subscriptions"
     );
     // An oversized frame ends the connection; the node carries on.
@@ -270,8 +216,8 @@ async fn too_many_subscriptions_and_oversized_frames_are_refused() {
         }
     }
     assert!(ended, "the connection stayed open after an oversized frame");
-    let mut ws = connect(&node).await;
-    subscribe(&mut ws, "still-up").await;
+    let mut ws = WsClient::connect(node.addr).await;
+    ws.subscribe("still-up").await;
 }
 
 #[tokio::test]
@@ -282,18 +228,19 @@ async fn a_slow_reader_is_cut_off_and_the_others_carry_on() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(node.addr).await.unwrap();
-    let (mut slow, _) = tokio_tungstenite::client_async(
+    let (slow, _) = tokio_tungstenite::client_async(
         format!("ws://{}/ws", node.addr),
         tokio_tungstenite::MaybeTlsStream::Plain(stream),
     )
     .await
     .unwrap();
-    subscribe(&mut slow, "busy").await;
-    let mut fast = connect(&node).await;
-    subscribe(&mut fast, "busy").await;
+    let mut slow = WsClient::from_stream(slow);
+    slow.subscribe("busy").await;
+    let mut fast = WsClient::connect(node.addr).await;
+    fast.subscribe("busy").await;
     let reader = tokio::spawn(async move {
         let mut n = 0;
-        while let Some(v) = next(&mut fast, Duration::from_secs(10)).await {
+        while let Some(v) = fast.next_json(Duration::from_secs(10)).await {
             if v["type"] == "result" {
                 n += 1;
                 if n == 600 {
@@ -336,7 +283,13 @@ async fn a_slow_reader_is_cut_off_and_the_others_carry_on() {
     if let Some(code) = closed_with {
         assert_eq!(code, 1013);
     }
-    let stats = api().get(node.url("/healthz")).send().await.unwrap();
+    let stats = node
+        .api()
+        .http()
+        .get(node.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(stats.status(), 200);
 }
 
@@ -347,7 +300,7 @@ async fn long_poll_answers_at_once_or_when_the_result_lands() {
     let url = |order: &str, wait: u64| {
         node.url(&format!(
             "/v1/orders/{order}/result?token={}&wait={wait}",
-            token(order)
+            mint_token(Kind::Order, order)
         ))
     };
     let waiting = tokio::spawn(client.get(url("lp-1", 10)).send());
@@ -365,7 +318,10 @@ async fn long_poll_answers_at_once_or_when_the_result_lands() {
     let r = client.get(url("lp-2", 1)).send().await.unwrap();
     assert_eq!(r.status(), 204);
     let r = client
-        .get(node.url(&format!("/v1/orders/lp-1/result?token={}", token("lp-2"))))
+        .get(node.url(&format!(
+            "/v1/orders/lp-1/result?token={}",
+            mint_token(Kind::Order, "lp-2")
+        )))
         .send()
         .await
         .unwrap();
@@ -395,15 +351,12 @@ async fn intake_and_cli_publish_and_cli_tokens() {
         .map(String::from)
         .collect();
     assert_eq!(tokens.len(), 2);
-    let mut ws = connect(&node).await;
+    let mut ws = WsClient::connect(node.addr).await;
     for (order, tok) in ["cli-1", "cli-2"].iter().zip(&tokens) {
-        send(
-            &mut ws,
-            json!({"type": "subscribe", "order_id": order, "token": tok}),
-        )
-        .await;
+        ws.send_json(json!({"type": "subscribe", "order_id": order, "token": tok}))
+            .await;
         assert_eq!(
-            next(&mut ws, Duration::from_secs(5)).await.unwrap()["type"],
+            ws.next_json(Duration::from_secs(5)).await.unwrap()["type"],
             "subscribed"
         );
     }
@@ -417,7 +370,7 @@ async fn intake_and_cli_publish_and_cli_tokens() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let v = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    let v = ws.next_json(Duration::from_secs(5)).await.unwrap();
     assert_eq!(
         (v["order_id"].clone(), v["status"].clone()),
         (json!("cli-1"), json!("paid"))
@@ -436,7 +389,7 @@ async fn intake_and_cli_publish_and_cli_tokens() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let v = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    let v = ws.next_json(Duration::from_secs(5)).await.unwrap();
     assert_eq!(
         (v["order_id"].clone(), v["data"]["n"].clone()),
         (json!("cli-2"), json!(1))
@@ -447,8 +400,8 @@ async fn intake_and_cli_publish_and_cli_tokens() {
 async fn subscriptions_come_back_after_redis_restarts() {
     let mut redis = RedisServer::start_with(true).unwrap();
     let node = Node::start(config(&redis)).await;
-    let mut ws = connect(&node).await;
-    subscribe(&mut ws, "survivor").await;
+    let mut ws = WsClient::connect(node.addr).await;
+    ws.subscribe("survivor").await;
     redis.restart().unwrap();
     // The hub notices, reconnects and subscribes again; readiness says when.
     wait_until(Duration::from_secs(20), || async {
@@ -473,7 +426,8 @@ async fn subscriptions_come_back_after_redis_restarts() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(seq.is_some(), "publish never succeeded after the restart");
-    let v = next(&mut ws, Duration::from_secs(10))
+    let v = ws
+        .next_json(Duration::from_secs(10))
         .await
         .expect("no result after the Redis restart");
     assert_eq!(v["status"], "paid");
@@ -500,14 +454,14 @@ fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
 #[tokio::test]
 async fn metrics_count_connections_subscriptions_and_results() {
     let (_redis, _sink, node) = setup().await;
-    let mut one = connect(&node).await;
-    let mut two = connect(&node).await;
-    subscribe(&mut one, "m-1").await;
-    subscribe(&mut one, "m-2").await;
-    subscribe(&mut two, "m-1").await;
+    let mut one = WsClient::connect(node.addr).await;
+    let mut two = WsClient::connect(node.addr).await;
+    one.subscribe("m-1").await;
+    one.subscribe("m-2").await;
+    two.subscribe("m-1").await;
     publish(&node, "m-1", "paid").await;
-    next(&mut one, Duration::from_secs(5)).await.unwrap();
-    next(&mut two, Duration::from_secs(5)).await.unwrap();
+    one.next_json(Duration::from_secs(5)).await.unwrap();
+    two.next_json(Duration::from_secs(5)).await.unwrap();
     let text = reqwest::get(node.url("/metrics"))
         .await
         .unwrap()
@@ -541,8 +495,8 @@ async fn metrics_count_connections_subscriptions_and_results() {
 async fn a_socket_that_stops_answering_pings_is_closed() {
     let redis = RedisServer::start().unwrap();
     let node = node_with(&redis, |c| c.ws_ping_interval = Duration::from_millis(200)).await;
-    let mut ws = connect(&node).await;
-    subscribe(&mut ws, "quiet").await;
+    let mut ws = WsClient::connect(node.addr).await;
+    ws.subscribe("quiet").await;
     // Not reading means not answering pings (the client answers them as it reads).
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut closed = None;
@@ -587,18 +541,15 @@ async fn a_subscription_ends_when_its_token_expires() {
         paynotify::now_ms() / 1000 + 2,
     )
     .unwrap();
-    let mut ws = connect(&node).await;
-    send(
-        &mut ws,
-        json!({"type": "subscribe", "order_id": "brief-order", "token": short}),
-    )
-    .await;
+    let mut ws = WsClient::connect(node.addr).await;
+    ws.send_json(json!({"type": "subscribe", "order_id": "brief-order", "token": short}))
+        .await;
     assert_eq!(
-        next(&mut ws, Duration::from_secs(5)).await.unwrap()["type"],
+        ws.next_json(Duration::from_secs(5)).await.unwrap()["type"],
         "subscribed"
     );
     // Within a ping interval of the expiry, the subscription ends with an error frame...
-    let v = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    let v = ws.next_json(Duration::from_secs(5)).await.unwrap();
     assert_eq!(
         (v["code"].clone(), v["order_id"].clone()),
         (json!("expired_token"), json!("brief-order")),
@@ -606,7 +557,7 @@ async fn a_subscription_ends_when_its_token_expires() {
     );
     // ...and later results for the order no longer arrive on this connection.
     publish(&node, "brief-order", "paid").await;
-    assert!(next(&mut ws, Duration::from_millis(500)).await.is_none());
+    assert!(ws.next_json(Duration::from_millis(500)).await.is_none());
 }
 
 #[tokio::test]
@@ -614,7 +565,7 @@ async fn a_frame_flood_is_rate_limited_then_closed_and_others_are_unaffected() {
     use paynotify::push::session::{CLIENT_FRAME_BURST, MAX_REFUSED_FRAMES};
     let redis = RedisServer::start().unwrap();
     let node = Node::start(config(&redis)).await;
-    let mut flood = connect(&node).await;
+    let mut flood = WsClient::connect(node.addr).await;
     let sent = CLIENT_FRAME_BURST + MAX_REFUSED_FRAMES + 10;
     for _ in 0..sent {
         // Sends can fail once the server has closed: that is the point.
@@ -646,10 +597,10 @@ async fn a_frame_flood_is_rate_limited_then_closed_and_others_are_unaffected() {
     assert_eq!(limited, MAX_REFUSED_FRAMES - 1, "{limited} refusals");
     assert_eq!(close_code, Some(1008));
     // Another browser subscribes and gets its result as usual.
-    let mut calm = connect(&node).await;
-    subscribe(&mut calm, "order-calm").await;
+    let mut calm = WsClient::connect(node.addr).await;
+    calm.subscribe("order-calm").await;
     publish(&node, "order-calm", "paid").await;
-    let v = next(&mut calm, Duration::from_secs(5)).await.unwrap();
+    let v = calm.next_json(Duration::from_secs(5)).await.unwrap();
     assert_eq!(v["status"], "paid", "{v}");
 }
 
@@ -679,7 +630,7 @@ async fn abandoned_long_polls_leave_no_subscription_behind() {
     for order in &orders {
         let url = node.url(&format!(
             "/v1/orders/{order}/result?token={}&wait=30",
-            token(order)
+            mint_token(Kind::Order, order)
         ));
         let client = client.clone();
         polls.spawn(async move { client.get(url).send().await });
@@ -731,18 +682,23 @@ async fn abandoned_long_polls_leave_no_subscription_behind() {
     // Without wait: the stored result, no subscription at all.
     let before = command_calls(&mut conn, "ssubscribe").await;
     for _ in 0..20 {
-        let r =
-            reqwest::get(node.url(&format!("/v1/orders/now-1/result?token={}", token("now-1"))))
-                .await
-                .unwrap();
+        let r = reqwest::get(node.url(&format!(
+            "/v1/orders/now-1/result?token={}",
+            mint_token(Kind::Order, "now-1")
+        )))
+        .await
+        .unwrap();
         assert_eq!(r.status(), 204);
     }
     assert_eq!(command_calls(&mut conn, "ssubscribe").await, before);
     // Redis is gone: the poll says so instead of "no result yet".
     redis.stop();
-    let r = reqwest::get(node.url(&format!("/v1/orders/now-1/result?token={}", token("now-1"))))
-        .await
-        .unwrap();
+    let r = reqwest::get(node.url(&format!(
+        "/v1/orders/now-1/result?token={}",
+        mint_token(Kind::Order, "now-1")
+    )))
+    .await
+    .unwrap();
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], "unavailable", "{body}");

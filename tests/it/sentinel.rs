@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use paynotify::redis::child::RedisSentinels;
+use paynotify_testkit::RedisSentinels;
 use serde_json::json;
 
 use crate::support::*;
@@ -12,7 +12,7 @@ use crate::support::*;
 async fn enqueue_until_accepted(node: &Node, sink: &Sink, id: &str) {
     let doc = json!({"id": id, "url": sink.url("/ok"), "body": id});
     for _ in 0..300 {
-        let (status, body) = post_json(node, doc.clone()).await;
+        let (status, body) = node.api().post_any("/v1/notifications", doc.clone()).await;
         match status {
             201 | 200 => return,
             503 => tokio::time::sleep(Duration::from_millis(100)).await,

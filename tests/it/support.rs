@@ -1,190 +1,18 @@
-//! Test harness: private redis-server processes, a recording HTTP sink, in-process nodes and
-//! `paynotify serve` child processes.
+//! The `it` binary's harness: in-process nodes, `paynotify serve` child processes and the test
+//! config, on top of paynotify-testkit (Redis children, the sink, the websocket, device and API
+//! clients), whose pieces are re-exported here.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
-pub use paynotify::redis::child::RedisServer;
 use paynotify::Config;
+pub use paynotify_testkit::{
+    mint_token, wait_until, DeviceClient, RedisServer, Sink, TestClient, WsClient, API_KEY,
+    TOKEN_SECRET,
+};
+pub use reqwest::StatusCode;
+pub use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-
-pub const API_KEY: &str = "test-api-key-0123456789";
-pub const TOKEN_SECRET: &str = "test-token-secret-0123456789";
-
-/// One request the sink received.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub path: String,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    pub at_ms: i64,
-}
-
-#[derive(Default)]
-struct SinkState {
-    received: Mutex<Vec<Received>>,
-    per_body: Mutex<HashMap<Bytes, u32>>,
-    /// Requests being answered now, and the most there ever were at once.
-    in_flight: std::sync::atomic::AtomicUsize,
-    peak_in_flight: std::sync::atomic::AtomicUsize,
-}
-
-/// Counts one request in flight at the sink while it lives.
-struct InFlight(Arc<SinkState>);
-
-impl InFlight {
-    fn enter(state: &Arc<SinkState>) -> Self {
-        use std::sync::atomic::Ordering;
-        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        state.peak_in_flight.fetch_max(now, Ordering::SeqCst);
-        Self(state.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// A recording HTTP server. Its paths choose the answer:
-/// `/ok`, `/status/{code}`, `/body/{text}`, `/sleep/{ms}`, `/redirect`,
-/// `/flaky/{n}` (500 for the first n requests with a given body, then 200),
-/// `/retry-after/{secs}` (503 with Retry-After).
-#[derive(Clone)]
-pub struct Sink {
-    pub addr: SocketAddr,
-    state: Arc<SinkState>,
-    _stop: Arc<StopOnDrop>,
-}
-
-struct StopOnDrop(CancellationToken);
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.cancel();
-    }
-}
-
-impl Sink {
-    pub async fn start() -> Sink {
-        let state = Arc::new(SinkState::default());
-        let app = Router::new()
-            .route("/{kind}", post(handle_plain))
-            .route("/{kind}/{arg}", post(handle))
-            .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let s = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { s.cancelled().await })
-                .await
-                .ok();
-        });
-        Sink {
-            addr,
-            state,
-            _stop: Arc::new(StopOnDrop(stop)),
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    pub fn received(&self) -> Vec<Received> {
-        self.state.received.lock().unwrap().clone()
-    }
-
-    /// Requests received per body.
-    pub fn counts(&self) -> HashMap<Bytes, u32> {
-        self.state.per_body.lock().unwrap().clone()
-    }
-
-    pub fn count(&self) -> usize {
-        self.state.received.lock().unwrap().len()
-    }
-
-    /// The most requests this sink was answering at the same time.
-    pub fn peak_in_flight(&self) -> usize {
-        self.state
-            .peak_in_flight
-            .load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-async fn handle_plain(
-    State(state): State<Arc<SinkState>>,
-    Path(kind): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    respond(state, kind, String::new(), headers, body).await
-}
-
-async fn handle(
-    State(state): State<Arc<SinkState>>,
-    Path((kind, arg)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    respond(state, kind, arg, headers, body).await
-}
-
-async fn respond(
-    state: Arc<SinkState>,
-    kind: String,
-    arg: String,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let _in_flight = InFlight::enter(&state);
-    let at_ms = paynotify::now_ms();
-    let seen = {
-        let mut per = state.per_body.lock().unwrap();
-        let n = per.entry(body.clone()).or_insert(0);
-        *n += 1;
-        *n
-    };
-    state.received.lock().unwrap().push(Received {
-        path: format!("/{kind}/{arg}"),
-        headers,
-        body,
-        at_ms,
-    });
-    match kind.as_str() {
-        "ok" => "ok".into_response(),
-        "status" => StatusCode::from_u16(arg.parse().unwrap_or(500))
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-            .into_response(),
-        "body" => arg.into_response(),
-        "sleep" => {
-            tokio::time::sleep(Duration::from_millis(arg.parse().unwrap_or(1000))).await;
-            "ok".into_response()
-        }
-        "redirect" => (StatusCode::FOUND, [("location", "/ok")]).into_response(),
-        "flaky" => {
-            if seen <= arg.parse().unwrap_or(1) {
-                StatusCode::INTERNAL_SERVER_ERROR.into_response()
-            } else {
-                "ok".into_response()
-            }
-        }
-        "retry-after" => (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", arg)]).into_response(),
-        _ => StatusCode::NOT_FOUND.into_response(),
-    }
-}
 
 /// A node run in-process with [`paynotify::run`].
 pub struct Node {
@@ -192,6 +20,8 @@ pub struct Node {
     /// Where devices connect, when the node was started with a device listener.
     pub device_addr: Option<SocketAddr>,
     pub shutdown: CancellationToken,
+    /// The test's API client for this node.
+    api: TestClient,
     handle: Option<tokio::task::JoinHandle<Result<(), paynotify::RunError>>>,
 }
 
@@ -226,6 +56,7 @@ impl Node {
             addr,
             device_addr,
             shutdown,
+            api: TestClient::new(addr),
             handle: Some(handle),
         };
         node.wait_ready().await;
@@ -233,6 +64,8 @@ impl Node {
     }
 
     async fn wait_ready(&self) {
+        // Not the kept API client: its pooled connection would count against the node's
+        // connection caps for the rest of the test.
         let client = reqwest::Client::new();
         let url = format!("http://{}/readyz", self.addr);
         wait_until(Duration::from_secs(10), || {
@@ -251,6 +84,11 @@ impl Node {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The test's authenticated API client for this node (one per node, kept for the test).
+    pub fn api(&self) -> &TestClient {
+        &self.api
     }
 
     pub async fn stop(mut self) {
@@ -303,25 +141,11 @@ pub async fn device_node_with(redis: &RedisServer, tweak: impl FnOnce(&mut Confi
 
 /// Publishes `{"status": status}` as `order_id`'s result through `node`; the HTTP status.
 pub async fn post_result(node: &Node, order_id: &str, status: &str) -> u16 {
-    api()
-        .post(node.url(&format!("/v1/orders/{order_id}/result")))
-        .json(&serde_json::json!({ "status": status }))
-        .send()
+    let path = format!("/v1/orders/{order_id}/result");
+    node.api()
+        .post_any(&path, serde_json::json!({ "status": status }))
         .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-/// An authenticated POST without a body; the HTTP status.
-pub async fn post_empty(node: &Node, path: &str) -> u16 {
-    api()
-        .post(node.url(path))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+        .0
 }
 
 /// Waits (up to 20 s) until the stream `key` has `n` entries.
@@ -341,44 +165,6 @@ where
         }
     })
     .await;
-}
-
-/// A token for `id` of `kind`, valid for ten minutes, signed with the test secret.
-pub fn mint_token(kind: paynotify::token::Kind, id: &str) -> String {
-    let expiry = paynotify::now_ms() / 1000 + 600;
-    paynotify::token::mint(&[TOKEN_SECRET.to_string()], kind, id, expiry).unwrap()
-}
-
-/// An authenticated API client.
-pub fn api() -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {API_KEY}").parse().unwrap(),
-    );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap()
-}
-
-/// Polls `check` every 20 ms until it is true; panics after `timeout`.
-pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "condition not met within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The order-result store on the given Redis with the default prefix.
@@ -401,73 +187,24 @@ pub fn store(redis: &RedisServer) -> paynotify::delivery::store::Store {
     .unwrap()
 }
 
-/// Enqueues a document over HTTP and returns (status, body).
-pub async fn post_json(node: &Node, doc: serde_json::Value) -> (u16, serde_json::Value) {
-    let r = api()
-        .post(node.url("/v1/notifications"))
-        .json(&doc)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or_default())
-}
-
-/// An authenticated GET of `path` on `node`, as JSON.
-pub async fn get_json(node: &Node, path: &str) -> serde_json::Value {
-    api()
-        .get(node.url(path))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-/// GET /v1/notifications/{id}.
-pub async fn show(node: &Node, id: &str) -> serde_json::Value {
-    get_json(node, &format!("/v1/notifications/{id}")).await
-}
-
-/// Waits until notification `id` is in `state` and returns its record.
-pub async fn wait_state(
-    node: &Node,
-    id: &str,
-    state: &str,
-    timeout: Duration,
-) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let v = show(node, id).await;
-        if v["state"] == state {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id} not {state} within {timeout:?}: {v:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A `paynotify serve` child process.
 pub struct Proc {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    api: TestClient,
 }
 
 impl Proc {
+    /// Starts `paynotify serve` on `127.0.0.1:0` and learns the port it bound from `/proc`
+    /// (no free port picked beforehand that another process could take first).
     pub fn serve(redis_url: &str, extra: &[&str]) -> Proc {
-        let port = paynotify::redis::child::free_port().unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
             .arg("serve")
             .args([
                 "--redis-url",
                 redis_url,
                 "--listen",
-                &addr.to_string(),
+                "127.0.0.1:0",
                 "--api-key",
                 API_KEY,
                 "--token-secret",
@@ -479,7 +216,13 @@ impl Proc {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        Proc { child, addr }
+        let port = paynotify_testkit::listening_port(&mut child, Duration::from_secs(20));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        Proc {
+            child,
+            addr,
+            api: TestClient::new(addr),
+        }
     }
 
     pub async fn wait_ready(&self) {
@@ -493,6 +236,11 @@ impl Proc {
             }
         })
         .await;
+    }
+
+    /// The test's authenticated API client for this node.
+    pub fn api(&self) -> &TestClient {
+        &self.api
     }
 
     pub fn kill9(&mut self) {

@@ -74,7 +74,7 @@ fn arg(p: &Path) -> String {
 
 /// A redis-server that speaks TLS on the returned port and requires client certificates.
 fn tls_redis(pki: &Pki) -> (RedisServer, u16) {
-    let port = paynotify::redis::child::free_port().unwrap();
+    let port = paynotify_testkit::free_port().unwrap();
     let redis = RedisServer::start_with_args(vec![
         "--tls-port".into(),
         port.to_string(),
@@ -113,13 +113,17 @@ async fn a_node_runs_on_rediss_with_a_private_ca_and_a_client_certificate() {
     c.redis_tls = pki.files("ca.pem");
     // Ready means scripts loaded and pub/sub subscriptions live, over TLS.
     let node = Node::start(c).await;
-    let (status, body) = post_json(
-        &node,
-        json!({"id": "over-tls", "url": sink.url("/ok"), "body": "paid"}),
-    )
-    .await;
+    let (status, body) = node
+        .api()
+        .post_any(
+            "/v1/notifications",
+            json!({"id": "over-tls", "url": sink.url("/ok"), "body": "paid"}),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
-    wait_state(&node, "over-tls", "delivered", Duration::from_secs(10)).await;
+    node.api()
+        .wait_state("over-tls", "delivered", Duration::from_secs(10))
+        .await;
     // The key really is in that Redis (read over the plain port).
     let mut plain = redis::Client::open(redis.url()).unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
