@@ -59,16 +59,22 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// Every call goes over one multiplexed, auto-reconnecting connection (redis-rs'
 /// `ConnectionManager`): concurrent calls are pipelined on it, and unlike a pool checkout there
 /// is no health-check round trip per call.
+///
+/// One `Arc`: handlers clone it (axum clones the state for every request), as do the domain
+/// stores, so a clone must cost a reference count, not a copy of the target's URLs.
 #[derive(Clone)]
 pub struct Redis {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     target: Target,
-    shared: Arc<tokio::sync::OnceCell<Conn>>,
+    shared: tokio::sync::OnceCell<Conn>,
     /// Opt-in `WAIT replicas timeout_ms` after each durable write.
     wait: Option<(u32, u64)>,
     keys: Keys,
-    /// Shared: the scripts' source text is ~15 KB, and a handle is cloned into every
-    /// websocket's state (an owned copy cost ~20 KB per connection).
-    scripts: Arc<Scripts>,
+    /// The scripts' source text is ~15 KB: one copy per node.
+    scripts: Scripts,
 }
 
 impl Redis {
@@ -83,42 +89,52 @@ impl Redis {
 
     /// A handle on `target`, standalone or Cluster (no round trip yet).
     pub fn on(target: Target, keys: Keys) -> Self {
+        Self::build(target, keys, None)
+    }
+
+    fn build(target: Target, keys: Keys, wait: Option<(u32, u64)>) -> Self {
         Self {
-            target,
-            shared: Default::default(),
-            wait: None,
-            keys,
-            scripts: Arc::new(Scripts::new()),
+            inner: Arc::new(Inner {
+                target,
+                shared: Default::default(),
+                wait,
+                keys,
+                scripts: Scripts::new(),
+            }),
         }
     }
 
     /// After every durable write ([`invoke_durably`](Self::invoke_durably)), waits (Redis
     /// `WAIT`) until `replicas` replicas have it, at most `timeout`; a write they do not
     /// confirm fails with [`StoreError::NotReplicated`]. `replicas == 0` turns it off.
-    pub fn with_wait(mut self, replicas: u32, timeout: Duration) -> Self {
-        self.wait = (replicas > 0).then_some((replicas, timeout.as_millis().max(1) as u64));
-        self
+    pub fn with_wait(self, replicas: u32, timeout: Duration) -> Self {
+        let wait = (replicas > 0).then_some((replicas, timeout.as_millis().max(1) as u64));
+        Self::build(self.inner.target.clone(), self.inner.keys.clone(), wait)
     }
 
     /// The key builder.
     pub fn keys(&self) -> &Keys {
-        &self.keys
+        &self.inner.keys
     }
 
     /// The scripts, to build invocations for [`invoke`](Self::invoke).
     pub fn scripts(&self) -> &Scripts {
-        &self.scripts
+        &self.inner.scripts
     }
 
     async fn conn(&self) -> Result<Conn> {
-        let conn = self.shared.get_or_try_init(|| self.target.shared()).await?;
+        let inner = &self.inner;
+        let conn = inner
+            .shared
+            .get_or_try_init(|| inner.target.shared())
+            .await?;
         Ok(conn.clone())
     }
 
     /// Loads every script (`SCRIPT LOAD`), which also proves Redis is reachable.
     pub async fn load_scripts(&self) -> Result<()> {
         let mut conn = self.conn().await?;
-        for (_, script) in self.scripts.all() {
+        for (_, script) in self.inner.scripts.all() {
             script.prepare_invoke().load_async(&mut conn).await?;
         }
         Ok(())
@@ -146,7 +162,7 @@ impl Redis {
     ) -> Result<T> {
         let mut conn = self.conn().await?;
         let reply: T = inv.invoke_async(&mut conn).await?;
-        if let (Some((wanted, timeout_ms)), true) = (self.wait, stored(&reply)) {
+        if let (Some((wanted, timeout_ms)), true) = (self.inner.wait, stored(&reply)) {
             // WAIT covers every write made before it on this connection, this one included.
             let got: i64 = ::redis::cmd("WAIT")
                 .arg(wanted)
@@ -179,13 +195,13 @@ impl Redis {
 
     /// A pub/sub connection of its own (sink for (un)subscribes, stream of messages).
     pub async fn subscriber(&self) -> ::redis::RedisResult<(Subscriptions, Messages)> {
-        self.target.subscriber().await
+        self.inner.target.subscriber().await
     }
 
     /// A connection of its own for blocking reads (`XREADGROUP … BLOCK`), whose response
     /// timeout allows for `block`.
     pub async fn blocking(&self, block: Duration) -> Result<Blocking> {
-        Ok(Blocking(self.target.dedicated(block).await?))
+        Ok(Blocking(self.inner.target.dedicated(block).await?))
     }
 }
 

@@ -5,7 +5,6 @@
 //! then [`DeviceFrame::parse`] (its type); a frame that fails the first ends the connection,
 //! one that fails the second gets a `bad_frame` error and the connection goes on.
 
-use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
@@ -16,8 +15,7 @@ pub const MAX_DEVICE_FRAME: usize = 4096;
 pub const MAX_DEVICE_PAYLOAD: usize = MAX_DEVICE_FRAME - 512;
 
 /// A frame a device sends.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum DeviceFrame {
     Hello {
         device_id: String,
@@ -26,23 +24,46 @@ pub enum DeviceFrame {
     Ping,
     Reply {
         id: String,
-        #[serde(default)]
         result: Option<Value>,
-        #[serde(default)]
         error: Option<Value>,
     },
     Event {
-        #[serde(default)]
         name: Option<String>,
-        #[serde(default)]
         data: Option<Value>,
     },
 }
 
 impl DeviceFrame {
-    /// The frame a decoded JSON value is; `None` for an unknown type or missing fields.
+    /// The frame a decoded JSON value is, by its `type`; `None` for an unknown type or a
+    /// missing field. Taken apart by hand rather than by serde's internally tagged enums, which
+    /// copy the whole frame into a buffer first: this moves the fields out (a reply's result
+    /// is the device's answer, passed on as it is).
     pub fn parse(value: Value) -> Option<Self> {
-        serde_json::from_value(value).ok()
+        let Value::Object(mut map) = value else {
+            return None;
+        };
+        let mut string = |key: &str| match map.remove(key) {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        };
+        let kind = string("type")?;
+        match kind.as_str() {
+            "ping" => Some(DeviceFrame::Ping),
+            "hello" => Some(DeviceFrame::Hello {
+                device_id: string("device_id")?,
+                token: string("token")?,
+            }),
+            "reply" => Some(DeviceFrame::Reply {
+                id: string("id")?,
+                result: map.remove("result"),
+                error: map.remove("error"),
+            }),
+            "event" => Some(DeviceFrame::Event {
+                name: string("name"),
+                data: map.remove("data"),
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -97,4 +118,48 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Option<Value>, &'static str> {
     serde_json::from_str(text.trim())
         .map(Some)
         .map_err(|_| "bad_frame")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn frames_parse_by_type_and_refuse_what_they_lack() {
+        let parse = |v: Value| DeviceFrame::parse(v);
+        assert_eq!(parse(json!({"type": "ping"})), Some(DeviceFrame::Ping));
+        assert_eq!(
+            parse(json!({"type": "hello", "device_id": "g", "token": "t", "extra": 1})),
+            Some(DeviceFrame::Hello {
+                device_id: "g".into(),
+                token: "t".into()
+            })
+        );
+        assert_eq!(
+            parse(json!({"type": "reply", "id": "c", "result": {"ok": true}})),
+            Some(DeviceFrame::Reply {
+                id: "c".into(),
+                result: Some(json!({"ok": true})),
+                error: None
+            })
+        );
+        assert_eq!(
+            parse(json!({"type": "event", "data": 1})),
+            Some(DeviceFrame::Event {
+                name: None,
+                data: Some(json!(1))
+            })
+        );
+        for bad in [
+            json!({"type": "hello", "device_id": "g"}),
+            json!({"type": "reply", "id": 5}),
+            json!({"type": "dance"}),
+            json!({"id": "c"}),
+            json!([1, 2]),
+            json!("ping"),
+        ] {
+            assert_eq!(parse(bad.clone()), None, "{bad}");
+        }
+    }
 }
