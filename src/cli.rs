@@ -103,6 +103,18 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_signing_key_is_refused_naming_its_flag() {
+        let mut args = MINIMAL.to_vec();
+        args.extend(["--signing-key", "whsk_AAAA"]);
+        let err = serve(&args).unwrap_err();
+        assert!(err.starts_with("--signing-key"), "{err}");
+        let (key, _) = crate::delivery::signing::generate_key_pair();
+        let mut args = MINIMAL.to_vec();
+        args.extend(["--signing-key", key.as_str()]);
+        assert_eq!(serve(&args).unwrap().signing_keys, vec![key.clone()]);
+    }
+
+    #[test]
     fn roles_help_names_every_role() {
         use clap::CommandFactory;
         let mut cmd = Cli::command();

@@ -75,6 +75,8 @@ pub struct Config {
     pub api_keys: Vec<String>,
     /// `whsec_` secrets; every attempt carries one signature per secret.
     pub signing_secrets: Vec<String>,
+    /// `whsk_` Ed25519 keys; every attempt carries one `v1a` signature per key.
+    pub signing_keys: Vec<String>,
     pub allow_private_targets: bool,
     pub lease: Duration,
     pub max_stalls: u32,
@@ -135,6 +137,10 @@ impl std::fmt::Debug for Config {
             .field(
                 "signing_secrets",
                 &format!("{} configured", self.signing_secrets.len()),
+            )
+            .field(
+                "signing_keys",
+                &format!("{} configured", self.signing_keys.len()),
             )
             .field("allow_private_targets", &self.allow_private_targets)
             .field("lease", &self.lease)

@@ -185,7 +185,7 @@ fn spawn_roles(
     let mut tasks = tokio::task::JoinSet::new();
     if config.roles.worker {
         let deliverer = Deliverer::new(
-            Signer::new(&config.signing_secrets)?,
+            Signer::new(&config.signing_secrets, &config.signing_keys)?,
             config.allow_private_targets,
             config.per_destination_concurrency,
         )?;
@@ -249,10 +249,19 @@ fn router(parts: &Parts, extra: axum::Router, shutdown: &CancellationToken) -> a
         hub: parts.hub.clone(),
         devices: parts.devices.clone(),
         metrics: parts.metrics.clone(),
+        public_keys: Arc::new(
+            // Validated at start (`to_config`); a key that does not parse publishes nothing.
+            Signer::new(&[], &config.signing_keys)
+                .ok()
+                .flatten()
+                .map(|s| s.public_keys())
+                .unwrap_or_default(),
+        ),
         shutdown: shutdown.clone(),
     };
     let mut app = crate::http::health::router(state.clone());
     if config.roles.api {
+        app = app.merge(crate::http::v1::public_router(state.clone()));
         app = app.merge(crate::http::v1::router(state));
     }
     if config.roles.gateway {

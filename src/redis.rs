@@ -60,7 +60,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// `ConnectionManager`): concurrent calls are pipelined on it, and unlike a pool checkout there
 /// is no health-check round trip per call.
 ///
-/// One `Arc`: handlers clone it (axum clones the state for every request), as do the domain
+/// One `Arc`: HTTP handlers clone it (their state is cloned for every request), as do the domain
 /// stores, so a clone must cost a reference count, not a copy of the target's URLs.
 #[derive(Clone)]
 pub struct Redis {

@@ -17,6 +17,10 @@ use crate::delivery::store::Enqueued;
 /// The operator commands: they talk to Redis directly with the service's own scripts.
 #[derive(Debug, Subcommand)]
 pub enum Operation {
+    /// Make an Ed25519 signing key pair for --signing-key: prints {"signing_key": "whsk_…"
+    /// (keep it secret), "public_key": "whpk_…" (give it to merchants; GET /v1/signing-keys
+    /// publishes it too)}.
+    Keygen,
     /// Enqueue one notification (JSON argument, or `-` / nothing for stdin).
     Enqueue {
         #[command(flatten)]
@@ -120,6 +124,11 @@ pub async fn operate(command: Operation) -> ExitCode {
         Operation::Enqueue { redis, json } => enqueue(redis, json).await,
         Operation::Show { redis, id } => show(redis, id).await,
         Operation::Dead { command } => dead(command).await,
+        Operation::Keygen => {
+            let (signing_key, public_key) = crate::delivery::signing::generate_key_pair();
+            print_json(&serde_json::json!({"signing_key": signing_key, "public_key": public_key}));
+            Ok(())
+        }
         Operation::Stats { redis } => {
             async {
                 let store = redis.store().map_err(config_err)?;

@@ -84,6 +84,17 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub signing_secret: Vec<String>,
+    /// Ed25519 signing keys (whsk_..., from `paynotify keygen`), comma-separated: every
+    /// attempt also carries one `v1a,<base64>` signature per key (Standard Webhooks asymmetric),
+    /// and GET /v1/signing-keys publishes their public halves, so merchants verify without a
+    /// shared secret.
+    #[arg(
+        long,
+        env = "PAYNOTIFY_SIGNING_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub signing_key: Vec<String>,
     /// Allow notify URLs that resolve to loopback, private, link-local, CGNAT or unique-local
     /// addresses (refused by default).
     #[arg(long, env = "PAYNOTIFY_ALLOW_PRIVATE_TARGETS")]
@@ -254,6 +265,7 @@ impl ServeArgs {
                 .unwrap_or_else(crate::config::default_node_id),
             api_keys: secrets(&self.api_key),
             signing_secrets: secrets(&self.signing_secret),
+            signing_keys: secrets(&self.signing_key),
             allow_private_targets: self.allow_private_targets,
             lease: self.lease,
             max_stalls: self.max_stalls,

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::delivery::signing::SigningError;
 use crate::redis::Target;
 
 /// Checks a config; the error names the flag.
@@ -32,8 +33,14 @@ pub fn validate(c: &Config) -> Result<(), String> {
             short.len()
         ));
     }
-    crate::delivery::signing::Signer::new(&c.signing_secrets)
-        .map_err(|e| format!("--signing-secret: {e}"))?;
+    crate::delivery::signing::Signer::new(&c.signing_secrets, &c.signing_keys).map_err(
+        |e| match e {
+            SigningError::KeyFormat(_) | SigningError::KeyMismatch(_) => {
+                format!("--signing-key: {e}")
+            }
+            _ => format!("--signing-secret: {e}"),
+        },
+    )?;
     if c.lease < Duration::from_secs(1) {
         return Err("--lease must be at least 1s".into());
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::delivery::signing::PublicKey;
 use crate::delivery::store::Store;
 use crate::devices::presence::Presence;
 use crate::devices::Devices;
@@ -27,6 +28,8 @@ pub struct AppState {
     /// Device call router.
     pub devices: Devices,
     pub metrics: Metrics,
+    /// The public halves of `--signing-key`, as `GET /v1/signing-keys` publishes them.
+    pub public_keys: Arc<Vec<PublicKey>>,
     /// Cancelled when the node starts draining (`/readyz` answers 503 from then on).
     pub shutdown: CancellationToken,
 }

@@ -5,6 +5,7 @@
 
 pub mod dead;
 pub mod devices;
+pub mod keys;
 pub mod notifications;
 pub mod results;
 pub mod stats;
@@ -40,6 +41,13 @@ pub fn router(state: AppState) -> Router {
             super::auth::require_key,
         ))
         .layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES))
+        .with_state(state)
+}
+
+/// The `/v1` routes anyone may read (no API key): the public signing keys.
+pub fn public_router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/signing-keys", get(keys::signing_keys))
         .with_state(state)
 }
 

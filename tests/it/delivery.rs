@@ -176,6 +176,93 @@ async fn dead_list_and_replay_over_http_and_cli() {
     node.stop().await;
 }
 
+/// With `--signing-key`, every attempt also carries a `v1a` Ed25519 signature that verifies,
+/// with an implementation other than the signer's (ed25519-dalek; the node signs with ring),
+/// against the public key published at `GET /v1/signing-keys` without an API key; a key from
+/// `paynotify keygen` works; the HMAC signature is still there for existing receivers.
+#[tokio::test]
+async fn asymmetric_signatures_verify_with_the_published_public_key() {
+    use base64::Engine;
+    use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let keygen = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
+        .arg("keygen")
+        .output()
+        .unwrap();
+    assert!(keygen.status.success());
+    let pair: Value = serde_json::from_slice(&keygen.stdout).unwrap();
+    let (signing_key, public_key) = (
+        pair["signing_key"].as_str().unwrap().to_string(),
+        pair["public_key"].as_str().unwrap().to_string(),
+    );
+    assert!(signing_key.starts_with("whsk_") && public_key.starts_with("whpk_"));
+    let redis = RedisServer::start().unwrap();
+    let sink = Sink::start().await;
+    let hmac = paynotify::delivery::signing::generate_secret();
+    let node = node_with(&redis, |c| {
+        c.signing_secrets = vec![hmac.clone()];
+        c.signing_keys = vec![signing_key.clone()];
+    })
+    .await;
+    let published: Value = reqwest::get(node.url("/v1/signing-keys"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        published["keys"][0]["public_key"], public_key,
+        "{published}"
+    );
+    assert_eq!(published["keys"][0]["algorithm"], "ed25519");
+    node.api()
+        .post::<Value>(
+            "/v1/notifications",
+            json!({"id": "asym-1", "url": sink.url("/ok"), "body": {"paid": true}}),
+            StatusCode::CREATED,
+        )
+        .await;
+    node.api()
+        .wait_state("asym-1", "delivered", Duration::from_secs(10))
+        .await;
+    let got = sink.received();
+    let r = &got[0];
+    let header = |name: &str| r.headers[name].to_str().unwrap().to_string();
+    let signatures = header("webhook-signature");
+    let v1a: Vec<&str> = signatures
+        .split(' ')
+        .filter_map(|s| s.strip_prefix("v1a,"))
+        .collect();
+    assert_eq!(v1a.len(), 1, "{signatures}");
+    let key_bytes: [u8; 32] = b64.decode(&public_key[5..]).unwrap().try_into().unwrap();
+    let key = VerifyingKey::from_bytes(&key_bytes).unwrap();
+    let sig_bytes: [u8; 64] = b64.decode(v1a[0]).unwrap().try_into().unwrap();
+    let signature = Signature::from_bytes(&sig_bytes);
+    let content = |body: &[u8]| {
+        let mut c =
+            format!("{}.{}.", header("webhook-id"), header("webhook-timestamp")).into_bytes();
+        c.extend_from_slice(body);
+        c
+    };
+    key.verify(&content(&r.body), &signature)
+        .expect("the v1a signature verifies with the published key");
+    assert!(key
+        .verify(&content(b"{\"paid\":false}"), &signature)
+        .is_err());
+    let (_, other_public) = paynotify::delivery::signing::generate_key_pair();
+    let other: [u8; 32] = b64.decode(&other_public[5..]).unwrap().try_into().unwrap();
+    assert!(VerifyingKey::from_bytes(&other)
+        .unwrap()
+        .verify(&content(&r.body), &signature)
+        .is_err());
+    // Receivers of the HMAC signature are not affected.
+    standardwebhooks::Webhook::new(&hmac)
+        .unwrap()
+        .verify(&r.body, &r.headers)
+        .expect("v1 still verifies beside v1a");
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn signatures_verify_with_the_standardwebhooks_crate_and_bodies_go_out_unchanged() {
     let redis = RedisServer::start().unwrap();

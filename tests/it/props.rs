@@ -129,7 +129,7 @@ fn a_token_has_one_spelling_and_signing_keys_have_a_minimum_length() {
     assert!(paynotify::token::verify(&secrets, kind, "o-1", &padded, NOW / 1000).is_err());
     for short in ["whsec_", "whsec_AAAA"] {
         assert!(
-            paynotify::delivery::signing::Signer::new(&[short.to_string()]).is_err(),
+            paynotify::delivery::signing::Signer::new(&[short.to_string()], &[]).is_err(),
             "{short}"
         );
     }
