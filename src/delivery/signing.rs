@@ -198,7 +198,9 @@ mod tests {
     #[test]
     fn signing_keys_parse_in_both_lengths_and_refuse_nonsense() {
         let (secret, public) = generate_key_pair();
-        let signer = Signer::new(&[], std::slice::from_ref(&secret)).unwrap().unwrap();
+        let signer = Signer::new(&[], std::slice::from_ref(&secret))
+            .unwrap()
+            .unwrap();
         let published = signer.public_keys();
         assert_eq!(published.len(), 1);
         assert_eq!(published[0].public_key, public);
