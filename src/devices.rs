@@ -87,6 +87,10 @@ struct Inner {
     pending: Mutex<HashMap<String, oneshot::Sender<CallOutcome>>>,
     /// device → (node, when looked up): where calls from this node go without asking Redis.
     presence_cache: Mutex<HashMap<String, (String, Instant)>>,
+    /// Replies on their way to their callers' nodes (node, message), published by the node
+    /// channel's task, which is awaited on shutdown.
+    replies: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+    replies_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>>>,
 }
 
 /// The node's device registry and call router. Cheap to clone.
@@ -97,6 +101,7 @@ pub struct Devices {
 
 impl Devices {
     pub fn new(config: Arc<Config>, redis: Redis) -> Self {
+        let (replies, replies_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -105,6 +110,8 @@ impl Devices {
                 local: Mutex::new(HashMap::new()),
                 pending: Mutex::new(HashMap::new()),
                 presence_cache: Mutex::new(HashMap::new()),
+                replies,
+                replies_rx: Mutex::new(Some(replies_rx)),
             }),
         }
     }

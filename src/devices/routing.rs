@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info_span, warn, Instrument};
 
 use super::session::{CallSlot, DeviceCall};
 use super::{
@@ -263,14 +263,46 @@ impl Devices {
             call_id: call_id.into(),
             outcome,
         });
-        let presence = self.inner.presence.clone();
-        let node = reply_node.to_string();
-        tokio::spawn(async move {
-            let text = message.to_json();
-            if let Err(e) = presence.publish_to_node(&node, &text).await {
-                warn!(error = %e, "could not send a call reply");
+        // Fails only when the node channel's task is gone, i.e. the node has stopped.
+        let _ = self
+            .inner
+            .replies
+            .send((reply_node.to_string(), message.to_json()));
+    }
+
+    /// Publishes replies as they are queued, concurrently, until `stop`; then publishes what is
+    /// left (the "offline" answers of connections that ended in the drain) and waits for all.
+    async fn publish_replies(
+        &self,
+        mut queued: mpsc::UnboundedReceiver<(String, String)>,
+        stop: &CancellationToken,
+    ) {
+        let mut sending = tokio::task::JoinSet::new();
+        let send = |sending: &mut tokio::task::JoinSet<()>, (node, text): (String, String)| {
+            let presence = self.inner.presence.clone();
+            sending.spawn(
+                async move {
+                    if let Err(e) = presence.publish_to_node(&node, &text).await {
+                        warn!(error = %e, "could not send a call reply");
+                    }
+                }
+                .instrument(info_span!("reply")),
+            );
+        };
+        loop {
+            tokio::select! {
+                next = queued.recv() => match next {
+                    Some(reply) => send(&mut sending, reply),
+                    None => break,
+                },
+                Some(_) = sending.join_next() => {}
+                _ = stop.cancelled() => break,
             }
-        });
+        }
+        while let Ok(reply) = queued.try_recv() {
+            send(&mut sending, reply);
+        }
+        while sending.join_next().await.is_some() {}
     }
 
     fn on_node_message(&self, text: &str) {
@@ -351,12 +383,13 @@ impl Devices {
         }
     }
     /// Listens on this node's channel (calls, sends, kicks, replies) until `shutdown`.
+    /// Also publishes the replies this node sends (see [`Devices::reply`]).
     pub async fn run_node_channel(self, shutdown: CancellationToken) {
         let redis = self.inner.presence.redis();
-        let channel = redis.keys().node_channel(&self.inner.config.node_id);
-        crate::redis::follow::follow(
+        let channels = [redis.keys().node_channel(&self.inner.config.node_id)];
+        let follow = crate::redis::follow::follow(
             redis,
-            &[channel],
+            &channels,
             &shutdown,
             || {},
             |msg| {
@@ -364,8 +397,17 @@ impl Devices {
                     self.on_node_message(text);
                 }
             },
-        )
-        .await;
+        );
+        let queued = lock(&self.inner.replies_rx).take();
+        match queued {
+            Some(queued) => {
+                tokio::join!(follow, self.publish_replies(queued, &shutdown));
+            }
+            None => {
+                warn!("replies are published by another node-channel task");
+                follow.await;
+            }
+        }
     }
 }
 
