@@ -12,7 +12,7 @@
 //!   stay flat once retention has begun to forget.
 //!
 //! Environment: BENCH_N, BENCH_RATE, BENCH_SECONDS, BENCH_WORKERS, BENCH_PARTITIONS,
-//! BENCH_RETENTION.
+//! BENCH_RETENTION, BENCH_SIGN (hmac, ed25519 or both: the workers sign every attempt).
 
 // A benchmark harness: a failed setup step should stop it loudly.
 #![allow(clippy::unwrap_used)]
@@ -87,7 +87,20 @@ async fn start_sink(stats: Arc<SinkStats>) -> std::net::SocketAddr {
 }
 
 fn workers(redis: &RedisServer, count: u64, partitions: u64) -> Vec<std::process::Child> {
-    workers_with(redis, count, partitions, &[])
+    // BENCH_SIGN=hmac|ed25519|both: what the attempts carry (the cost of signing).
+    let (secret, (key, _)) = (
+        paynotify::delivery::signing::generate_secret(),
+        paynotify::delivery::signing::generate_key_pair(),
+    );
+    let mode = std::env::var("BENCH_SIGN").unwrap_or_default();
+    let mut extra: Vec<&str> = Vec::new();
+    if mode == "hmac" || mode == "both" {
+        extra.extend(["--signing-secret", secret.as_str()]);
+    }
+    if mode == "ed25519" || mode == "both" {
+        extra.extend(["--signing-key", key.as_str()]);
+    }
+    workers_with(redis, count, partitions, &extra)
 }
 
 fn workers_with(
