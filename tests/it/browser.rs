@@ -56,21 +56,34 @@ async fn the_demo_page_says_paid_in_chromium() {
         return;
     }
     let redis = RedisServer::start().unwrap();
-    let port = paynotify_testkit::free_port().unwrap();
+    // Port 0, and the address `dev` bound read from its banner: no free port to race for.
     let mut dev = Command::new(env!("CARGO_BIN_EXE_paynotify"))
         .args([
             "dev",
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:0",
             "--redis-url",
             &redis.url(),
             "--device-listen",
             "127.0.0.1:0",
         ])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let banner = dev.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads the banner, then keeps draining stdout so the child never blocks on it.
+    std::thread::spawn(move || {
+        for line in BufReader::new(banner).lines().map_while(Result::ok) {
+            if let Some(url) = line.trim().strip_prefix("HTTP") {
+                let _ = tx.send(url.trim().to_string());
+            }
+        }
+    });
+    let base = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("paynotify dev printed its HTTP address");
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
     wait_until(Duration::from_secs(20), || {
         let url = format!("{base}/readyz");
         async move { reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) }
