@@ -288,14 +288,17 @@ async fn the_simulator_connects_devices_that_answer_calls() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_until(Duration::from_secs(10), || async {
-        let v = a
-            .api()
-            .get::<Value>("/v1/devices/sim-4", StatusCode::OK)
-            .await;
-        v["online"] == true
-    })
-    .await;
+    // The simulator connects its devices in parallel: wait for each one the test calls.
+    for id in ["sim-0", "sim-4"] {
+        wait_until(Duration::from_secs(10), || async {
+            let v = a
+                .api()
+                .get::<Value>(&format!("/v1/devices/{id}"), StatusCode::OK)
+                .await;
+            v["online"] == true
+        })
+        .await;
+    }
     let (status, body) = call(&a, "sim-0", "amount_due", 3000).await;
     assert_eq!(
         (status, body["result"]["echo"].clone()),
@@ -579,13 +582,16 @@ async fn the_device_listener_speaks_tls_only_when_given_a_certificate() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_until(Duration::from_secs(10), || async {
-        b.api()
-            .get::<Value>("/v1/devices/tls-sim-1", StatusCode::OK)
-            .await["online"]
-            == true
-    })
-    .await;
+    // The simulator connects its devices in parallel: wait for each one it is asked about.
+    for id in ["tls-sim-0", "tls-sim-1"] {
+        wait_until(Duration::from_secs(10), || async {
+            b.api()
+                .get::<Value>(&format!("/v1/devices/{id}"), StatusCode::OK)
+                .await["online"]
+                == true
+        })
+        .await;
+    }
     let (status, body) = call(&b, "tls-sim-0", "amount_due", 3000).await;
     assert_eq!(
         (status, body["result"]["echo"].clone()),
