@@ -4,6 +4,7 @@
 //! Invariant: every flag has an environment variable; bad configuration exits with status 64
 //! and a message naming the flag.
 
+pub mod merchant;
 pub mod ops;
 pub mod serve;
 pub mod simulate;

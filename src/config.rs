@@ -77,6 +77,10 @@ pub struct Config {
     pub signing_secrets: Vec<String>,
     /// `whsk_` Ed25519 keys; every attempt carries one `v1a` signature per key.
     pub signing_keys: Vec<String>,
+    /// Key-encryption keys for merchant secrets (secret: never printed).
+    pub secret_encryption_keys: Vec<String>,
+    pub secret_rotation_grace: Duration,
+    pub disabled_merchant_recheck: Duration,
     pub allow_private_targets: bool,
     pub lease: Duration,
     pub max_stalls: u32,
@@ -142,6 +146,12 @@ impl std::fmt::Debug for Config {
                 "signing_keys",
                 &format!("{} configured", self.signing_keys.len()),
             )
+            .field(
+                "secret_encryption_keys",
+                &format!("{} configured", self.secret_encryption_keys.len()),
+            )
+            .field("secret_rotation_grace", &self.secret_rotation_grace)
+            .field("disabled_merchant_recheck", &self.disabled_merchant_recheck)
             .field("allow_private_targets", &self.allow_private_targets)
             .field("lease", &self.lease)
             .field("max_stalls", &self.max_stalls)

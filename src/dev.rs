@@ -46,6 +46,12 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<(), DevEr
     config.api_keys = vec![api_key.clone()];
     config.signing_secrets = vec![crate::delivery::signing::generate_secret()];
     config.token_secrets = vec![format!("dev_{}", uuid::Uuid::new_v4().simple())];
+    // Merchants work out of the box; their secrets last as long as this run's key (set
+    // PAYNOTIFY_SECRET_ENCRYPTION_KEY to keep them across runs on a Redis of your own).
+    config.secret_encryption_keys = match std::env::var("PAYNOTIFY_SECRET_ENCRYPTION_KEY") {
+        Ok(k) if !k.is_empty() => vec![k],
+        _ => vec![crate::delivery::merchants::secrets::new_encryption_key()],
+    };
     config.allow_private_targets = true;
     config.node_id = "dev".into();
     config.device_listen = Some(args.device_listen.clone());

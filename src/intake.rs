@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::delivery::merchants::{parse_notification, EnqueueError, Registry};
 use crate::delivery::schema;
 use crate::delivery::store::{Enqueued, Store};
 use crate::push::store::Results;
@@ -60,16 +61,13 @@ pub enum IntakeError {
 /// What an intake entry asks for.
 #[derive(Debug)]
 pub enum IntakeEntry {
-    Notification(schema::NewNotification),
+    Notification(schema::Document),
     Result(crate::push::ResultDoc),
 }
 
-/// Decodes one intake entry (the field layout an app server writes).
-pub fn decode_entry(
-    entry_id: &str,
-    fields: &[(String, Vec<u8>)],
-    now_ms: i64,
-) -> Result<IntakeEntry, IntakeError> {
+/// Decodes one intake entry (the field layout an app server writes); a notification's merchant
+/// is looked up afterwards ([`parse_notification`]).
+pub fn decode_entry(fields: &[(String, Vec<u8>)]) -> Result<IntakeEntry, IntakeError> {
     let size: usize = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
     if size > MAX_ENTRY_BYTES || fields.len() > MAX_ENTRY_FIELDS {
         return Err(IntakeError::TooLarge {
@@ -85,8 +83,7 @@ pub fn decode_entry(
     };
     if let Some(raw) = field("notification") {
         std::str::from_utf8(raw).map_err(|_| IntakeError::NotText("notification"))?;
-        let n = schema::parse(raw, now_ms, || format!("intake-{entry_id}"))?;
-        return Ok(IntakeEntry::Notification(n));
+        return Ok(IntakeEntry::Notification(schema::Document::parse(raw)?));
     }
     if let Some(raw) = field("result") {
         std::str::from_utf8(raw).map_err(|_| IntakeError::NotText("result"))?;
@@ -102,6 +99,7 @@ pub fn decode_entry(
 pub async fn run(
     config: Arc<Config>,
     redis: Redis,
+    merchants: Registry,
     metrics: crate::metrics::Metrics,
     shutdown: CancellationToken,
 ) {
@@ -163,7 +161,7 @@ pub async fn run(
                         count = entries.len(),
                         "reclaimed intake entries from a stalled consumer"
                     );
-                    process(&store, &results, &config, &metrics, &entries).await?;
+                    process(&store, &results, &merchants, &config, &metrics, &entries).await?;
                 }
             }
             if blocking.is_none() {
@@ -192,7 +190,7 @@ pub async fn run(
                     .map(|e| (e.id, fields_of(e.map)))
                     .collect();
                 if !entries.is_empty() {
-                    process(&store, &results, &config, &metrics, &entries).await?;
+                    process(&store, &results, &merchants, &config, &metrics, &entries).await?;
                 }
                 if shutdown.is_cancelled() || last_autoclaim.elapsed() >= config.lease {
                     return Ok::<(), StoreError>(());
@@ -239,25 +237,46 @@ fn fields_of(map: std::collections::HashMap<String, Value>) -> Vec<(String, Vec<
         .collect()
 }
 
+/// Enqueues one notification entry: `Ok(Some(reason))` rejects it, `Err` leaves it pending.
+async fn take_notification(
+    store: &Store,
+    merchants: &Registry,
+    metrics: &crate::metrics::Metrics,
+    entry_id: &str,
+    doc: schema::Document,
+    now: i64,
+) -> Result<Option<IntakeError>, StoreError> {
+    let n = match parse_notification(merchants, doc, now, || format!("intake-{entry_id}")).await {
+        Ok(n) => n,
+        Err(EnqueueError::Schema(e)) => return Ok(Some(IntakeError::Schema(e))),
+        // Not acknowledged: retried once the registry can be read.
+        Err(EnqueueError::Registry(e)) => return Err(StoreError::Reply(e.to_string())),
+    };
+    Ok(match store.enqueue(&n, now).await? {
+        Enqueued::Created { .. } => {
+            metrics.enqueued.inc();
+            None
+        }
+        Enqueued::Exists { .. } => None,
+        Enqueued::Conflict { state } => Some(IntakeError::Conflict { id: n.id, state }),
+    })
+}
+
 /// Enqueues, publishes or rejects a batch of entries, then acknowledges them all.
 async fn process(
     store: &Store,
     results: &Results,
+    merchants: &Registry,
     config: &Config,
     metrics: &crate::metrics::Metrics,
     entries: &[Entry],
 ) -> Result<(), StoreError> {
     let now = crate::util::now_ms();
     let results = futures::future::join_all(entries.iter().map(|(entry_id, fields)| async move {
-        match decode_entry(entry_id, fields, now) {
-            Ok(IntakeEntry::Notification(n)) => match store.enqueue(&n, now).await? {
-                Enqueued::Created { .. } => {
-                    metrics.enqueued.inc();
-                    Ok(None)
-                }
-                Enqueued::Exists { .. } => Ok::<_, StoreError>(None),
-                Enqueued::Conflict { state } => Ok(Some(IntakeError::Conflict { id: n.id, state })),
-            },
+        match decode_entry(fields) {
+            Ok(IntakeEntry::Notification(doc)) => {
+                take_notification(store, merchants, metrics, entry_id, doc, now).await
+            }
             Ok(IntakeEntry::Result(doc)) => {
                 crate::push::publish(results, config.result_ttl, &doc).await?;
                 metrics.results_published.inc();

@@ -16,6 +16,7 @@ use crate::util::new_id;
 
 mod identity;
 use crate::delivery::attempt::{DeliverError, Deliverer};
+use crate::delivery::merchants::{secrets::Keyring, Registry};
 use crate::delivery::signing::{Signer, SigningError};
 use crate::delivery::worker;
 use crate::devices::Devices;
@@ -156,6 +157,7 @@ struct Parts {
     results: Results,
     hub: Hub,
     devices: Devices,
+    merchants: Registry,
 }
 
 impl Parts {
@@ -165,6 +167,11 @@ impl Parts {
         Self {
             hub: Hub::new(results.clone(), metrics.clone()),
             devices: Devices::new(config.clone(), redis.clone()),
+            // Validated at start (`to_config`): keys that do not parse open nothing.
+            merchants: Registry::new(
+                redis.clone(),
+                Keyring::new(&config.secret_encryption_keys).ok().flatten(),
+            ),
             config,
             redis,
             metrics,
@@ -194,6 +201,7 @@ fn spawn_roles(
                 config.clone(),
                 crate::delivery::store::Store::new(parts.redis.clone()),
                 deliverer,
+                parts.merchants.clone(),
                 parts.metrics.clone(),
                 shutdown.clone(),
             )
@@ -203,6 +211,7 @@ fn spawn_roles(
             intake::run(
                 config.clone(),
                 parts.redis.clone(),
+                parts.merchants.clone(),
                 parts.metrics.clone(),
                 shutdown.clone(),
             )
@@ -248,6 +257,7 @@ fn router(parts: &Parts, extra: axum::Router, shutdown: &CancellationToken) -> a
         presence: crate::devices::presence::Presence::new(parts.redis.clone()),
         hub: parts.hub.clone(),
         devices: parts.devices.clone(),
+        merchants: parts.merchants.clone(),
         metrics: parts.metrics.clone(),
         public_keys: Arc::new(
             // Validated at start (`to_config`); a key that does not parse publishes nothing.

@@ -10,5 +10,10 @@ fuzz_target!(|data: &[u8]| {
         let value = parts.next().unwrap_or_default();
         fields.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
     }
-    let _ = paynotify::intake::decode_entry("1-0", &fields, 1_795_000_000_000);
+    if let Ok(paynotify::intake::IntakeEntry::Notification(doc)) =
+        paynotify::intake::decode_entry(&fields)
+    {
+        let _ = doc.merchant();
+        let _ = doc.into_notification(1_795_000_000_000, || "x".into(), None);
+    }
 });

@@ -19,8 +19,17 @@ use crate::delivery::store::Enqueued;
 pub enum Operation {
     /// Make an Ed25519 signing key pair for --signing-key: prints {"signing_key": "whsk_…"
     /// (keep it secret), "public_key": "whpk_…" (give it to merchants; GET /v1/signing-keys
-    /// publishes it too)}.
-    Keygen,
+    /// publishes it too)}. With --encryption-key: a key for --secret-encryption-key instead.
+    Keygen {
+        /// Make a key-encryption key for merchant secrets (--secret-encryption-key).
+        #[arg(long)]
+        encryption_key: bool,
+    },
+    /// The merchant registry: each merchant its own secrets, allowed URLs and defaults.
+    Merchant {
+        #[command(subcommand)]
+        command: Box<super::merchant::MerchantCommand>,
+    },
     /// Enqueue one notification (JSON argument, or `-` / nothing for stdin).
     Enqueue {
         #[command(flatten)]
@@ -124,7 +133,17 @@ pub async fn operate(command: Operation) -> ExitCode {
         Operation::Enqueue { redis, json } => enqueue(redis, json).await,
         Operation::Show { redis, id } => show(redis, id).await,
         Operation::Dead { command } => dead(command).await,
-        Operation::Keygen => {
+        Operation::Merchant { command } => super::merchant::run(*command).await,
+        Operation::Keygen {
+            encryption_key: true,
+        } => {
+            let key = crate::delivery::merchants::secrets::new_encryption_key();
+            print_json(&serde_json::json!({"secret_encryption_key": key}));
+            Ok(())
+        }
+        Operation::Keygen {
+            encryption_key: false,
+        } => {
             let (signing_key, public_key) = crate::delivery::signing::generate_key_pair();
             print_json(&serde_json::json!({"signing_key": signing_key, "public_key": public_key}));
             Ok(())
@@ -194,7 +213,7 @@ pub(super) fn runtime_err(e: impl std::fmt::Display) -> u8 {
     1
 }
 
-fn print_json(v: &serde_json::Value) {
+pub(super) fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
@@ -259,11 +278,19 @@ async fn enqueue(redis: RedisArgs, json: Option<String>) -> Result<(), u8> {
         }
     };
     let now = crate::util::now_ms();
+    let registry = crate::delivery::merchants::Registry::new(store.redis().clone(), None);
+    let refused = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        EXIT_DATA
+    };
+    let doc = crate::delivery::schema::Document::parse(doc.as_bytes()).map_err(|e| refused(&e))?;
     let n =
-        crate::delivery::schema::parse(doc.as_bytes(), now, crate::util::new_id).map_err(|e| {
-            eprintln!("error: {e}");
-            EXIT_DATA
-        })?;
+        crate::delivery::merchants::parse_notification(&registry, doc, now, crate::util::new_id)
+            .await
+            .map_err(|e| match e {
+                crate::delivery::merchants::EnqueueError::Schema(e) => refused(&e),
+                crate::delivery::merchants::EnqueueError::Registry(e) => runtime_err(e),
+            })?;
     match store.enqueue(&n, now).await.map_err(runtime_err)? {
         Enqueued::Created { due_ms } => print_json(
             &serde_json::json!({"id": n.id, "state": "scheduled", "next_attempt_at": due_ms, "created": true}),

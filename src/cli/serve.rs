@@ -95,6 +95,25 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub signing_key: Vec<String>,
+    /// Key-encryption keys for merchant secrets at rest (base64 of 32 random bytes, from
+    /// `paynotify keygen --encryption-key`), comma-separated: the first seals, any opens, so the
+    /// key can be rotated. Needed to make merchants and to sign their notifications; a Redis
+    /// dump or replica alone then gives no merchant secret away.
+    #[arg(
+        long,
+        env = "PAYNOTIFY_SECRET_ENCRYPTION_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub secret_encryption_key: Vec<String>,
+    /// After a merchant's secret is rotated, how long the old one keeps signing beside the new
+    /// one (one `v1,` signature each), so the merchant can switch without missing a callback.
+    #[arg(long, env = "PAYNOTIFY_SECRET_ROTATION_GRACE", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub secret_rotation_grace: Duration,
+    /// How long a disabled merchant's due notifications wait before they are looked at again
+    /// (they are never attempted, and never spend their schedule, while it stays disabled).
+    #[arg(long, env = "PAYNOTIFY_DISABLED_MERCHANT_RECHECK", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub disabled_merchant_recheck: Duration,
     /// Allow notify URLs that resolve to loopback, private, link-local, CGNAT or unique-local
     /// addresses (refused by default).
     #[arg(long, env = "PAYNOTIFY_ALLOW_PRIVATE_TARGETS")]
@@ -266,6 +285,9 @@ impl ServeArgs {
             api_keys: secrets(&self.api_key),
             signing_secrets: secrets(&self.signing_secret),
             signing_keys: secrets(&self.signing_key),
+            secret_encryption_keys: secrets(&self.secret_encryption_key),
+            secret_rotation_grace: self.secret_rotation_grace,
+            disabled_merchant_recheck: self.disabled_merchant_recheck,
             allow_private_targets: self.allow_private_targets,
             lease: self.lease,
             max_stalls: self.max_stalls,

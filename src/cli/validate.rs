@@ -41,6 +41,8 @@ pub fn validate(c: &Config) -> Result<(), String> {
             _ => format!("--signing-secret: {e}"),
         },
     )?;
+    crate::delivery::merchants::secrets::Keyring::new(&c.secret_encryption_keys)
+        .map_err(|e| format!("--secret-encryption-key: {e}"))?;
     if c.lease < Duration::from_secs(1) {
         return Err("--lease must be at least 1s".into());
     }

@@ -154,7 +154,7 @@ pub enum DeliverError {
 #[derive(Clone)]
 pub struct Deliverer {
     client: reqwest::Client,
-    signer: Option<Arc<Signer>>,
+    signer: Arc<Signer>,
     allow_private: bool,
 }
 
@@ -179,14 +179,21 @@ impl Deliverer {
             .build()?;
         Ok(Self {
             client,
-            signer: signer.map(Arc::new),
+            signer: Arc::new(signer.unwrap_or_default()),
             allow_private,
         })
     }
 
-    /// Makes one attempt at `url` (the parsed `spec.url`). Never fails: every problem is an
+    /// Makes one attempt at `url` (the parsed `spec.url`), signed with `merchant`'s secrets
+    /// when it has a merchant (else the node's). Never fails: every problem is an
     /// [`AttemptResult`] with a verdict.
-    pub async fn attempt(&self, id: &str, spec: &Spec, url: url::Url) -> AttemptResult {
+    pub async fn attempt(
+        &self,
+        id: &str,
+        spec: &Spec,
+        url: url::Url,
+        merchant: Option<&[Vec<u8>]>,
+    ) -> AttemptResult {
         let started_ms = crate::util::now_ms();
         let started = Instant::now();
         let done = |status, error: Option<String>, excerpt, verdict| AttemptResult {
@@ -200,7 +207,7 @@ impl Deliverer {
         if let Some(reason) = self.literal_refusal(&url) {
             return done(None, Some(reason.clone()), None, Verdict::Dead(reason));
         }
-        let headers = self.headers(id, spec);
+        let headers = self.headers(id, spec, merchant);
         let request = self
             .client
             .post(url)
@@ -258,7 +265,7 @@ impl Deliverer {
         })
     }
 
-    fn headers(&self, id: &str, spec: &Spec) -> HeaderMap {
+    fn headers(&self, id: &str, spec: &Spec, merchant: Option<&[Vec<u8>]>) -> HeaderMap {
         let mut headers = HeaderMap::new();
         let content_type = if spec.json {
             "application/json"
@@ -274,9 +281,12 @@ impl Deliverer {
                 headers.insert(n, v);
             }
         }
-        if let Some(signer) = &self.signer {
-            let timestamp = crate::util::now_ms() / 1000;
-            for (name, value) in signer.headers(id, timestamp, spec.body.as_bytes()) {
+        let timestamp = crate::util::now_ms() / 1000;
+        let signed = self
+            .signer
+            .headers(id, timestamp, spec.body.as_bytes(), merchant);
+        if let Some(signed) = signed {
+            for (name, value) in signed {
                 if let Ok(v) = HeaderValue::from_str(&value) {
                     headers.insert(name, v);
                 }

@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+mod merchant;
+
+pub use merchant::{normalize_prefix as merchant_prefix, Defaults, Document, MerchantRules};
+
 /// Largest accepted notification document (the JSON as received), in bytes.
 pub const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 /// Largest request body sent to the merchant, in bytes.
@@ -90,6 +94,9 @@ pub struct Spec {
     /// When set, a 2xx only counts if the trimmed response body equals this string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub success_body: Option<String>,
+    /// The merchant it is for (`delivery::merchants`): signed with that merchant's secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merchant: Option<String>,
 }
 
 impl Spec {
@@ -141,7 +148,7 @@ impl SchemaError {
         }
     }
 
-    fn field_err(field: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn field_err(field: &str, message: impl Into<String>) -> Self {
         SchemaError::Field {
             field: field.to_string(),
             message: message.into(),
@@ -170,6 +177,11 @@ pub fn parse(
     now_ms: i64,
     make_id: impl FnOnce() -> String,
 ) -> Result<NewNotification, SchemaError> {
+    Document::parse(bytes)?.into_notification(now_ms, make_id, None)
+}
+
+/// The map of a notification document, checked for size and shape.
+fn object_of(bytes: &[u8]) -> Result<Map<String, Value>, SchemaError> {
     if bytes.len() > MAX_DOCUMENT_BYTES {
         return Err(SchemaError::TooLarge {
             size: bytes.len(),
@@ -181,16 +193,18 @@ pub fn parse(
     let Value::Object(map) = value else {
         return Err(SchemaError::NotObject);
     };
-    from_object(map, now_ms, make_id)
+    Ok(map)
 }
 
 fn from_object(
     mut map: Map<String, Value>,
     now_ms: i64,
     make_id: impl FnOnce() -> String,
+    merchant: Option<MerchantRules<'_>>,
 ) -> Result<NewNotification, SchemaError> {
     const KNOWN: &[&str] = &[
         "id",
+        "merchant",
         "url",
         "body",
         "headers",
@@ -213,7 +227,9 @@ fn from_object(
         }
         Some(_) => return Err(SchemaError::field_err("id", "must be a string")),
     };
+    let (merchant_id, defaults) = merchant::apply(&mut map, merchant)?;
     let url = parse_url(map.remove("url"))?;
+    merchant::check_url(&url, merchant)?;
     let (body, json) = match map.remove("body") {
         None | Some(Value::Null) => (String::new(), false),
         Some(Value::String(s)) => (s, false),
@@ -225,22 +241,20 @@ fn from_object(
             format!("is {} bytes; the limit is {MAX_BODY_BYTES}", body.len()),
         ));
     }
-    let headers = parse_headers(map.remove("headers"))?;
-    let schedule = parse_schedule(map.remove("schedule"))?;
+    let headers = merchant::merge_headers(&defaults, parse_headers(map.remove("headers"))?)?;
+    let schedule = match (map.remove("schedule"), &defaults.schedule) {
+        (None | Some(Value::Null), Some(schedule)) => schedule.clone(),
+        (value, _) => parse_schedule(value)?,
+    };
     let deliver_at = parse_deliver_at(map.remove("deliver_at"), now_ms)?;
     let timeout_ms = match map.remove("timeout_ms") {
-        None | Some(Value::Null) => DEFAULT_TIMEOUT_MS,
-        Some(v) => match v.as_u64() {
-            Some(t) if (1..=MAX_TIMEOUT_MS).contains(&t) => t,
-            _ => {
-                return Err(SchemaError::field_err(
-                    "timeout_ms",
-                    format!("must be an integer from 1 to {MAX_TIMEOUT_MS}"),
-                ))
-            }
-        },
+        None | Some(Value::Null) => defaults.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+        Some(v) => parse_timeout(&v)?,
     };
-    let success_body = parse_success(map.remove("success"))?;
+    let success_body = match map.remove("success") {
+        None | Some(Value::Null) => defaults.success.clone(),
+        value => parse_success(value)?,
+    };
     Ok(NewNotification {
         id,
         spec: Spec {
@@ -252,11 +266,23 @@ fn from_object(
             deliver_at,
             timeout_ms,
             success_body,
+            merchant: merchant_id,
         },
     })
 }
 
-fn parse_url(value: Option<Value>) -> Result<String, SchemaError> {
+/// A per-attempt timeout: whole ms from 1 to [`MAX_TIMEOUT_MS`].
+pub(crate) fn parse_timeout(v: &Value) -> Result<u64, SchemaError> {
+    match v.as_u64() {
+        Some(t) if (1..=MAX_TIMEOUT_MS).contains(&t) => Ok(t),
+        _ => Err(SchemaError::field_err(
+            "timeout_ms",
+            format!("must be an integer from 1 to {MAX_TIMEOUT_MS}"),
+        )),
+    }
+}
+
+pub(crate) fn parse_url(value: Option<Value>) -> Result<String, SchemaError> {
     let err = |m: &str| SchemaError::field_err("url", m);
     let s = match value {
         None | Some(Value::Null) => return Err(err("is required")),
@@ -281,7 +307,7 @@ fn parse_url(value: Option<Value>) -> Result<String, SchemaError> {
     Ok(s)
 }
 
-fn parse_headers(value: Option<Value>) -> Result<BTreeMap<String, String>, SchemaError> {
+pub(crate) fn parse_headers(value: Option<Value>) -> Result<BTreeMap<String, String>, SchemaError> {
     let map = match value {
         None | Some(Value::Null) => return Ok(BTreeMap::new()),
         Some(Value::Object(m)) => m,
@@ -335,7 +361,7 @@ pub fn preset(name: &str) -> Option<Vec<u64>> {
         .map(|(_, delays)| delays.iter().map(|s| (s * 1000.0) as u64).collect())
 }
 
-fn parse_schedule(value: Option<Value>) -> Result<Vec<u64>, SchemaError> {
+pub(crate) fn parse_schedule(value: Option<Value>) -> Result<Vec<u64>, SchemaError> {
     let names = || {
         PRESETS
             .iter()
@@ -412,7 +438,7 @@ fn parse_deliver_at(value: Option<Value>, now_ms: i64) -> Result<Option<i64>, Sc
     Ok(Some(ms))
 }
 
-fn parse_success(value: Option<Value>) -> Result<Option<String>, SchemaError> {
+pub(crate) fn parse_success(value: Option<Value>) -> Result<Option<String>, SchemaError> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s == "2xx" => Ok(None),

@@ -75,6 +75,7 @@ fn key_id(public: &[u8]) -> String {
 }
 
 /// Signs with every configured secret and signing key. The key bytes are never printed.
+#[derive(Default)]
 pub struct Signer {
     keys: Vec<Vec<u8>>,
     signing_keys: Vec<SigningKey>,
@@ -130,10 +131,22 @@ impl Signer {
             .collect()
     }
 
-    /// The three headers for one attempt.
-    pub fn headers(&self, id: &str, timestamp: i64, body: &[u8]) -> [(&'static str, String); 3] {
-        let mut signatures: Vec<String> = self
-            .keys
+    /// The three headers for one attempt; `None` when there is nothing to sign with.
+    ///
+    /// `merchant` is the secrets of the notification's merchant: they sign in place of the
+    /// node-wide secrets, which other merchants may hold. The Ed25519 keys sign either way.
+    pub fn headers(
+        &self,
+        id: &str,
+        timestamp: i64,
+        body: &[u8],
+        merchant: Option<&[Vec<u8>]>,
+    ) -> Option<[(&'static str, String); 3]> {
+        let hmac_keys = merchant.unwrap_or(&self.keys);
+        if hmac_keys.is_empty() && self.signing_keys.is_empty() {
+            return None;
+        }
+        let mut signatures: Vec<String> = hmac_keys
             .iter()
             .map(|key| {
                 // HMAC takes keys of any length; new_from_slice cannot fail for it.
@@ -161,11 +174,11 @@ impl Signer {
                 signatures.push(format!("v1a,{}", STANDARD.encode(signature.as_ref())));
             }
         }
-        [
+        Some([
             ("webhook-id", id.to_string()),
             ("webhook-timestamp", timestamp.to_string()),
             ("webhook-signature", signatures.join(" ")),
-        ]
+        ])
     }
 }
 

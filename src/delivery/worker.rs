@@ -8,6 +8,7 @@
 
 mod host_limit;
 mod leases;
+mod merchant;
 mod retention;
 mod scheduler;
 mod settler;
@@ -41,6 +42,7 @@ struct Shared {
     config: Arc<Config>,
     store: Store,
     deliverer: Deliverer,
+    merchants: crate::delivery::merchants::Registry,
     held: Mutex<HashMap<(u32, String), Held>>,
     hosts: Mutex<HashMap<String, Arc<HostLimit>>>,
     slots: Arc<Semaphore>,
@@ -55,6 +57,7 @@ pub async fn run(
     config: Arc<Config>,
     store: Store,
     deliverer: Deliverer,
+    merchants: crate::delivery::merchants::Registry,
     metrics: crate::metrics::Metrics,
     shutdown: CancellationToken,
 ) {
@@ -63,6 +66,7 @@ pub async fn run(
         config,
         store,
         deliverer,
+        merchants,
         held: Mutex::new(HashMap::new()),
         hosts: Mutex::new(HashMap::new()),
         slot_freed: Notify::new(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::delivery::merchants::Registry;
 use crate::delivery::signing::PublicKey;
 use crate::delivery::store::Store;
 use crate::devices::presence::Presence;
@@ -27,6 +28,8 @@ pub struct AppState {
     pub hub: Hub,
     /// Device call router.
     pub devices: Devices,
+    /// The merchant registry (`/v1/merchants`, and the merchant a notification names).
+    pub merchants: Registry,
     pub metrics: Metrics,
     /// The public halves of `--signing-key`, as `GET /v1/signing-keys` publishes them.
     pub public_keys: Arc<Vec<PublicKey>>,

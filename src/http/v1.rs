@@ -6,6 +6,7 @@
 pub mod dead;
 pub mod devices;
 pub mod keys;
+pub mod merchants;
 pub mod notifications;
 pub mod results;
 pub mod stats;
@@ -36,6 +37,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/devices/{id}", get(devices::device_show))
         .route("/v1/devices/{id}/call", post(devices::device_call))
         .route("/v1/devices/{id}/send", post(devices::device_send))
+        .route(
+            "/v1/merchants",
+            post(merchants::create).get(merchants::list),
+        )
+        .route(
+            "/v1/merchants/{id}",
+            get(merchants::show)
+                .patch(merchants::patch)
+                .delete(merchants::delete),
+        )
+        .route("/v1/merchants/{id}/secret/rotate", post(merchants::rotate))
+        .route("/v1/merchants/{id}/secret/reveal", post(merchants::reveal))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             super::auth::require_key,

@@ -180,6 +180,18 @@ impl Keys {
         format!("{}:node:{{{}}}:alive", self.prefix, node_id)
     }
 
+    /// HASH `{doc, sealed, version}`: one merchant's record (own hash tag per merchant).
+    pub fn merchant(&self, merchant_id: &str) -> String {
+        format!("{}:merchant:{{m:{}}}", self.prefix, merchant_id)
+    }
+
+    /// ZSET of merchant ids (all scores 0, so ordered by id): the paged list. Written before a
+    /// record is made and after it is removed, so the list may name a merchant that is gone for
+    /// a moment, never miss one that is there.
+    pub fn merchant_index(&self) -> String {
+        format!("{}:merchants", self.prefix)
+    }
+
     /// Consumer group name on the intake stream.
     pub fn intake_group(&self) -> &'static str {
         "paynotify"

@@ -40,6 +40,8 @@ pub struct Scripts {
     pub device_touch: Script,
     pub device_leave: Script,
     pub node_id: Script,
+    pub merchant_put: Script,
+    pub merchant_delete: Script,
 }
 
 impl Scripts {
@@ -59,11 +61,13 @@ impl Scripts {
             device_touch: Script::new(lua!("device_touch")),
             device_leave: Script::new(lua!("device_leave")),
             node_id: Script::new(lua!("node_id")),
+            merchant_put: Script::new(lua!("merchant_put")),
+            merchant_delete: Script::new(lua!("merchant_delete")),
         }
     }
 
     /// Every script with its name, for loading at startup (`SCRIPT LOAD`).
-    pub fn all(&self) -> [(&'static str, &Script); 13] {
+    pub fn all(&self) -> [(&'static str, &Script); 15] {
         [
             ("enqueue", &self.enqueue),
             ("claim", &self.claim),
@@ -78,6 +82,8 @@ impl Scripts {
             ("device_touch", &self.device_touch),
             ("device_leave", &self.device_leave),
             ("node_id", &self.node_id),
+            ("merchant_put", &self.merchant_put),
+            ("merchant_delete", &self.merchant_delete),
         ]
     }
 }

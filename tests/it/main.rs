@@ -11,6 +11,7 @@ mod helm;
 mod hostile;
 mod kill;
 mod logs;
+mod merchants;
 mod props;
 mod push;
 mod replicas;

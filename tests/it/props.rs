@@ -68,9 +68,11 @@ proptest! {
             (prop_oneof![Just("notification".to_string()), Just("result".to_string()), "[a-z]{0,12}"],
              proptest::collection::vec(any::<u8>(), 0..256)),
             0..4),
-        entry_id in "[0-9]{1,13}-[0-9]{1,3}",
     ) {
-        let _ = paynotify::intake::decode_entry(&entry_id, &fields, NOW);
+        if let Ok(paynotify::intake::IntakeEntry::Notification(doc)) = paynotify::intake::decode_entry(&fields) {
+            let _ = doc.merchant();
+            let _ = doc.into_notification(NOW, || "x".into(), None);
+        }
     }
 
     #[test]

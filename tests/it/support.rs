@@ -14,6 +14,9 @@ pub use reqwest::StatusCode;
 pub use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+/// The tests' key-encryption key for merchant secrets (32 bytes, base64).
+pub const ENCRYPTION_KEY: &str = "dGVzdC1rZXktZW5jcnlwdGlvbi0zMi1ieXRlcy0hISE=";
+
 /// A node run in-process with [`paynotify::run`].
 pub struct Node {
     pub addr: SocketAddr,
@@ -120,6 +123,7 @@ pub fn config(redis: &RedisServer) -> Config {
     c.allow_private_targets = true;
     c.api_keys = vec![API_KEY.to_string()];
     c.token_secrets = vec![TOKEN_SECRET.to_string()];
+    c.secret_encryption_keys = vec![ENCRYPTION_KEY.to_string()];
     c.lease = Duration::from_secs(5);
     c.shutdown_grace = Duration::from_secs(5);
     c

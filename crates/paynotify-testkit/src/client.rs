@@ -72,6 +72,23 @@ impl TestClient {
         self.expect(Method::POST, path, Some(body), expect).await
     }
 
+    /// PATCH `body` as JSON to `path`; panics unless the status is `expect`.
+    pub async fn patch<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: impl Serialize,
+        expect: StatusCode,
+    ) -> T {
+        let body = serde_json::to_value(body).unwrap();
+        self.expect(Method::PATCH, path, Some(body), expect).await
+    }
+
+    /// DELETE `path`; panics unless the status is `expect`.
+    pub async fn delete(&self, path: &str, expect: StatusCode) {
+        self.expect::<Value>(Method::DELETE, path, None, expect)
+            .await;
+    }
+
     /// POST without a body to `path`; panics unless the status is `expect`.
     pub async fn post_empty<T: DeserializeOwned>(&self, path: &str, expect: StatusCode) -> T {
         self.expect(Method::POST, path, None, expect).await

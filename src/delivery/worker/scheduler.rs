@@ -17,7 +17,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::host_limit::host_limit;
 use super::{Held, Report, Shared};
-use crate::delivery::attempt::Verdict;
+use crate::delivery::attempt::{AttemptResult, Verdict};
 use crate::delivery::schema::Spec;
 use crate::delivery::store::{Claimed, Settled, Settlement};
 use crate::util::lock;
@@ -222,7 +222,22 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
         debug!("destination at its concurrency limit with a full queue; deferring");
         return Report::Release(c.partition, c.id, c.token, crate::util::now_ms() + DEFER_MS);
     };
-    let result = shared.deliverer.attempt(&c.id, &spec, url).await;
+    let merchant_keys = match &spec.merchant {
+        Some(m) => match super::merchant::keys_for(shared, &c, m).await {
+            Ok(keys) => Some(keys),
+            Err(report) => return report,
+        },
+        None => None,
+    };
+    let result = shared
+        .deliverer
+        .attempt(
+            &c.id,
+            &spec,
+            url,
+            merchant_keys.as_ref().map(|k| k.as_slice()),
+        )
+        .await;
     let rec = json!({
         "attempt": c.attempt,
         "started_at": result.started_ms,
@@ -234,8 +249,14 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
         "node": shared.config.node_id,
     })
     .to_string();
+    let (verdict, next_ms, reason) = outcome(&spec, &c, result);
+    Report::Settle(c.partition, settlement(&c, verdict, next_ms, &reason, rec))
+}
+
+/// What an attempt's result means: the settle verdict, the next due time and the reason.
+fn outcome(spec: &Spec, c: &Claimed, result: AttemptResult) -> (Settled, i64, String) {
     let finished = result.started_ms + result.latency_ms as i64;
-    let (verdict, next_ms, reason) = match result.verdict {
+    match result.verdict {
         Verdict::Delivered => {
             debug!(
                 status = result.status,
@@ -264,12 +285,11 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
                 (Settled::Dead, 0, reason)
             }
         },
-    };
-    Report::Settle(c.partition, settlement(&c, verdict, next_ms, &reason, rec))
+    }
 }
 
 /// A notification that cannot be attempted at all goes straight to the dead set.
-fn unreadable(c: &Claimed, reason: String) -> Report {
+pub(super) fn unreadable(c: &Claimed, reason: String) -> Report {
     let record = json!({"attempt": c.attempt, "started_at": crate::util::now_ms(), "due_at": c.due_ms, "status": null, "error": reason})
         .to_string();
     Report::Settle(

@@ -9,6 +9,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::check_id;
+use crate::delivery::merchants::{parse_notification, EnqueueError};
 use crate::delivery::schema::{self as notification, MAX_DOCUMENT_BYTES};
 use crate::delivery::store::Enqueued;
 use crate::http::error::ApiError;
@@ -32,7 +33,7 @@ pub async fn enqueue(
         )
     })?;
     let now = crate::util::now_ms();
-    let n = notification::parse(&body, now, crate::util::new_id).map_err(|e| {
+    let schema_err = |e: notification::SchemaError| {
         let (status, code) = match e {
             notification::SchemaError::TooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
@@ -45,7 +46,14 @@ pub async fn enqueue(
             message: e.to_string(),
             field: e.field().map(str::to_string),
         }
-    })?;
+    };
+    let doc = notification::Document::parse(&body).map_err(schema_err)?;
+    let n = parse_notification(&state.merchants, doc, now, crate::util::new_id)
+        .await
+        .map_err(|e| match e {
+            EnqueueError::Schema(e) => schema_err(e),
+            EnqueueError::Registry(e) => ApiError::from(e),
+        })?;
     Ok(match state.notifications.enqueue(&n, now).await? {
         Enqueued::Created { due_ms } => {
             state.metrics.enqueued.inc();
