@@ -81,6 +81,10 @@ pub struct Config {
     pub secret_encryption_keys: Vec<String>,
     pub secret_rotation_grace: Duration,
     pub disabled_merchant_recheck: Duration,
+    /// Where operational events are sent (as notifications), if anywhere.
+    pub ops_events_url: Option<String>,
+    pub merchant_failing_after: u32,
+    pub auto_disable_after: Option<Duration>,
     pub allow_private_targets: bool,
     pub lease: Duration,
     pub max_stalls: u32,
@@ -152,6 +156,12 @@ impl std::fmt::Debug for Config {
             )
             .field("secret_rotation_grace", &self.secret_rotation_grace)
             .field("disabled_merchant_recheck", &self.disabled_merchant_recheck)
+            .field(
+                "ops_events_url",
+                &self.ops_events_url.as_deref().map(redact_url),
+            )
+            .field("merchant_failing_after", &self.merchant_failing_after)
+            .field("auto_disable_after", &self.auto_disable_after)
             .field("allow_private_targets", &self.allow_private_targets)
             .field("lease", &self.lease)
             .field("max_stalls", &self.max_stalls)

@@ -19,6 +19,12 @@ pub struct Outcome {
     pub outcome: &'static str,
 }
 
+/// Label of an operational event (`merchant.failing`, `notification.dead`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub event: &'static str,
+}
+
 /// Every metric of the node. Cheap to clone (handles).
 #[derive(Clone)]
 pub struct Metrics {
@@ -62,6 +68,8 @@ pub struct Metrics {
     /// Device calls made through this node, by outcome (ok, device_error, offline, timeout,
     /// busy).
     pub device_calls: Family<Outcome, Counter>,
+    /// Operational events this node enqueued for `--ops-events-url`, by event.
+    pub ops_events: Family<EventLabel, Counter>,
     /// 0 while the node drains for shutdown, else 1.
     pub ready: Gauge,
     /// When the Redis-backed gauges were last read (ms since the epoch; not exported): scrapes
@@ -110,6 +118,7 @@ impl Metrics {
             devices_online: Gauge::default(),
             device_calls_waiting: Gauge::default(),
             device_calls: Family::default(),
+            ops_events: Family::default(),
             ready: Gauge::default(),
             stats_read_ms: Arc::default(),
         };
@@ -122,6 +131,11 @@ impl Metrics {
             "attempts",
             "Delivery attempts finished on this node, by outcome",
             m.attempts.clone(),
+        );
+        r.register(
+            "ops_events",
+            "Operational events enqueued for --ops-events-url, by event",
+            m.ops_events.clone(),
         );
         r.register(
             "in_flight",

@@ -114,6 +114,19 @@ pub struct ServeArgs {
     /// (they are never attempted, and never spend their schedule, while it stays disabled).
     #[arg(long, env = "PAYNOTIFY_DISABLED_MERCHANT_RECHECK", default_value = "60s", value_parser = humantime::parse_duration)]
     pub disabled_merchant_recheck: Duration,
+    /// Where operational events go (notification.dead, merchant.failing, merchant.recovered,
+    /// merchant.disabled): POSTed as notifications through the engine itself, signed like any
+    /// other with --signing-secret/--signing-key. Unset: no events are sent.
+    #[arg(long, env = "PAYNOTIFY_OPS_EVENTS_URL")]
+    pub ops_events_url: Option<String>,
+    /// Failed attempts in a row after which a merchant is failing (merchant.failing; its next
+    /// success says merchant.recovered).
+    #[arg(long, env = "PAYNOTIFY_MERCHANT_FAILING_AFTER", default_value_t = 10)]
+    pub merchant_failing_after: u32,
+    /// Opt-in: disable a merchant that has been failing this long (e.g. 120h); its
+    /// notifications then wait, nothing is dropped, until it is enabled again. Unset: never.
+    #[arg(long, env = "PAYNOTIFY_AUTO_DISABLE_AFTER", value_parser = humantime::parse_duration)]
+    pub auto_disable_after: Option<Duration>,
     /// Allow notify URLs that resolve to loopback, private, link-local, CGNAT or unique-local
     /// addresses (refused by default).
     #[arg(long, env = "PAYNOTIFY_ALLOW_PRIVATE_TARGETS")]
@@ -288,6 +301,9 @@ impl ServeArgs {
             secret_encryption_keys: secrets(&self.secret_encryption_key),
             secret_rotation_grace: self.secret_rotation_grace,
             disabled_merchant_recheck: self.disabled_merchant_recheck,
+            ops_events_url: self.ops_events_url.clone(),
+            merchant_failing_after: self.merchant_failing_after,
+            auto_disable_after: self.auto_disable_after,
             allow_private_targets: self.allow_private_targets,
             lease: self.lease,
             max_stalls: self.max_stalls,

@@ -9,6 +9,21 @@ use crate::config::Config;
 use crate::delivery::signing::SigningError;
 use crate::redis::Target;
 
+/// The merchant registry's and health's flags.
+fn validate_merchant_flags(c: &Config) -> Result<(), String> {
+    crate::delivery::merchants::secrets::Keyring::new(&c.secret_encryption_keys)
+        .map_err(|e| format!("--secret-encryption-key: {e}"))?;
+    if let Some(url) = &c.ops_events_url {
+        let doc = serde_json::json!({ "url": url });
+        crate::delivery::schema::parse(doc.to_string().as_bytes(), 0, String::new)
+            .map_err(|e| format!("--ops-events-url: {e}"))?;
+    }
+    if c.merchant_failing_after == 0 {
+        return Err("--merchant-failing-after must be at least 1".into());
+    }
+    Ok(())
+}
+
 /// Checks a config; the error names the flag.
 pub fn validate(c: &Config) -> Result<(), String> {
     Target::choose(
@@ -41,8 +56,7 @@ pub fn validate(c: &Config) -> Result<(), String> {
             _ => format!("--signing-secret: {e}"),
         },
     )?;
-    crate::delivery::merchants::secrets::Keyring::new(&c.secret_encryption_keys)
-        .map_err(|e| format!("--secret-encryption-key: {e}"))?;
+    validate_merchant_flags(c)?;
     if c.lease < Duration::from_secs(1) {
         return Err("--lease must be at least 1s".into());
     }

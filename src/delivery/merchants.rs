@@ -5,6 +5,7 @@
 //! secrets only (never the node-wide `--signing-secret`s, which other merchants may hold), so
 //! no merchant can forge another's callback. Secrets are sealed at rest (`secrets`).
 
+pub mod health;
 pub mod model;
 pub mod secrets;
 pub mod store;

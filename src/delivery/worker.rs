@@ -6,6 +6,7 @@
 //! sleeps until the earliest due time it knows of, woken early by the wake channel, with a
 //! watchdog bound so a lost wake-up (e.g. across a Redis reconnect) cannot stop it.
 
+mod health;
 mod host_limit;
 mod leases;
 mod merchant;
@@ -43,6 +44,10 @@ struct Shared {
     store: Store,
     deliverer: Deliverer,
     merchants: crate::delivery::merchants::Registry,
+    /// Each merchant's attempts since the last health flush.
+    tallies: Mutex<HashMap<String, crate::delivery::merchants::health::Tally>>,
+    /// Operational events waiting for the next flush.
+    ops: Mutex<Vec<health::OpsEvent>>,
     held: Mutex<HashMap<(u32, String), Held>>,
     hosts: Mutex<HashMap<String, Arc<HostLimit>>>,
     slots: Arc<Semaphore>,
@@ -67,6 +72,8 @@ pub async fn run(
         store,
         deliverer,
         merchants,
+        tallies: Mutex::default(),
+        ops: Mutex::default(),
         held: Mutex::new(HashMap::new()),
         hosts: Mutex::new(HashMap::new()),
         slot_freed: Notify::new(),
@@ -86,6 +93,9 @@ pub async fn run(
     helpers.spawn(
         retention::retention(shared.clone(), stop_helpers.clone())
             .instrument(info_span!("retention")),
+    );
+    helpers.spawn(
+        health::flusher(shared.clone(), stop_helpers.clone()).instrument(info_span!("health")),
     );
     let settler_task =
         tokio::spawn(settler::settler(shared.clone(), rx).instrument(info_span!("settler")));

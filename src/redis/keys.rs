@@ -185,6 +185,20 @@ impl Keys {
         format!("{}:merchant:{{m:{}}}", self.prefix, merchant_id)
     }
 
+    /// HASH: a merchant's health state (`merchant_health.lua`), same hash tag as its record.
+    pub fn merchant_health(&self, merchant_id: &str) -> String {
+        format!("{}:merchant:{{m:{}}}:health", self.prefix, merchant_id)
+    }
+
+    /// HASH: a merchant's attempt counts and latency histogram in one minute (`period` "m",
+    /// index = unix minute) or one hour (`period` "h", index = unix hour).
+    pub fn merchant_bucket(&self, merchant_id: &str, period: &str, index: i64) -> String {
+        format!(
+            "{}:merchant:{{m:{}}}:{period}:{index}",
+            self.prefix, merchant_id
+        )
+    }
+
     /// ZSET of merchant ids (all scores 0, so ordered by id): the paged list. Written before a
     /// record is made and after it is removed, so the list may name a merchant that is gone for
     /// a moment, never miss one that is there.

@@ -42,6 +42,7 @@ pub struct Scripts {
     pub node_id: Script,
     pub merchant_put: Script,
     pub merchant_delete: Script,
+    pub merchant_health: Script,
 }
 
 impl Scripts {
@@ -63,11 +64,12 @@ impl Scripts {
             node_id: Script::new(lua!("node_id")),
             merchant_put: Script::new(lua!("merchant_put")),
             merchant_delete: Script::new(lua!("merchant_delete")),
+            merchant_health: Script::new(lua!("merchant_health")),
         }
     }
 
     /// Every script with its name, for loading at startup (`SCRIPT LOAD`).
-    pub fn all(&self) -> [(&'static str, &Script); 15] {
+    pub fn all(&self) -> [(&'static str, &Script); 16] {
         [
             ("enqueue", &self.enqueue),
             ("claim", &self.claim),
@@ -84,6 +86,7 @@ impl Scripts {
             ("node_id", &self.node_id),
             ("merchant_put", &self.merchant_put),
             ("merchant_delete", &self.merchant_delete),
+            ("merchant_health", &self.merchant_health),
         ]
     }
 }

@@ -477,3 +477,132 @@ fn the_merchant_cli_adds_rotates_disables_and_lists() {
     let (code, _, err) = run(&["delete", "cli-m"]);
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// The operational events the sink at `/ok/ops` received, by type.
+fn ops_events(sink: &Sink) -> Vec<Value> {
+    sink.received()
+        .iter()
+        .filter(|r| r.path == "/ok/ops")
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap())
+        .collect()
+}
+
+fn has_event(sink: &Sink, kind: &str) -> bool {
+    ops_events(sink).iter().any(|e| e["type"] == kind)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_counts_attempts_and_failing_recovered_and_dead_events_go_out_signed() {
+    let redis = RedisServer::start().unwrap();
+    let sink = Sink::start().await;
+    let secret = paynotify::delivery::signing::generate_secret();
+    let node = node_with(&redis, |c| {
+        c.signing_secrets = vec![secret.clone()];
+        c.ops_events_url = Some(sink.url("/ok/ops"));
+        c.merchant_failing_after = 3;
+    })
+    .await;
+    add(&node, "flaky", &sink.url("/"), json!({})).await;
+    // Fails three times (one health flush apart), then answers.
+    let api = node.api();
+    api.post::<Value>("/v1/notifications", json!({"id": "f1", "merchant": "flaky", "url": sink.url("/flaky/3"), "body": "f1", "schedule": [0, 1.2, 1.2, 1.2]}), StatusCode::CREATED).await;
+    api.post::<Value>(
+        "/v1/notifications",
+        json!({"id": "d1", "merchant": "flaky", "url": sink.url("/status/410"), "body": "d1"}),
+        StatusCode::CREATED,
+    )
+    .await;
+    api.wait_state("f1", "delivered", Duration::from_secs(15))
+        .await;
+    wait_until(Duration::from_secs(10), || async {
+        [
+            "merchant.failing",
+            "merchant.recovered",
+            "notification.dead",
+        ]
+        .iter()
+        .all(|k| has_event(&sink, k))
+    })
+    .await;
+    let events = ops_events(&sink);
+    let dead = events
+        .iter()
+        .find(|e| e["type"] == "notification.dead")
+        .unwrap();
+    assert_eq!(
+        (dead["data"]["id"].clone(), dead["data"]["merchant"].clone()),
+        (json!("d1"), json!("flaky")),
+        "{dead}"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "merchant.failing")
+            .count(),
+        1,
+        "{events:?}"
+    );
+    for r in sink.received().iter().filter(|r| r.path == "/ok/ops") {
+        assert!(
+            verifies(&secret, r),
+            "ops events are signed with the node's secret"
+        );
+    }
+    let shown: Value = api.get("/v1/merchants/flaky", StatusCode::OK).await;
+    let h = &shown["health"];
+    assert_eq!(h["last_1h"]["delivered"], 1, "{shown}");
+    assert_eq!(h["last_1h"]["failed"], 4, "{shown}"); // three 500s and one 410
+    assert_eq!(h["last_24h"]["failed"], 4, "{shown}");
+    assert!(
+        h["last_1h"]["p99_ms"].is_u64() && h["last_success_at"].is_i64(),
+        "{shown}"
+    );
+    assert_eq!(h["failing"], false, "{shown}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_failing_longer_than_allowed_is_disabled_and_its_notifications_wait() {
+    let redis = RedisServer::start().unwrap();
+    let sink = Sink::start().await;
+    let node = node_with(&redis, |c| {
+        c.ops_events_url = Some(sink.url("/ok/ops"));
+        c.auto_disable_after = Some(Duration::from_millis(500));
+        c.disabled_merchant_recheck = Duration::from_millis(300);
+    })
+    .await;
+    add(&node, "down", &sink.url("/status/"), json!({})).await;
+    let api = node.api();
+    api.post::<Value>("/v1/notifications", json!({"id": "w1", "merchant": "down", "url": sink.url("/status/503"), "schedule": [0, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]}), StatusCode::CREATED).await;
+    wait_until(Duration::from_secs(10), || async {
+        has_event(&sink, "merchant.disabled")
+    })
+    .await;
+    let shown: Value = api.get("/v1/merchants/down", StatusCode::OK).await;
+    assert_eq!(shown["disabled"], true, "{shown}");
+    assert!(
+        shown["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("automatically"),
+        "{shown}"
+    );
+    // Nothing is dropped: it waits, with attempts to spare, and no more go out.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let before = sink
+        .received()
+        .iter()
+        .filter(|r| r.path == "/status/503")
+        .count();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = sink
+        .received()
+        .iter()
+        .filter(|r| r.path == "/status/503")
+        .count();
+    assert_eq!(before, after, "a disabled merchant was still called");
+    let w = api.notification("w1").await;
+    assert_eq!(w["state"], "scheduled", "{w}");
+    assert!(w["attempts"].as_array().unwrap().len() < 10, "{w}");
+    node.stop().await;
+}

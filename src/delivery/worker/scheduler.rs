@@ -249,7 +249,14 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
         "node": shared.config.node_id,
     })
     .to_string();
+    if let Some(m) = &spec.merchant {
+        let ok = result.verdict == Verdict::Delivered;
+        super::health::note(shared, m, result.started_ms, result.latency_ms, ok);
+    }
     let (verdict, next_ms, reason) = outcome(&spec, &c, result);
+    if verdict == Settled::Dead {
+        super::health::dead(shared, &c.id, spec.merchant.as_deref(), &reason);
+    }
     Report::Settle(c.partition, settlement(&c, verdict, next_ms, &reason, rec))
 }
 

@@ -11,6 +11,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::delivery::merchants::health;
 use crate::delivery::merchants::model::{self, validate_merchant_id};
 use crate::delivery::merchants::secrets::SecretsError;
 use crate::delivery::merchants::MerchantError;
@@ -80,8 +81,11 @@ pub async fn show(
         .merchants
         .read(&id)
         .await?
-        .ok_or(MerchantError::NotFound(id))?;
-    Ok(Json(record.merchant.view()))
+        .ok_or_else(|| MerchantError::NotFound(id.clone()))?;
+    let mut view = record.merchant.view();
+    let health = health::read(&state.redis, &id, crate::util::now_ms()).await?;
+    view["health"] = serde_json::to_value(health).unwrap_or_default();
+    Ok(Json(view))
 }
 
 #[derive(Debug, Deserialize)]
