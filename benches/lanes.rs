@@ -319,13 +319,25 @@ fn print_trial(label: &str, n: u64, got: u64, elapsed: Duration, cpu_us: [f64; 3
     Trial { rate, cpu_us }
 }
 
-/// Waits until the sink has `n` requests (at most `limit`); the time from `start`.
+/// Waits until the sink has `n` requests (at most `limit`); the time from `start`. Also prints
+/// when it had half and 99 % of them (a long tail shows as t99 far below the total).
 async fn wait_received(stats: &PortStats, n: u64, start: Instant, limit: Duration) -> Duration {
     let mut last_report = Instant::now();
-    while stats.received.load(Ordering::Relaxed) < n {
+    let (mut t50, mut t99) = (None, None);
+    loop {
+        let got = stats.received.load(Ordering::Relaxed);
+        if t50.is_none() && got * 2 >= n {
+            t50 = Some(start.elapsed());
+        }
+        if t99.is_none() && got * 100 >= n * 99 {
+            t99 = Some(start.elapsed());
+        }
+        if got >= n {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(2)).await;
         if last_report.elapsed() > Duration::from_secs(2) {
-            eprintln!("  ... {} received", stats.received.load(Ordering::Relaxed));
+            eprintln!("  ... {got} received");
             last_report = Instant::now();
         }
         if start.elapsed() > limit {
@@ -333,7 +345,15 @@ async fn wait_received(stats: &PortStats, n: u64, start: Instant, limit: Duratio
             break;
         }
     }
-    start.elapsed()
+    let elapsed = start.elapsed();
+    let secs = |t: Option<Duration>| t.map_or(f64::NAN, |t| t.as_secs_f64());
+    eprintln!(
+        "  half received at {:.3} s, 99 % at {:.3} s, all at {:.3} s",
+        secs(t50),
+        secs(t99),
+        elapsed.as_secs_f64()
+    );
+    elapsed
 }
 
 /// paynotify drains `n` due at one instant into the fast sink, with worker `flags`.
