@@ -6,8 +6,8 @@
 //!
 //! - **fast**: one fast sink (one destination), BENCH_N (default 50,000) notifications due at
 //!   the same instant, delivered three ways in the same run, alternating, BENCH_REPEAT times
-//!   (default 3): (a) paynotify with its defaults (only `--allow-private-targets` and the Redis
-//!   URL), (b) paynotify with `--per-destination-concurrency 512 --max-in-flight 1024`, (c) BullMQ
+//!   (default 3): (a) paynotify with its defaults (only what the harness must set: the Redis URL,
+//!   `--listen 127.0.0.1:0`, `--allow-private-targets`, a node id), (b) paynotify with `--per-destination-concurrency 512 --max-in-flight 1024`, (c) BullMQ
 //!   (`benches/peers/bullmq/drain.js`, a Worker at concurrency 64 on Redis db 1, prefix
 //!   `bullbench`, jobs added with `addBulk` while no worker runs). Rate = N / (from the due
 //!   instant, or BullMQ's worker start, to the sink's N-th request); CPU per notification of the
@@ -29,7 +29,13 @@
 //! PAYNOTIFY_BIN=/path/to/new/paynotify cargo bench --bench lanes -- fast
 //! PAYNOTIFY_BIN=/path/to/new/paynotify cargo bench --bench lanes -- sick
 //! BENCH_WORKER_ARGS="--some-new-flag 64" cargo bench --bench lanes -- sick   # extra worker flags
+//! BENCH_WORKER_ARGS="--per-destination-concurrency 512 --max-in-flight 1024" \
+//!     cargo bench --bench lanes -- sick                          # today's code, tuned for (b)
+//! BENCH_RATE=6000 cargo bench --bench lanes -- sick              # sick demand above the node's slots
 //! ```
+//!
+//! Run the baseline binary and the new one alternately in the same half hour and compare ratios,
+//! not absolute rates (this 2-core machine's speed drifts; see BENCHMARKS.md, "Merchant lanes").
 //!
 //! Without PAYNOTIFY_BIN the worker is `$CARGO_TARGET_DIR/release/paynotify` (or
 //! `target/release/paynotify`). BENCH_WORKER_ARGS (split on whitespace) is appended to every
