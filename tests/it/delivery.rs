@@ -784,3 +784,36 @@ async fn retention_forgets_thousands_and_redis_shrinks_to_nothing() {
     );
     node.stop().await;
 }
+
+/// Slow destinations holding all but a few of a node's slots do not stop the scheduler from
+/// claiming with the few that are free (it used to wait for a quarter of the slots).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_destinations_holding_most_slots_do_not_starve_the_others() {
+    let redis = RedisServer::start().unwrap();
+    let slow = Sink::start().await;
+    let fast = Sink::start().await;
+    let node = node_with(&redis, |c| {
+        c.max_in_flight = 16;
+        c.claim_batch = 16;
+    })
+    .await;
+    for i in 0..15 {
+        node.api()
+            .post::<Value>("/v1/notifications", json!({"id": format!("slow-{i}"), "url": slow.url("/sleep/8000"), "timeout_ms": 9000}), StatusCode::CREATED)
+            .await;
+    }
+    wait_until(Duration::from_secs(5), || async { slow.count() == 15 }).await;
+    node.api()
+        .post::<Value>(
+            "/v1/notifications",
+            json!({"id": "fast-1", "url": fast.url("/ok")}),
+            StatusCode::CREATED,
+        )
+        .await;
+    // 15 of 16 slots are held for 8 s; the one free slot is used at once.
+    node.api()
+        .wait_state("fast-1", "delivered", Duration::from_secs(4))
+        .await;
+    assert_eq!(fast.count(), 1);
+    node.stop().await;
+}

@@ -24,6 +24,8 @@ use crate::util::lock;
 
 /// Longest the scheduler sleeps without looking at Redis, whatever it was told.
 pub(super) const WATCHDOG: Duration = Duration::from_secs(5);
+/// Longest the scheduler waits for a batch's worth of free slots before it claims with fewer.
+const BATCH_WAIT: Duration = Duration::from_millis(2);
 /// How long an entry is put back when its destination is at its concurrency limit.
 const DEFER_MS: i64 = 1000;
 
@@ -38,19 +40,33 @@ pub(super) async fn scheduler(
     let mut start = 0u32;
     let mut failures = 0u32;
     let low_water = config.claim_batch.min(config.max_in_flight / 4).max(1);
+    let mut batching_since: Option<Instant> = None;
     info!(node = %config.node_id, partitions, "worker started");
     while !shutdown.is_cancelled() {
         while deliveries.try_join_next().is_some() {}
         let free = shared.slots.available_permits();
         // Claim in batches: with attempts in flight, wait until a worthwhile number of slots
-        // is free rather than claiming one entry per finished attempt.
+        // is free rather than claiming one entry per finished attempt; but never longer than
+        // BATCH_WAIT, or slow destinations holding most slots would starve everyone else.
         let in_flight = config.max_in_flight - free;
-        if free == 0 || (in_flight > 0 && free < low_water) {
+        if free == 0 {
+            batching_since = None;
             tokio::select! {
                 _ = shared.slot_freed.notified() => continue,
                 _ = shutdown.cancelled() => break,
             }
         }
+        if in_flight > 0 && free < low_water {
+            let since = *batching_since.get_or_insert_with(Instant::now);
+            if let Some(left) = BATCH_WAIT.checked_sub(since.elapsed()) {
+                tokio::select! {
+                    _ = shared.slot_freed.notified() => continue,
+                    _ = tokio::time::sleep(left) => continue,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }
+        batching_since = None;
         let round = claim_round(&shared, &tx, &mut deliveries, start, free, &mut failures).await;
         let (head, full, error) = (round.head, round.full, round.error);
         start = start.wrapping_add(1);
