@@ -12,7 +12,8 @@
 //!   stay flat once retention has begun to forget.
 //!
 //! Environment: BENCH_N, BENCH_RATE, BENCH_SECONDS, BENCH_WORKERS, BENCH_PARTITIONS,
-//! BENCH_RETENTION, BENCH_SIGN (hmac, ed25519 or both: the workers sign every attempt).
+//! BENCH_RETENTION, BENCH_SIGN (hmac, ed25519 or both: the workers sign every attempt;
+//! merchant: every notification names a registered merchant and is signed with its secret).
 
 // A benchmark harness: a failed setup step should stop it loudly.
 #![allow(clippy::unwrap_used)]
@@ -100,6 +101,9 @@ fn workers(redis: &RedisServer, count: u64, partitions: u64) -> Vec<std::process
     if mode == "ed25519" || mode == "both" {
         extra.extend(["--signing-key", key.as_str()]);
     }
+    if mode == "merchant" {
+        extra.extend(["--secret-encryption-key", MERCHANT_KEK]);
+    }
     workers_with(redis, count, partitions, &extra)
 }
 
@@ -151,22 +155,64 @@ fn summary(name: &str, mut v: Vec<i64>) {
     );
 }
 
+/// The key-encryption key of BENCH_SIGN=merchant (base64 of 32 bytes).
+const MERCHANT_KEK: &str = "YmVuY2gta2V5LWVuY3J5cHRpb24tMzItYnl0ZXMtISE=";
+
+/// BENCH_SIGN=merchant: registers merchant `bench` for `url`'s origin; its notifications are
+/// then read through the registry (the lookup every enqueue path makes) and signed with its
+/// own secret.
+async fn merchant_registry(
+    store: &Store,
+    url: &str,
+) -> Option<paynotify::delivery::merchants::Registry> {
+    use paynotify::delivery::merchants::{model, secrets::Keyring, Registry};
+    if std::env::var("BENCH_SIGN").as_deref() != Ok("merchant") {
+        return None;
+    }
+    let keyring = Keyring::new(&[MERCHANT_KEK.to_string()]).unwrap();
+    let registry = Registry::new(store.redis().clone(), keyring);
+    let origin = url::Url::parse(url).unwrap().join("/").unwrap().to_string();
+    let doc = serde_json::json!({"id": "bench", "allowed_urls": [origin]}).to_string();
+    let merchant = model::parse_new(doc.as_bytes(), paynotify::now_ms()).unwrap();
+    let _ = registry.create(merchant).await;
+    Some(registry)
+}
+
 async fn enqueue_all(store: &Store, url: &str, dues: &[i64]) {
     let now = paynotify::now_ms();
     let started = Instant::now();
+    let registry = merchant_registry(store, url).await;
+    let registry = registry.as_ref();
     let mut done = 0;
     for chunk in dues.chunks(2000) {
         let base = done;
         let futs = chunk.iter().enumerate().map(|(j, due)| {
             let id = format!("b{}", base + j);
-            let doc = serde_json::json!({
+            let mut doc = serde_json::json!({
                 "id": id, "url": url, "body": format!("{due}:{id}"), "deliver_at": due,
                 "schedule": [0, 5, 5], "success": {"body": "success"}
-            })
-            .to_string();
-            let n =
-                paynotify::delivery::schema::parse(doc.as_bytes(), now, || unreachable!()).unwrap();
-            async move { store.enqueue(&n, now).await.unwrap() }
+            });
+            if registry.is_some() {
+                doc["merchant"] = "bench".into();
+            }
+            let doc = doc.to_string();
+            async move {
+                let parsed = paynotify::delivery::schema::Document::parse(doc.as_bytes()).unwrap();
+                let n = match registry {
+                    Some(r) => paynotify::delivery::merchants::parse_notification(
+                        r,
+                        parsed,
+                        now,
+                        || unreachable!(),
+                    )
+                    .await
+                    .unwrap(),
+                    None => parsed
+                        .into_notification(now, || unreachable!(), None)
+                        .unwrap(),
+                };
+                store.enqueue(&n, now).await.unwrap()
+            }
         });
         futures::future::join_all(futs).await;
         done += chunk.len();
