@@ -90,7 +90,13 @@ pub struct Config {
     pub max_stalls: u32,
     pub retention: Duration,
     pub dead_retention: Duration,
+    /// Most attempts to one destination across the cluster (each node's share: this / nodes).
     pub per_destination_concurrency: usize,
+    pub lane_initial_concurrency: usize,
+    pub breaker_window: Duration,
+    pub breaker_cooldown: Duration,
+    pub breaker_min_requests: u64,
+    pub breaker_failure_percent: u64,
     pub max_in_flight: usize,
     pub claim_batch: usize,
     pub shutdown_grace: Duration,
@@ -171,6 +177,11 @@ impl std::fmt::Debug for Config {
                 "per_destination_concurrency",
                 &self.per_destination_concurrency,
             )
+            .field("lane_initial_concurrency", &self.lane_initial_concurrency)
+            .field("breaker_window", &self.breaker_window)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("breaker_min_requests", &self.breaker_min_requests)
+            .field("breaker_failure_percent", &self.breaker_failure_percent)
             .field("max_in_flight", &self.max_in_flight)
             .field("claim_batch", &self.claim_batch)
             .field("shutdown_grace", &self.shutdown_grace)

@@ -6,6 +6,7 @@
 //! state change is one Lua script, fenced by the claim's token (see `redis::store`).
 
 pub mod attempt;
+pub mod lane;
 pub mod merchants;
 pub mod meta;
 pub mod schema;

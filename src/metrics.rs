@@ -68,6 +68,10 @@ pub struct Metrics {
     /// Device calls made through this node, by outcome (ok, device_error, offline, timeout,
     /// busy).
     pub device_calls: Family<Outcome, Counter>,
+    /// Circuit breakers this node saw open (or open again after a failed probe).
+    pub breaker_opened: Counter,
+    /// Destinations whose breaker is open or half-open, as this node last read them.
+    pub breakers_open: Gauge,
     /// Operational events this node enqueued for `--ops-events-url`, by event.
     pub ops_events: Family<EventLabel, Counter>,
     /// 0 while the node drains for shutdown, else 1.
@@ -119,6 +123,8 @@ impl Metrics {
             device_calls_waiting: Gauge::default(),
             device_calls: Family::default(),
             ops_events: Family::default(),
+            breaker_opened: Counter::default(),
+            breakers_open: Gauge::default(),
             ready: Gauge::default(),
             stats_read_ms: Arc::default(),
         };
@@ -131,6 +137,16 @@ impl Metrics {
             "attempts",
             "Delivery attempts finished on this node, by outcome",
             m.attempts.clone(),
+        );
+        r.register(
+            "breaker_opened",
+            "Circuit breakers of destinations this node saw open",
+            m.breaker_opened.clone(),
+        );
+        r.register(
+            "breakers_open",
+            "Destinations whose circuit breaker is open or half-open (this node's view)",
+            m.breakers_open.clone(),
         );
         r.register(
             "ops_events",

@@ -146,13 +146,34 @@ pub struct ServeArgs {
     /// How long dead notifications are kept for inspection and replay.
     #[arg(long, env = "PAYNOTIFY_DEAD_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
     pub dead_retention: Duration,
-    /// Concurrent attempts per destination (host:port) per node.
+    /// Most concurrent attempts to one destination (host:port), across every node sending to
+    /// it: each node's share is this divided by their number. Within its share a node adapts
+    /// the limit: it starts at --lane-initial-concurrency, grows while answers come back near
+    /// the destination's best latency, and is cut to 70 % on timeouts, connection errors, 429
+    /// and 5xx.
     #[arg(
         long,
         env = "PAYNOTIFY_PER_DESTINATION_CONCURRENCY",
-        default_value_t = 32
+        default_value_t = 512
     )]
     pub per_destination_concurrency: usize,
+    /// Where a destination's adaptive limit starts on each node.
+    #[arg(long, env = "PAYNOTIFY_LANE_INITIAL_CONCURRENCY", default_value_t = 8)]
+    pub lane_initial_concurrency: usize,
+    /// A destination's circuit breaker counts attempts over this window (all nodes together).
+    #[arg(long, env = "PAYNOTIFY_BREAKER_WINDOW", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub breaker_window: Duration,
+    /// How long an open breaker defers a destination's attempts (without spending their
+    /// schedule) before one probe may test it.
+    #[arg(long, env = "PAYNOTIFY_BREAKER_COOLDOWN", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub breaker_cooldown: Duration,
+    /// Fewest attempts in the window before the breaker may open.
+    #[arg(long, env = "PAYNOTIFY_BREAKER_MIN_REQUESTS", default_value_t = 10)]
+    pub breaker_min_requests: u64,
+    /// Share of the window's attempts (percent) that, failing with a timeout, a connection
+    /// error, 429 or 5xx, opens the breaker.
+    #[arg(long, env = "PAYNOTIFY_BREAKER_FAILURE_PERCENT", default_value_t = 70)]
+    pub breaker_failure_percent: u64,
     /// Concurrent attempts per node.
     #[arg(long, env = "PAYNOTIFY_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
@@ -310,6 +331,11 @@ impl ServeArgs {
             retention: self.retention,
             dead_retention: self.dead_retention,
             per_destination_concurrency: self.per_destination_concurrency,
+            lane_initial_concurrency: self.lane_initial_concurrency,
+            breaker_window: self.breaker_window,
+            breaker_cooldown: self.breaker_cooldown,
+            breaker_min_requests: self.breaker_min_requests,
+            breaker_failure_percent: self.breaker_failure_percent,
             max_in_flight: self.max_in_flight,
             claim_batch: self.claim_batch,
             shutdown_grace: self.shutdown_grace,

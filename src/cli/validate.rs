@@ -18,6 +18,15 @@ fn validate_merchant_flags(c: &Config) -> Result<(), String> {
         crate::delivery::schema::parse(doc.to_string().as_bytes(), 0, String::new)
             .map_err(|e| format!("--ops-events-url: {e}"))?;
     }
+    if c.lane_initial_concurrency == 0 {
+        return Err("--lane-initial-concurrency must be at least 1".into());
+    }
+    if !(1..=100).contains(&c.breaker_failure_percent) {
+        return Err("--breaker-failure-percent must be from 1 to 100".into());
+    }
+    if c.breaker_window.is_zero() || c.breaker_cooldown.is_zero() {
+        return Err("--breaker-window and --breaker-cooldown must be more than 0".into());
+    }
     if c.merchant_failing_after == 0 {
         return Err("--merchant-failing-after must be at least 1".into());
     }

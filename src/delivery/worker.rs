@@ -7,7 +7,8 @@
 //! watchdog bound so a lost wake-up (e.g. across a Redis reconnect) cannot stop it.
 
 mod health;
-mod host_limit;
+mod lane;
+mod lanes;
 mod leases;
 mod merchant;
 mod retention;
@@ -26,7 +27,7 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::config::Config;
 use crate::delivery::attempt::Deliverer;
 use crate::delivery::store::{Settlement, Store};
-use host_limit::HostLimit;
+use lane::Lane;
 
 /// What a finished delivery task reports.
 enum Report {
@@ -49,7 +50,8 @@ struct Shared {
     /// Operational events waiting for the next flush.
     ops: Mutex<Vec<health::OpsEvent>>,
     held: Mutex<HashMap<(u32, String), Held>>,
-    hosts: Mutex<HashMap<String, Arc<HostLimit>>>,
+    /// Each destination's lane (host:port).
+    lanes: Mutex<HashMap<String, Arc<Lane>>>,
     slots: Arc<Semaphore>,
     slot_freed: Notify,
     wake: Notify,
@@ -75,7 +77,7 @@ pub async fn run(
         tallies: Mutex::default(),
         ops: Mutex::default(),
         held: Mutex::new(HashMap::new()),
-        hosts: Mutex::new(HashMap::new()),
+        lanes: Mutex::new(HashMap::new()),
         slot_freed: Notify::new(),
         wake: Notify::new(),
         metrics,
@@ -94,6 +96,8 @@ pub async fn run(
         retention::retention(shared.clone(), stop_helpers.clone())
             .instrument(info_span!("retention")),
     );
+    helpers
+        .spawn(lanes::syncer(shared.clone(), stop_helpers.clone()).instrument(info_span!("lanes")));
     helpers.spawn(
         health::flusher(shared.clone(), stop_helpers.clone()).instrument(info_span!("health")),
     );

@@ -199,6 +199,17 @@ impl Keys {
         )
     }
 
+    /// HASH: one destination's (host:port) shared lane: its circuit breaker and window
+    /// (`lane_sync.lua`; own hash tag per destination).
+    pub fn lane(&self, destination: &str) -> String {
+        format!("{}:lane:{{d:{}}}", self.prefix, destination)
+    }
+
+    /// ZSET: the nodes sending to a destination, by last report (same hash tag as its lane).
+    pub fn lane_nodes(&self, destination: &str) -> String {
+        format!("{}:lane:{{d:{}}}:nodes", self.prefix, destination)
+    }
+
     /// ZSET of merchant ids (all scores 0, so ordered by id): the paged list. Written before a
     /// record is made and after it is removed, so the list may name a merchant that is gone for
     /// a moment, never miss one that is there.

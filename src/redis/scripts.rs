@@ -43,6 +43,8 @@ pub struct Scripts {
     pub merchant_put: Script,
     pub merchant_delete: Script,
     pub merchant_health: Script,
+    pub lane_sync: Script,
+    pub lane_probe: Script,
 }
 
 impl Scripts {
@@ -65,11 +67,13 @@ impl Scripts {
             merchant_put: Script::new(lua!("merchant_put")),
             merchant_delete: Script::new(lua!("merchant_delete")),
             merchant_health: Script::new(lua!("merchant_health")),
+            lane_sync: Script::new(lua!("lane_sync")),
+            lane_probe: Script::new(lua!("lane_probe")),
         }
     }
 
     /// Every script with its name, for loading at startup (`SCRIPT LOAD`).
-    pub fn all(&self) -> [(&'static str, &Script); 16] {
+    pub fn all(&self) -> [(&'static str, &Script); 18] {
         [
             ("enqueue", &self.enqueue),
             ("claim", &self.claim),
@@ -87,6 +91,8 @@ impl Scripts {
             ("merchant_put", &self.merchant_put),
             ("merchant_delete", &self.merchant_delete),
             ("merchant_health", &self.merchant_health),
+            ("lane_sync", &self.lane_sync),
+            ("lane_probe", &self.lane_probe),
         ]
     }
 }

@@ -708,6 +708,9 @@ async fn retention_forgets_thousands_and_redis_shrinks_to_nothing() {
     let node = node_with(&redis, |c| {
         c.retention = Duration::from_secs(1);
         c.dead_retention = Duration::from_secs(1);
+        // A thousand 500s in a row would open the destination's breaker (and defer the rest
+        // for its cooldown); this test is about retention.
+        c.breaker_min_requests = 1_000_000;
     })
     .await;
     let client = redis::Client::open(redis.url()).unwrap();
@@ -795,6 +798,8 @@ async fn slow_destinations_holding_most_slots_do_not_starve_the_others() {
     let node = node_with(&redis, |c| {
         c.max_in_flight = 16;
         c.claim_batch = 16;
+        // The slow destination may take 15 at once (its lane would start at 8).
+        c.lane_initial_concurrency = 32;
     })
     .await;
     for i in 0..15 {

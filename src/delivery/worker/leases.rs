@@ -36,7 +36,7 @@ pub(super) async fn hand_back_everything(shared: &Shared) {
     }
 }
 
-/// Keeps leases alive for attempts that run long and prunes idle host limits.
+/// Keeps leases alive for attempts that run long and prunes lanes idle for a minute.
 pub(super) async fn renewer(shared: Arc<Shared>, stop: CancellationToken) {
     let lease = shared.config.lease;
     let every = lease / 3;
@@ -69,6 +69,6 @@ pub(super) async fn renewer(shared: Arc<Shared>, stop: CancellationToken) {
                 Err(e) => warn!(error = %e, "lease renewal failed"),
             }
         }
-        lock(&shared.hosts).retain(|_, h| !h.idle());
+        lock(&shared.lanes).retain(|_, l| !l.idle(std::time::Duration::from_secs(60)));
     }
 }

@@ -15,7 +15,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::host_limit::host_limit;
 use super::{Held, Report, Shared};
 use crate::delivery::attempt::{AttemptResult, Verdict};
 use crate::delivery::schema::Spec;
@@ -26,8 +25,6 @@ use crate::util::lock;
 pub(super) const WATCHDOG: Duration = Duration::from_secs(5);
 /// Longest the scheduler waits for a batch's worth of free slots before it claims with fewer.
 const BATCH_WAIT: Duration = Duration::from_millis(2);
-/// How long an entry is put back when its destination is at its concurrency limit.
-const DEFER_MS: i64 = 1000;
 
 pub(super) async fn scheduler(
     shared: Arc<Shared>,
@@ -229,21 +226,16 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
         url.port_or_known_default().unwrap_or(0)
     );
     tracing::Span::current().record("host", host.as_str());
-    let host_limit = host_limit(
-        &shared.hosts,
-        &host,
-        shared.config.per_destination_concurrency,
-    );
-    let Some(_host_permit) = host_limit.acquire().await else {
-        debug!("destination at its concurrency limit with a full queue; deferring");
-        return Report::Release(c.partition, c.id, c.token, crate::util::now_ms() + DEFER_MS);
-    };
     let merchant_keys = match &spec.merchant {
         Some(m) => match super::merchant::keys_for(shared, &c, m).await {
             Ok(keys) => Some(keys),
             Err(report) => return report,
         },
         None => None,
+    };
+    let (lane, slot) = match super::lanes::take_slot(shared, &host, spec.timeout_ms).await {
+        Ok(taken) => taken,
+        Err(at) => return Report::Release(c.partition, c.id, c.token, at),
     };
     let result = shared
         .deliverer
@@ -254,6 +246,7 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
             merchant_keys.as_ref().map(|k| k.as_slice()),
         )
         .await;
+    lane.finish(slot, &result);
     let rec = json!({
         "attempt": c.attempt,
         "started_at": result.started_ms,
