@@ -2,7 +2,8 @@
 -- and the destination's shared state back: how many nodes share it and its circuit breaker.
 --
 -- KEYS[1] lane   HASH  state (closed | open | half), open_until (ms), opened (count),
---                      win_start (ms), win_ok, win_fail (the breaker's window)
+--                      win_start (ms), win_ok, win_fail (the breaker's window),
+--                      limit:<node> (each node's current limit)
 -- KEYS[2] nodes  ZSET  node id -> last report (ms): the nodes sending to this destination
 -- ARGV[1] node id
 -- ARGV[2] now (ms)
@@ -13,12 +14,14 @@
 -- ARGV[7] breaker cooldown (ms)
 -- ARGV[8] fewest attempts in the window before the breaker may open
 -- ARGV[9] failure share that opens it (percent)
+-- ARGV[10] the node's current concurrency limit for the destination (kept as limit:<node>)
 -- Returns: {active nodes, state, open_until, event} with event "opened", "half", "closed",
 --          "reopened" or "" (what this call changed)
 local now = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[2], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 5000)
 local active = redis.call('ZCARD', KEYS[2])
+redis.call('HSET', KEYS[1], 'limit:' .. ARGV[1], ARGV[10])
 local l = KEYS[1]
 local win_start = tonumber(redis.call('HGET', l, 'win_start') or '0')
 if now - win_start > tonumber(ARGV[6]) then

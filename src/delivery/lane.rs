@@ -35,6 +35,8 @@ impl Breaker {
 /// What one node reports about a destination.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Report {
+    /// The node's current limit for the destination.
+    pub limit: u64,
     pub answered: u64,
     pub congested: u64,
     /// The result of a half-open probe that finished since the last report.
@@ -86,7 +88,8 @@ pub async fn sync(
         .arg(rules.window_ms)
         .arg(rules.cooldown_ms)
         .arg(rules.min_requests)
-        .arg(rules.failure_percent);
+        .arg(rules.failure_percent)
+        .arg(report.limit);
     let reply: Vec<redis::Value> = redis.invoke(&inv).await?;
     let bad = || StoreError::Reply(format!("lane_sync: {reply:?}"));
     Ok(Shared {
@@ -122,34 +125,37 @@ pub struct LaneView {
     pub open_until: Option<i64>,
     pub times_opened: i64,
     pub nodes_sending: u64,
+    /// The sum of the current limits of the nodes sending to it.
+    pub concurrency_limit: u64,
 }
 
 /// Reads a destination's lane.
 pub async fn read(redis: &Redis, destination: &str, now_ms: i64) -> Result<LaneView, StoreError> {
     let keys = redis.keys();
     let mut pipe = redis::pipe();
-    pipe.cmd("HMGET")
-        .arg(keys.lane(destination))
-        .arg("state")
-        .arg("open_until")
-        .arg("opened");
-    pipe.cmd("ZCOUNT")
+    pipe.cmd("HGETALL").arg(keys.lane(destination));
+    pipe.cmd("ZRANGE")
         .arg(keys.lane_nodes(destination))
         .arg(now_ms - 5000)
-        .arg("+inf");
-    let (fields, nodes): (Vec<redis::Value>, u64) = redis.pipeline(&pipe).await?;
+        .arg("+inf")
+        .arg("BYSCORE");
+    let (fields, nodes): (std::collections::HashMap<String, String>, Vec<String>) =
+        redis.pipeline(&pipe).await?;
+    let number = |k: &str| fields.get(k).and_then(|v| v.parse::<i64>().ok());
     let breaker = fields
-        .first()
-        .and_then(as_string)
-        .map_or(Breaker::Closed, |s| Breaker::parse(&s));
+        .get("state")
+        .map_or(Breaker::Closed, |s| Breaker::parse(s));
+    let concurrency_limit = nodes
+        .iter()
+        .filter_map(|n| number(&format!("limit:{n}")))
+        .map(|l| l.max(0) as u64)
+        .sum();
     Ok(LaneView {
         destination: destination.to_string(),
         breaker,
-        open_until: fields
-            .get(1)
-            .and_then(as_i64)
-            .filter(|_| breaker == Breaker::Open),
-        times_opened: fields.get(2).and_then(as_i64).unwrap_or(0),
-        nodes_sending: nodes,
+        open_until: number("open_until").filter(|_| breaker == Breaker::Open),
+        times_opened: number("opened").unwrap_or(0),
+        nodes_sending: nodes.len() as u64,
+        concurrency_limit,
     })
 }

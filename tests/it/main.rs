@@ -10,6 +10,7 @@ mod faults;
 mod helm;
 mod hostile;
 mod kill;
+mod lanes;
 mod logs;
 mod merchants;
 mod props;

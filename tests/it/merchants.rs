@@ -246,6 +246,11 @@ async fn the_intake_applies_the_merchants_rules_and_a_disabled_merchant_waits() 
             .await
             .unwrap();
     }
+    // The intake takes it in its own time: wait until it is there.
+    wait_until(Duration::from_secs(10), || async {
+        node.api().get_any("/v1/notifications/i-ok").await.0 == 200
+    })
+    .await;
     let delivered = node
         .api()
         .wait_state("i-ok", "delivered", Duration::from_secs(10))
@@ -558,6 +563,14 @@ async fn health_counts_attempts_and_failing_recovered_and_dead_events_go_out_sig
         "{shown}"
     );
     assert_eq!(h["failing"], false, "{shown}");
+    let lane = &h["lanes"][0];
+    assert_eq!(
+        lane["destination"],
+        format!("127.0.0.1:{}", sink.addr.port()),
+        "{shown}"
+    );
+    assert_eq!(lane["breaker"], "closed", "{shown}");
+    assert!(lane["concurrency_limit"].as_u64().unwrap() >= 1, "{shown}");
     node.stop().await;
 }
 

@@ -117,6 +117,13 @@ impl Sink {
             .peak_in_flight
             .load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    /// Starts [`peak_in_flight`](Self::peak_in_flight) again from the requests open now.
+    pub fn reset_peak(&self) {
+        use std::sync::atomic::Ordering;
+        let now = self.state.in_flight.load(Ordering::SeqCst);
+        self.state.peak_in_flight.store(now, Ordering::SeqCst);
+    }
 }
 
 async fn handle_plain(

@@ -51,6 +51,20 @@ impl Merchant {
         }
     }
 
+    /// The destinations (host:port) its allowed URLs point at, each once: their lanes are the
+    /// merchant's lanes.
+    pub fn destinations(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .allowed_urls
+            .iter()
+            .filter_map(|u| url::Url::parse(u).ok())
+            .filter_map(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// [`view`](Self::view) with a secret's value, for the one answer that shows it (the call
     /// that made it).
     pub fn view_with_secret(&self, secret: &str) -> Value {

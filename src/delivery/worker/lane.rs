@@ -226,8 +226,10 @@ impl Lane {
     pub(super) fn take_report(&self) -> Option<Report> {
         let mut s = lock(&self.state);
         let busy = s.in_flight > 0 || s.waiting > 0 || s.breaker != Breaker::Closed;
-        let r = std::mem::take(&mut s.report);
-        (busy || r != Report::default()).then_some(r)
+        let mut r = std::mem::take(&mut s.report);
+        let active = busy || r != Report::default();
+        r.limit = (s.limit as u64).clamp(1, s.share.max(1) as u64);
+        active.then_some(r)
     }
 
     /// Applies the shared state read from Redis.

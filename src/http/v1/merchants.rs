@@ -83,8 +83,15 @@ pub async fn show(
         .await?
         .ok_or_else(|| MerchantError::NotFound(id.clone()))?;
     let mut view = record.merchant.view();
-    let health = health::read(&state.redis, &id, crate::util::now_ms()).await?;
+    let now = crate::util::now_ms();
+    let health = health::read(&state.redis, &id, now).await?;
     view["health"] = serde_json::to_value(health).unwrap_or_default();
+    let mut lanes = Vec::new();
+    for destination in record.merchant.destinations() {
+        let lane = crate::delivery::lane::read(&state.redis, &destination, now).await?;
+        lanes.push(serde_json::to_value(lane).unwrap_or_default());
+    }
+    view["health"]["lanes"] = Value::Array(lanes);
     Ok(Json(view))
 }
 
