@@ -322,9 +322,12 @@ impl Registry {
             )
             .await?;
         let more = ids.len() > limit;
+        // Concurrent reads share the multiplexed connection: one round trip's wait, not one
+        // per merchant (and each record keeps its own hash tag on a Cluster).
+        let reads = futures::future::join_all(ids.iter().take(limit).map(|id| self.read(id))).await;
         let mut out = Vec::with_capacity(limit);
-        for id in ids.iter().take(limit) {
-            if let Some(r) = self.read(id).await? {
+        for r in reads {
+            if let Some(r) = r? {
                 out.push(r.merchant);
             }
         }

@@ -74,16 +74,20 @@ async fn flush(shared: &Shared) {
         .auto_disable_after
         .map_or(0, |d| d.as_millis() as u64);
     let redis = shared.store.redis();
-    for (merchant, tally) in tallies {
-        let flushed = health::record(
+    // Every merchant's tally at once: thousands of merchants cost one round trip's wait.
+    let recorded = futures::future::join_all(tallies.iter().map(|(merchant, tally)| {
+        health::record(
             redis,
-            &merchant,
-            &tally,
+            merchant,
+            tally,
             now,
             config.merchant_failing_after,
             disable_after,
         )
-        .await;
+    }))
+    .await;
+    for ((merchant, _), flushed) in tallies.iter().zip(recorded) {
+        let merchant = merchant.as_str();
         let flushed = match flushed {
             Ok(f) => f,
             Err(e) => {
@@ -95,7 +99,7 @@ async fn flush(shared: &Shared) {
             }
         };
         for event in flushed.events.clone() {
-            on_event(shared, &merchant, event, &flushed, now).await;
+            on_event(shared, merchant, event, &flushed, now).await;
         }
     }
     let events: Vec<OpsEvent> = std::mem::take(&mut *lock(&shared.ops));

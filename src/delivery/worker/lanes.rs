@@ -70,6 +70,33 @@ pub(super) async fn take_slot(
     }
 }
 
+/// Reports one lane and applies the shared state it gets back.
+async fn sync_one(
+    shared: &Shared,
+    destination: &str,
+    lane: &Lane,
+    report: &shared_lane::Report,
+    now: i64,
+) {
+    let redis = shared.store.redis();
+    let node = &shared.config.node_id;
+    match shared_lane::sync(redis, node, destination, report, rules(shared), now).await {
+        Ok(state) => {
+            lane.apply(state.active_nodes, state.breaker, state.open_until);
+            if let Some(event) = &state.event {
+                info!(host = %destination, event = %event, open_until = state.open_until, "circuit breaker");
+                if event == "opened" || event == "reopened" {
+                    shared.metrics.breaker_opened.inc();
+                }
+            }
+        }
+        Err(e) => {
+            shared.metrics.redis_errors.inc();
+            warn!(host = %destination, error = %e, "lane sync failed; keeping the last known state");
+        }
+    }
+}
+
 /// Syncs every busy lane every [`SYNC`] until `stop`.
 pub(super) async fn syncer(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
@@ -82,28 +109,15 @@ pub(super) async fn syncer(shared: Arc<Shared>, stop: CancellationToken) {
             .map(|(d, l)| (d.clone(), l.clone()))
             .collect();
         let now = crate::util::now_ms();
-        for (destination, lane) in lanes {
-            let Some(report) = lane.take_report() else {
-                continue;
-            };
-            let redis = shared.store.redis();
-            let node = &shared.config.node_id;
-            match shared_lane::sync(redis, node, &destination, &report, rules(&shared), now).await {
-                Ok(state) => {
-                    lane.apply(state.active_nodes, state.breaker, state.open_until);
-                    if let Some(event) = &state.event {
-                        info!(host = %destination, event = %event, open_until = state.open_until, "circuit breaker");
-                        if event == "opened" || event == "reopened" {
-                            shared.metrics.breaker_opened.inc();
-                        }
-                    }
-                }
-                Err(e) => {
-                    shared.metrics.redis_errors.inc();
-                    warn!(host = %destination, error = %e, "lane sync failed; keeping the last known state");
-                }
-            }
-        }
+        // Every busy lane's sync at once: many destinations cost one round trip's wait.
+        let syncs = lanes
+            .into_iter()
+            .filter_map(|(d, lane)| lane.take_report().map(|r| (d, lane, r)))
+            .map(|(destination, lane, report)| {
+                let shared = &shared;
+                async move { sync_one(shared, &destination, &lane, &report, now).await }
+            });
+        futures::future::join_all(syncs).await;
         let open = lock(&shared.lanes).values().filter(|l| l.is_open()).count();
         shared.metrics.breakers_open.set(open as i64);
     }
