@@ -12,6 +12,8 @@
 -- KEYS[4] done   ZSET   id -> delivered at (ms), for retention
 -- KEYS[5] dead   ZSET   id -> died at (ms)
 -- KEYS[6] stats  HASH   counters
+-- KEYS[7] minutes HASH  attempts of the hour that holds `now`: field "<minute of the hour>:<verdict>"
+--                       -> count (the console's chart); expires 26 h after it is made
 -- ARGV[1] now (ms)
 -- then 6 per outcome (at most 1000 outcomes):
 --   id, token, verdict ("delivered" | "retry" | "dead"), next attempt ms (retry), reason, attempt JSON
@@ -100,6 +102,14 @@ if n > 0 then
   end
   if delivered > 0 then redis.call('HINCRBY', KEYS[6], 'delivered', delivered) end
   if died > 0 then redis.call('HINCRBY', KEYS[6], 'dead', died) end
+  if applied_count > 0 then
+    local minute = math.floor(tonumber(ARGV[1]) / 60000) % 60
+    local retried = applied_count - delivered - died
+    if delivered > 0 then redis.call('HINCRBY', KEYS[7], minute .. ':delivered', delivered) end
+    if retried > 0 then redis.call('HINCRBY', KEYS[7], minute .. ':retry', retried) end
+    if died > 0 then redis.call('HINCRBY', KEYS[7], minute .. ':dead', died) end
+    if redis.call('TTL', KEYS[7]) < 0 then redis.call('EXPIRE', KEYS[7], 93600) end
+  end
 end
 local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if head[2] then out[1] = tonumber(head[2]) end

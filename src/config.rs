@@ -73,6 +73,12 @@ pub struct Config {
     pub node_id: String,
     /// Bearer keys accepted by the HTTP API (several for rotation).
     pub api_keys: Vec<String>,
+    /// Keys that sign in to the console to look only (`--console-read-only-keys`).
+    pub console_read_only_keys: Vec<String>,
+    /// How long a console sign-in lasts.
+    pub console_session_ttl: Duration,
+    /// Always mark the console's session cookie `Secure`.
+    pub console_secure_cookies: bool,
     /// `whsec_` secrets; every attempt carries one signature per secret.
     pub signing_secrets: Vec<String>,
     /// `whsk_` Ed25519 keys; every attempt carries one `v1a` signature per key.
@@ -148,6 +154,12 @@ impl std::fmt::Debug for Config {
             .field("roles", &self.roles)
             .field("node_id", &self.node_id)
             .field("api_keys", &format!("{} configured", self.api_keys.len()))
+            .field(
+                "console_read_only_keys",
+                &format!("{} configured", self.console_read_only_keys.len()),
+            )
+            .field("console_session_ttl", &self.console_session_ttl)
+            .field("console_secure_cookies", &self.console_secure_cookies)
             .field(
                 "signing_secrets",
                 &format!("{} configured", self.signing_secrets.len()),

@@ -6,10 +6,13 @@
 //! state change is one Lua script, fenced by the claim's token (see `redis::store`).
 
 pub mod attempt;
+pub mod chart;
+pub mod dead;
 pub mod lane;
 pub mod merchants;
 pub mod meta;
 pub mod schema;
+pub mod search;
 pub mod signing;
 pub mod store;
 pub mod view;

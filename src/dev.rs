@@ -128,6 +128,7 @@ paynotify dev is running.
   API key     {api_key}
   Signing     {secret}
 
+Open the console:       http://{addr}/console  (sign in with the API key above)
 Open the demo checkout: http://{addr}/demo  (press "Simulate payment", or scan the QR code)
 
 Try it (the demo sink at /dev/sink answers "success"):

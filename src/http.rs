@@ -5,6 +5,7 @@
 //! here turn requests into domain calls and domain outcomes into JSON with stable error codes.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod gateway;
 pub mod health;

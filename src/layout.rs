@@ -5,8 +5,8 @@
 //! layer or below, and the graph of `use crate::…` references has no cycle:
 //!
 //! ```text
-//! util, metrics, token, shutdown, tls, limits   ← redis ← config ← delivery, push, devices
-//!     ← http, intake, cli ← node ← dev (← main, the binary)
+//! util, metrics, token, shutdown, tls, limits   ← redis ← config ← delivery, push, devices,
+//!     ops ← http, intake, cli ← node ← dev (← main, the binary)
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("delivery", 3),
     ("push", 3),
     ("devices", 3),
+    ("ops", 3),
     ("http", 4),
     ("intake", 4),
     ("cli", 4),

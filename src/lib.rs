@@ -15,6 +15,7 @@ pub mod intake;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod ops;
 pub mod push;
 pub mod redis;
 pub mod shutdown;

@@ -190,6 +190,15 @@ fn spawn_roles(
 ) -> Result<tokio::task::JoinSet<()>, RunError> {
     let config = &parts.config;
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(
+        crate::ops::nodes::run(
+            config.clone(),
+            parts.redis.clone(),
+            parts.metrics.clone(),
+            shutdown.clone(),
+        )
+        .instrument(info_span!("node_report")),
+    );
     if config.roles.worker {
         let deliverer = Deliverer::new(
             Signer::new(&config.signing_secrets, &config.signing_keys)?,
@@ -272,7 +281,8 @@ fn router(parts: &Parts, extra: axum::Router, shutdown: &CancellationToken) -> a
     let mut app = crate::http::health::router(state.clone());
     if config.roles.api {
         app = app.merge(crate::http::v1::public_router(state.clone()));
-        app = app.merge(crate::http::v1::router(state));
+        app = app.merge(crate::http::v1::router(state.clone()));
+        app = app.merge(crate::http::console::router(state));
     }
     if config.roles.gateway {
         app = app.merge(crate::http::gateway::router(Gateway {

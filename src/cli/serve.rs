@@ -76,6 +76,23 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub api_key: Vec<String>,
+    /// Keys that sign in to the operator console (/console) to look only: no replay, rotate,
+    /// disable or device call. Comma-separated, each at least 16 characters. (Any --api-key
+    /// signs in with every right.)
+    #[arg(
+        long,
+        env = "PAYNOTIFY_CONSOLE_READ_ONLY_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub console_read_only_keys: Vec<String>,
+    /// How long a console sign-in lasts; then the browser is sent back to the sign-in page.
+    #[arg(long, env = "PAYNOTIFY_CONSOLE_SESSION_TTL", default_value = "8h", value_parser = humantime::parse_duration)]
+    pub console_session_ttl: std::time::Duration,
+    /// Mark the console's session cookie `Secure` on every sign-in, not only on requests that
+    /// came over TLS (`X-Forwarded-Proto: https`): set it when a TLS proxy terminates in front.
+    #[arg(long, env = "PAYNOTIFY_CONSOLE_SECURE_COOKIES")]
+    pub console_secure_cookies: bool,
     /// Standard Webhooks signing secrets (whsec_...), comma-separated; one signature each.
     #[arg(
         long,
@@ -317,6 +334,9 @@ impl ServeArgs {
                 .clone()
                 .unwrap_or_else(crate::config::default_node_id),
             api_keys: secrets(&self.api_key),
+            console_read_only_keys: secrets(&self.console_read_only_keys),
+            console_session_ttl: self.console_session_ttl,
+            console_secure_cookies: self.console_secure_cookies,
             signing_secrets: secrets(&self.signing_secret),
             signing_keys: secrets(&self.signing_key),
             secret_encryption_keys: secrets(&self.secret_encryption_key),

@@ -33,6 +33,28 @@ fn validate_merchant_flags(c: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// The console's flags.
+fn validate_console(c: &Config) -> Result<(), String> {
+    if let Some(short) = c.console_read_only_keys.iter().find(|k| k.len() < 16) {
+        return Err(format!(
+            "--console-read-only-keys: every key must be at least 16 characters (one has {})",
+            short.len()
+        ));
+    }
+    if c.console_read_only_keys
+        .iter()
+        .any(|k| c.api_keys.contains(k))
+    {
+        return Err("--console-read-only-keys: a key is also an --api-key; a read-only key must not be one (it would have every right on /v1)".into());
+    }
+    if c.console_session_ttl < std::time::Duration::from_secs(1)
+        || c.console_session_ttl > std::time::Duration::from_secs(30 * 86_400)
+    {
+        return Err("--console-session-ttl must be from 1s to 30d".into());
+    }
+    Ok(())
+}
+
 /// Checks a config; the error names the flag.
 pub fn validate(c: &Config) -> Result<(), String> {
     Target::choose(
@@ -57,6 +79,7 @@ pub fn validate(c: &Config) -> Result<(), String> {
             short.len()
         ));
     }
+    validate_console(c)?;
     crate::delivery::signing::Signer::new(&c.signing_secrets, &c.signing_keys).map_err(
         |e| match e {
             SigningError::KeyFormat(_) | SigningError::KeyMismatch(_) => {

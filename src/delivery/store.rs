@@ -225,6 +225,7 @@ impl Store {
             .key(&pk.done)
             .key(&pk.dead)
             .key(&pk.stats)
+            .key(self.redis.keys().attempts_hour(p, now_ms / 3_600_000))
             .arg(now_ms);
         for o in outcomes {
             inv.arg(&o.id)

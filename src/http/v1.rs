@@ -21,8 +21,20 @@ use super::error::ApiError;
 use super::state::AppState;
 use crate::delivery::schema::MAX_DOCUMENT_BYTES;
 
-/// The `/v1` routes.
+/// The `/v1` routes behind the API key.
 pub fn router(state: AppState) -> Router {
+    routes()
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            super::auth::require_key,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES))
+        .with_state(state)
+}
+
+/// The `/v1` routes with no access check: [`router`] puts the API key in front of them, the
+/// console (`http::console`) its session.
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/notifications", post(notifications::enqueue))
         .route("/v1/notifications/{id}", get(notifications::show))
@@ -49,12 +61,6 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/merchants/{id}/secret/rotate", post(merchants::rotate))
         .route("/v1/merchants/{id}/secret/reveal", post(merchants::reveal))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            super::auth::require_key,
-        ))
-        .layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES))
-        .with_state(state)
 }
 
 /// The `/v1` routes anyone may read (no API key): the public signing keys.

@@ -125,6 +125,23 @@ impl Keys {
         }
     }
 
+    /// HASH of partition `p`: the attempts settled in hour `hour` (ms / 3,600,000), field
+    /// `<minute of the hour>:<verdict>` -> count. Kept 26 h (`lua/settle.lua`), read by the
+    /// console's chart.
+    pub fn attempts_hour(&self, p: u32, hour: i64) -> String {
+        format!("{}:{{{}}}:attempts:{hour}", self.prefix, self.tag(p))
+    }
+
+    /// HASH: node id -> its latest report (`lua/node_report.lua`), one key for the cluster.
+    pub fn nodes(&self) -> String {
+        format!("{}:{{nodes}}:reports", self.prefix)
+    }
+
+    /// STREAM: the console's audit log (who did what, when), capped.
+    pub fn audit(&self) -> String {
+        format!("{}:{{audit}}:log", self.prefix)
+    }
+
     /// Stream app servers `XADD` notifications to.
     pub fn intake(&self) -> String {
         format!("{}:intake", self.prefix)

@@ -45,6 +45,7 @@ pub struct Scripts {
     pub merchant_health: Script,
     pub lane_sync: Script,
     pub lane_probe: Script,
+    pub node_report: Script,
 }
 
 impl Scripts {
@@ -69,11 +70,12 @@ impl Scripts {
             merchant_health: Script::new(lua!("merchant_health")),
             lane_sync: Script::new(lua!("lane_sync")),
             lane_probe: Script::new(lua!("lane_probe")),
+            node_report: Script::new(lua!("node_report")),
         }
     }
 
     /// Every script with its name, for loading at startup (`SCRIPT LOAD`).
-    pub fn all(&self) -> [(&'static str, &Script); 18] {
+    pub fn all(&self) -> [(&'static str, &Script); 19] {
         [
             ("enqueue", &self.enqueue),
             ("claim", &self.claim),
@@ -93,6 +95,7 @@ impl Scripts {
             ("merchant_health", &self.merchant_health),
             ("lane_sync", &self.lane_sync),
             ("lane_probe", &self.lane_probe),
+            ("node_report", &self.node_report),
         ]
     }
 }

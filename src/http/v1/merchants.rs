@@ -97,8 +97,8 @@ pub async fn show(
 
 #[derive(Debug, Deserialize)]
 pub struct Page {
-    after: Option<String>,
-    limit: Option<usize>,
+    pub after: Option<String>,
+    pub limit: Option<usize>,
 }
 
 /// `GET /v1/merchants?after=<id>&limit=N`: `{"merchants": [...], "next": <id or null>}`.
