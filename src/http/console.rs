@@ -66,6 +66,7 @@ pub fn router(app: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_DOCUMENT_BYTES));
     Router::new()
         .route("/", get(|| async { html(INDEX_HTML) }))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/console", get(console_page))
         .route("/console/", get(|| async { Redirect::to("/console") }))
         .route("/console/login", get(login_page).post(sign_in))
@@ -110,7 +111,9 @@ async fn security_headers(mut response: Response) -> Response {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        // Not `no-referrer`: with it a browser sends `Origin: null` on the sign-in form's POST,
+        // and the same-origin check refuses it. Nothing leaks to another site either way.
+        HeaderValue::from_static("same-origin"),
     );
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn browser_dir() -> std::path::PathBuf {
+pub(crate) fn browser_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
 }
 
 /// None when the browser tooling is present; else why not (and the test prints it and skips,
 /// unless PAYNOTIFY_REQUIRE_BROWSER is set).
-fn missing_tooling() -> Option<String> {
+pub(crate) fn missing_tooling() -> Option<String> {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     let mut missing = Vec::new();
     if Command::new("node").arg("--version").output().is_err() {

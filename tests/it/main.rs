@@ -3,6 +3,7 @@
 
 mod browser;
 mod cluster;
+mod console;
 mod delivery;
 mod devices;
 mod enqueue;

@@ -14,7 +14,7 @@ function el(tag, attrs, ...children) {
     else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else e.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === undefined || c === null || c === false) continue;
     e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -28,6 +28,8 @@ function svg(tag, attrs) {
 }
 
 const main = () => document.getElementById("main");
+// Puts `nodes` in the page, skipping the absent ones.
+const show = (...nodes) => main().replaceChildren(...nodes.flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false));
 const fmtTime = (ms) => (ms ? new Date(Number(ms)).toLocaleString() : "—");
 const fmtAge = (ms) => {
   if (!ms) return "0 s";
@@ -182,7 +184,7 @@ function renderOverview(box, o) {
 async function pageOverview(params) {
   const range = params.get("range") === "day" ? "day" : "hour";
   const box = el("div", {});
-  main().replaceChildren(
+  show(
     el("div", { class: "row" }, el("h1", {}, "Overview"), el("span", { id: "livedot", class: "live" }, "● live"),
       el("a", { href: "#/overview?range=hour" }, "last hour"), el("a", { href: "#/overview?range=day" }, "last day")),
     box);
@@ -222,7 +224,7 @@ async function pageNotifications(params) {
     location.hash = "#/notifications?" + p;
   });
   const results = el("div", {});
-  main().replaceChildren(el("h1", {}, "Notifications"), f, results);
+  show(el("h1", {}, "Notifications"), f, results);
   const q = new URLSearchParams();
   for (const k of ["q", "state", "merchant"]) if (params.get(k)) q.set(k, params.get(k));
   if (params.get("from")) q.set("from", toMs(params.get("from")));
@@ -278,14 +280,14 @@ function renderNotification(box, n, id) {
       el("span", { id: "livedot", class: "live" }, "● live")),
     el("dl", { class: "kv card" }, kv.map(([k, v]) => [el("dt", {}, k), el("dd", { "data-field": k }, v)])),
     el("h2", {}, "Attempts"),
-    table(["#", "due", "started", "status", "latency#", "error", "response", "node"], attemptRows(n.attempts)),
+    table(["attempt#", "due", "started", "status", "latency#", "error", "response", "node"], attemptRows(n.attempts)),
     el("h2", {}, "Spec (header values redacted)"),
     el("pre", {}, JSON.stringify(n.spec, null, 2)));
 }
 
 async function pageNotification(id) {
   const box = el("div", { id: "notification" });
-  main().replaceChildren(box);
+  show(box);
   let n = null;
   try { n = await api("/v1/notifications/" + encodeURIComponent(id)); } catch (e) { if (e.status !== 404) throw e; }
   renderNotification(box, n, id);
@@ -316,7 +318,7 @@ async function pageDead(params) {
     flash(`Replayed ${r.replayed}.`);
     route();
   });
-  main().replaceChildren(
+  show(
     el("h1", {}, "Dead"),
     el("h2", {}, `Failures by merchant and error (${groups.sampled} of ${groups.total_dead} newest read)`),
     table(["merchant", "error", "count#", "latest", ""], groups.groups.map((g) => el("tr", {},
@@ -373,7 +375,7 @@ function merchantRow(m) {
 async function pageMerchants(params) {
   const after = params.get("after");
   const page = await api("/merchants" + (after ? "?after=" + encodeURIComponent(after) : ""));
-  main().replaceChildren(
+  show(
     el("h1", {}, "Merchants"), el("div", { id: "secretbox" }),
     table(["id", "status", "1 h delivered / failed#", "1 h p99#", "failing in a row#", "breaker", "limit#", ""],
       page.merchants.map(merchantRow)),
@@ -395,7 +397,7 @@ async function pagePush() {
       out.replaceChildren(r.result === null ? el("p", {}, `No stored result for ${id}.`) : el("pre", {}, JSON.stringify(r, null, 2)));
     } catch (e) { flash(e.message, true); }
   });
-  main().replaceChildren(el("h1", {}, "Browser push"),
+  show(el("h1", {}, "Browser push"),
     table(["node", "connections#", "orders followed#"], o.nodes.filter((n) => n.roles.includes("gateway")).map((n) =>
       el("tr", {}, el("td", { class: "mono" }, n.id), el("td", { class: "num" }, n.ws_connections), el("td", { class: "num" }, n.orders_followed)))),
     el("h2", {}, "An order's stored result"), f, out);
@@ -428,7 +430,7 @@ async function pageDevices() {
     const r = await api("/v1/devices/" + encodeURIComponent(new FormData(f).get("device")));
     out.replaceChildren(el("pre", {}, JSON.stringify(r, null, 2)));
   });
-  main().replaceChildren(el("h1", {}, "Devices"),
+  show(el("h1", {}, "Devices"),
     table(["node", "online#", "calls waiting#"], o.nodes.filter((n) => n.roles.includes("gateway")).map((n) =>
       el("tr", {}, el("td", { class: "mono" }, n.id), el("td", { class: "num" }, n.devices_online), el("td", { class: "num" }, n.device_calls_waiting)))),
     el("h2", {}, "Look up or call a device"), f, out);
@@ -436,7 +438,7 @@ async function pageDevices() {
 
 async function pageAudit() {
   const a = await api("/audit");
-  main().replaceChildren(el("h1", {}, "Audit log"),
+  show(el("h1", {}, "Audit log"),
     table(["when", "who", "role", "action", "outcome", "node"], a.entries.map((e) => el("tr", {},
       el("td", {}, fmtTime(e.at)), el("td", { class: "mono" }, e.who), el("td", {}, e.role),
       el("td", { class: "mono" }, e.action), el("td", {}, e.outcome), el("td", { class: "mono" }, e.node)))));
@@ -456,7 +458,7 @@ async function route() {
   try {
     await (pages[page] || pageOverview)(params);
   } catch (e) {
-    if (e.message !== "signed out") main().replaceChildren(el("p", { class: "message" }, "Could not load this page: " + e.message));
+    if (e.message !== "signed out") show(el("p", { class: "message" }, "Could not load this page: " + e.message));
   }
 }
 
