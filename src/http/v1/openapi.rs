@@ -15,7 +15,7 @@ use axum::Json;
 use utoipa::openapi::path::{HttpMethod, Operation, OperationBuilder, ParameterBuilder};
 use utoipa::openapi::path::{ParameterIn, PathItem};
 use utoipa::openapi::request_body::RequestBodyBuilder;
-use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, Required, ResponseBuilder};
 use utoipa::OpenApi as _;
@@ -37,6 +37,7 @@ pub const SECURITY_SCHEME: &str = "api_key";
         schemas::NotificationDocument,
         schemas::NewMerchant,
         schemas::MerchantPatch,
+        schemas::MerchantSettings,
         schemas::RotateBody,
         schemas::ResultDocument,
         super::dead::ReplayBody,
@@ -183,13 +184,23 @@ fn success(status: u16, meaning: &str, fields: &[&str]) -> RefOr<utoipa::openapi
     let mut response = ResponseBuilder::new().description(meaning);
     if status != 204 {
         let mut object = ObjectBuilder::new().schema_type(Type::Object);
+        let mut all_of = AllOfBuilder::new();
         for field in fields {
-            object = object.property(
-                *field,
-                ObjectBuilder::new().schema_type(SchemaType::AnyValue),
-            );
+            match field.strip_prefix('#') {
+                Some(component) => all_of = all_of.item(Ref::from_schema_name(component)),
+                None => {
+                    object = object.property(
+                        *field,
+                        ObjectBuilder::new().schema_type(SchemaType::AnyValue),
+                    )
+                }
+            }
         }
-        let schema = Schema::Object(object.build());
+        let schema = if fields.iter().any(|f| f.starts_with('#')) {
+            Schema::AllOf(all_of.item(object).build())
+        } else {
+            Schema::Object(object.build())
+        };
         response = response.content(
             "application/json",
             ContentBuilder::new().schema(Some(schema)).build(),
@@ -234,14 +245,23 @@ mod tests {
         serde_json::to_value(document()).unwrap()
     }
 
-    /// The property names of a component schema.
+    /// The property names of a component schema, through `allOf` and `$ref`s.
     fn properties(doc: &Value, name: &str) -> Vec<String> {
-        let mut out: Vec<String> = doc["components"]["schemas"][name]["properties"]
-            .as_object()
-            .unwrap_or_else(|| panic!("no schema {name}"))
-            .keys()
-            .cloned()
-            .collect();
+        fn walk(doc: &Value, schema: &Value, out: &mut Vec<String>) {
+            if let Some(name) = schema["$ref"].as_str() {
+                let name = name.trim_start_matches("#/components/schemas/");
+                return walk(doc, &doc["components"]["schemas"][name], out);
+            }
+            if let Some(props) = schema["properties"].as_object() {
+                out.extend(props.keys().cloned());
+            }
+            for item in schema["allOf"].as_array().into_iter().flatten() {
+                walk(doc, item, out);
+            }
+        }
+        let mut out = Vec::new();
+        walk(doc, &doc["components"]["schemas"][name], &mut out);
+        assert!(!out.is_empty(), "no schema {name}");
         out.sort();
         out
     }

@@ -24,7 +24,8 @@ pub struct Op {
     pub body: Body,
     /// Query parameters: name and meaning (all optional).
     pub query: &'static [(&'static str, &'static str)],
-    /// Success statuses: status, meaning, the top-level fields of the JSON answer.
+    /// Success statuses: status, meaning, the top-level fields of the JSON answer (a `#Name`
+    /// entry: every field of component `Name`).
     pub ok: &'static [(u16, &'static str, &'static [&'static str])],
     /// Error statuses and their codes. 401 `unauthorized` and 503 `unavailable` are added to
     /// every secured route, 413 `too_large` to every route with a body (`DefaultBodyLimit`).
@@ -54,32 +55,14 @@ const fn body(name: &'static str) -> Body {
 
 const INVALID: (u16, &str) = (400, "`invalid` (names the `field`)");
 const MERCHANT_BROKEN: (u16, &str) = (500, "`merchant_unreadable`");
-const MERCHANT_FIELDS: &[&str] = &[
+/// A merchant as the API shows it (`#` names a component whose fields it includes).
+const MERCHANT: &[&str] = &[
+    "#MerchantSettings",
     "id",
     "allowed_urls",
-    "schedule",
-    "success",
-    "timeout_ms",
-    "headers",
-    "disabled",
-    "disabled_reason",
     "created_at",
     "updated_at",
     "secrets",
-];
-const MERCHANT_WITH_SECRET: &[&str] = &[
-    "id",
-    "allowed_urls",
-    "schedule",
-    "success",
-    "timeout_ms",
-    "headers",
-    "disabled",
-    "disabled_reason",
-    "created_at",
-    "updated_at",
-    "secrets",
-    "secret",
 ];
 const NOTIFICATION_FIELDS: &[&str] = &[
     "id",
@@ -212,7 +195,11 @@ pub const OPERATIONS: &[Op] = &[
     Op {
         summary: "Register a merchant (its first secret is shown this once)",
         body: body("NewMerchant"),
-        ok: &[(201, "The merchant with its secret", MERCHANT_WITH_SECRET)],
+        ok: &[(
+            201,
+            "The merchant, its secret in `secret` (shown this once)",
+            MERCHANT,
+        )],
         errors: &[
             INVALID,
             (409, "`exists`"),
@@ -233,14 +220,18 @@ pub const OPERATIONS: &[Op] = &[
     },
     Op {
         summary: "Show a merchant with its health and lanes (secret ids only)",
-        ok: &[(200, "The merchant", MERCHANT_FIELDS)],
+        ok: &[(
+            200,
+            "The merchant, with `health` (and `health.lanes`)",
+            MERCHANT,
+        )],
         errors: &[INVALID, (404, "`not_found`"), MERCHANT_BROKEN],
         ..op(Get, "/v1/merchants/{id}", "merchants")
     },
     Op {
         summary: "Change a merchant",
         body: body("MerchantPatch"),
-        ok: &[(200, "The merchant", MERCHANT_FIELDS)],
+        ok: &[(200, "The merchant", MERCHANT)],
         errors: &[
             INVALID,
             (404, "`not_found`"),
@@ -261,11 +252,7 @@ pub const OPERATIONS: &[Op] = &[
             name: "RotateBody",
             required: false,
         },
-        ok: &[(
-            200,
-            "The merchant with its new secret",
-            MERCHANT_WITH_SECRET,
-        )],
+        ok: &[(200, "The merchant, its new secret in `secret`", MERCHANT)],
         errors: &[
             INVALID,
             (404, "`not_found`"),

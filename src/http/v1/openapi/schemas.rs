@@ -110,14 +110,29 @@ pub struct SuccessBody {
     pub body: String,
 }
 
-/// A merchant to register (`POST /v1/merchants`).
+/// A merchant to register (`POST /v1/merchants`); unknown fields are refused.
 #[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct NewMerchant {
     #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:-]+$")]
     pub id: String,
     /// URL prefixes its notifications' `url` must start with (1 to 32, compared in normal form).
     pub allowed_urls: Vec<String>,
+    #[serde(flatten)]
+    pub settings: MerchantSettings,
+}
+
+/// A change to a merchant (`PATCH /v1/merchants/{id}`): each field given replaces the stored
+/// one; `null` clears a default. The id cannot change; unknown fields are refused.
+#[derive(Deserialize, ToSchema)]
+pub struct MerchantPatch {
+    pub allowed_urls: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub settings: MerchantSettings,
+}
+
+/// A merchant's defaults for its notifications, and whether it is disabled (all optional).
+#[derive(Deserialize, ToSchema)]
+pub struct MerchantSettings {
     /// Default schedule of its notifications.
     pub schedule: Option<Schedule>,
     /// Default success rule.
@@ -125,25 +140,10 @@ pub struct NewMerchant {
     /// Default per-attempt timeout in ms.
     #[schema(minimum = 1, maximum = 60000)]
     pub timeout_ms: Option<u64>,
-    /// Headers sent with each of its notifications (a notification's own header wins).
+    /// Headers sent with each of its notifications (a notification's own header wins); shown
+    /// as `<redacted>` values.
     pub headers: Option<BTreeMap<String, String>>,
     /// A disabled merchant's notifications wait instead of being sent.
-    pub disabled: Option<bool>,
-    #[schema(max_length = 512)]
-    pub disabled_reason: Option<String>,
-}
-
-/// A change to a merchant (`PATCH /v1/merchants/{id}`): each field given replaces the stored
-/// one; `null` clears a default. The id cannot change.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MerchantPatch {
-    pub allowed_urls: Option<Vec<String>>,
-    pub schedule: Option<Schedule>,
-    pub success: Option<Success>,
-    #[schema(minimum = 1, maximum = 60000)]
-    pub timeout_ms: Option<u64>,
-    pub headers: Option<BTreeMap<String, String>>,
     pub disabled: Option<bool>,
     #[schema(max_length = 512)]
     pub disabled_reason: Option<String>,
