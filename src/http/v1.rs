@@ -1,13 +1,15 @@
 //! The `/v1` API (role `api`), behind the API key.
 //!
-//! Invariant: every route requires a configured bearer key (`auth`), every body is bounded
-//! (`MAX_DOCUMENT_BYTES`), and every refusal has a stable code (`error`).
+//! Invariant: every route of [`router`] requires a configured bearer key (`auth`; those of
+//! [`public_router`] are public), every body is bounded (`MAX_DOCUMENT_BYTES`), every refusal
+//! has a stable code (`error`), and every route is in the OpenAPI document (`openapi`).
 
 pub mod dead;
 pub mod devices;
 pub mod keys;
 pub mod merchants;
 pub mod notifications;
+pub mod openapi;
 pub mod results;
 pub mod stats;
 
@@ -63,10 +65,12 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/merchants/{id}/secret/reveal", post(merchants::reveal))
 }
 
-/// The `/v1` routes anyone may read (no API key): the public signing keys.
+/// The `/v1` routes anyone may read (no API key): the public signing keys, and the API's
+/// OpenAPI document.
 pub fn public_router(state: AppState) -> Router {
     Router::new()
         .route("/v1/signing-keys", get(keys::signing_keys))
+        .route("/openapi.json", get(openapi::openapi_json))
         .with_state(state)
 }
 

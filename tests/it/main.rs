@@ -14,6 +14,7 @@ mod kill;
 mod lanes;
 mod logs;
 mod merchants;
+mod openapi;
 mod props;
 mod push;
 mod replicas;

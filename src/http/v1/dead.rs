@@ -24,11 +24,14 @@ pub async fn dead_list(
     Ok(Json(json!({"dead": dead})))
 }
 
-#[derive(Deserialize)]
+/// `{"ids": [...]}` (1 to 1000) or `{"all": true}`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayBody {
+    /// Dead notification ids to replay.
     #[serde(default)]
     ids: Vec<String>,
+    /// Replay the whole dead set.
     #[serde(default)]
     all: bool,
 }

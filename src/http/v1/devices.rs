@@ -43,12 +43,18 @@ pub async fn device_show(
     }))
 }
 
-#[derive(Deserialize)]
+/// A call to a device.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CallBody {
+    /// The device's method, 1 to 64 characters.
+    #[schema(min_length = 1, max_length = 64)]
     method: String,
+    /// Any JSON, as the method's parameters.
     #[serde(default)]
     params: Value,
+    /// How long to wait for the answer (1 to 30000; default 3000).
+    #[schema(minimum = 1, maximum = 30000)]
     timeout_ms: Option<u64>,
 }
 
