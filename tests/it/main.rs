@@ -4,6 +4,7 @@
 mod browser;
 mod cluster;
 mod console;
+mod console_api;
 mod delivery;
 mod devices;
 mod enqueue;
