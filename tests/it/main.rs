@@ -9,6 +9,7 @@ mod delivery;
 mod devices;
 mod enqueue;
 mod faults;
+mod grafana;
 mod helm;
 mod hostile;
 mod kill;
