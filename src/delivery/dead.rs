@@ -61,18 +61,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let names: Vec<&String> = ids.iter().map(|(id, _)| id).collect();
-        let (metas, specs): (Vec<Option<String>>, Vec<Option<String>>) = self
-            .redis()
-            .pipeline(
-                redis::pipe()
-                    .cmd("HMGET")
-                    .arg(&pk.meta)
-                    .arg(&names)
-                    .cmd("HMGET")
-                    .arg(&pk.spec)
-                    .arg(&names),
-            )
-            .await?;
+        let (metas, specs) = self.metas_and_specs(p, &names).await?;
         Ok(ids
             .into_iter()
             .zip(metas.into_iter().zip(specs))

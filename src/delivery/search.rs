@@ -252,6 +252,26 @@ impl Store {
         }
     }
 
+    /// The meta and spec texts of `ids` in partition `p` (`None` where an entry is gone).
+    pub(super) async fn metas_and_specs(
+        &self,
+        p: u32,
+        ids: &[&String],
+    ) -> Result<(Vec<Option<String>>, Vec<Option<String>>)> {
+        let pk = self.keys().partition(p);
+        self.redis()
+            .pipeline(
+                redis::pipe()
+                    .cmd("HMGET")
+                    .arg(&pk.meta)
+                    .arg(ids)
+                    .cmd("HMGET")
+                    .arg(&pk.spec)
+                    .arg(ids),
+            )
+            .await
+    }
+
     /// The hits among `batch` (by position), read from meta and spec.
     async fn filter(
         &self,
@@ -271,20 +291,8 @@ impl Store {
         }
         let mut out = BTreeMap::new();
         for (p, items) in by_partition {
-            let pk = self.keys().partition(p);
             let ids: Vec<&String> = items.iter().map(|(_, id)| id).collect();
-            let (metas, specs): (Vec<Option<String>>, Vec<Option<String>>) = self
-                .redis()
-                .pipeline(
-                    redis::pipe()
-                        .cmd("HMGET")
-                        .arg(&pk.meta)
-                        .arg(&ids)
-                        .cmd("HMGET")
-                        .arg(&pk.spec)
-                        .arg(&ids),
-                )
-                .await?;
+            let (metas, specs) = self.metas_and_specs(p, &ids).await?;
             for (((k, id), meta), spec) in items.iter().zip(metas).zip(specs) {
                 // Gone between the reads (retention): not a hit.
                 let (Some(meta), Some(spec)) = (meta, spec) else {

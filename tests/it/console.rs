@@ -177,6 +177,20 @@ async fn csrf_of(http: &reqwest::Client, node: &Node, cookie: &str) -> String {
     s["csrf"].as_str().unwrap().to_string()
 }
 
+async fn post_with(
+    http: &reqwest::Client,
+    url: &str,
+    cookie: &str,
+    csrf: &str,
+) -> reqwest::Response {
+    http.post(url)
+        .header("cookie", cookie)
+        .header("x-csrf-token", csrf)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn changes_need_the_csrf_token_and_every_one_is_audited() {
     let redis = RedisServer::start().unwrap();
@@ -211,24 +225,12 @@ async fn changes_need_the_csrf_token_and_every_one_is_audited() {
     // A read-only key with its own valid token is refused too.
     let (ro_cookie, _) = sign_in(&http, &node, READ_ONLY_KEY, false).await;
     let ro_csrf = csrf_of(&http, &node, &ro_cookie).await;
-    let r = http
-        .post(&replay)
-        .header("cookie", &ro_cookie)
-        .header("x-csrf-token", &ro_csrf)
-        .send()
-        .await
-        .unwrap();
+    let r = post_with(&http, &replay, &ro_cookie, &ro_csrf).await;
     assert_eq!(r.status(), 403);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "read_only");
     // The admin's token works, once.
     let csrf = csrf_of(&http, &node, &cookie).await;
-    let r = http
-        .post(&replay)
-        .header("cookie", &cookie)
-        .header("x-csrf-token", &csrf)
-        .send()
-        .await
-        .unwrap();
+    let r = post_with(&http, &replay, &cookie, &csrf).await;
     assert_eq!(r.status(), 200);
     // The audit log has each attempt, with who and the answer, and never a key.
     let audit: Value = http

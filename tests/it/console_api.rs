@@ -227,14 +227,13 @@ async fn search_overview_groups_and_merchant_actions_over_the_console_api() {
         )
         .await;
     assert_eq!(status, 200);
-    let list = c.get("/merchants").await;
-    assert_eq!(list["merchants"][0]["id"], "m1");
-    assert!(
-        list["merchants"][0]["health"]["last_1h"]["delivered"]
-            .as_i64()
-            .unwrap()
-            >= 30
-    );
+    // Health is flushed once a second per node.
+    wait_until(Duration::from_secs(10), || async {
+        let list = c.get("/merchants").await;
+        list["merchants"][0]["id"] == "m1"
+            && list["merchants"][0]["health"]["last_1h"]["delivered"] == 30
+    })
+    .await;
     let (status, t) = c
         .send(
             reqwest::Method::POST,
