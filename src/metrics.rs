@@ -128,6 +128,24 @@ impl Metrics {
             ready: Gauge::default(),
             stats_read_ms: Arc::default(),
         };
+        // Every known label value exists from the start at 0: Prometheus then sees the first
+        // event of each as a step (rate() and increase() count it), and dashboards find every
+        // series. The words are those of `Settled::as_str`, `http::v1::devices` and
+        // `merchants::health::Event`.
+        for outcome in ["delivered", "retry", "dead"] {
+            let _ = m.attempts.get_or_create(&Outcome { outcome });
+        }
+        for outcome in ["ok", "device_error", "offline", "timeout", "busy"] {
+            let _ = m.device_calls.get_or_create(&Outcome { outcome });
+        }
+        for event in [
+            "notification.dead",
+            "merchant.failing",
+            "merchant.recovered",
+            "merchant.disabled",
+        ] {
+            let _ = m.ops_events.get_or_create(&EventLabel { event });
+        }
         r.register(
             "enqueued",
             "Notifications enqueued through this node",
