@@ -24,6 +24,18 @@
 --                     an outcome makes the entry delivered or dead
 -- @field f   string?  finished (ms): delivered at, or died at
 -- @field r   string?  why it died (dead only)
+-- @field h   string?  digest of the spec (16 hex digits of SHA-256, made by the enqueuer): a
+--                     delivered entry keeps it instead of the spec, for idempotency
+-- @field ls  string?  delivered only: when the delivering attempt started (ms)
+-- @field hs  number?  delivered only: its HTTP status
+-- @field lt  number?  delivered only: its latency (ms)
+-- @field nd  string?  delivered only: the node that made it
+-- @field mc  string?  delivered only: the merchant the spec named
+-- @field u   string?  delivered only: the URL it was delivered to
+--
+-- A delivered entry is compacted (meta_delivered): its spec and attempt log are deleted and its
+-- meta keeps only s, a, st, c, f, h and the summary fields, so what is retained for idempotency and
+-- inspection is a few hundred bytes whatever the body was.
 --
 -- Member: ZSET `due`, "<seq>:<id>", seq the partition's sequence number in lower-case hex,
 -- zero-padded to MEMBER_SEQ_WIDTH digits, so equal scores keep enqueue order. seq never holds
@@ -42,9 +54,21 @@ local function id_of_member(member)
   return string.sub(member, MEMBER_SEQ_WIDTH + 2)
 end
 
--- The meta entry of a new notification, first due at due (ms, string), created at now.
-local function meta_new(member, now, due)
-  return {s = 'scheduled', m = member, a = 0, b = 0, st = 0, t = '0', c = now, n = due}
+-- The meta entry of a new notification, first due at due (ms, string), created at now, with
+-- the spec's digest.
+local function meta_new(member, now, due, digest)
+  return {s = 'scheduled', m = member, a = 0, b = 0, st = 0, t = '0', c = now, n = due, h = digest}
+end
+
+-- The compact meta of an entry delivered at now by node, from the delivering attempt's summary
+-- "<status>|<latency ms>|<started ms>|<merchant>|<url>"; nil when summary is not one (a worker
+-- of an older version sent a full attempt record: the entry is then kept whole).
+local function meta_delivered(m, now, node, summary)
+  local hs, lt, ls, mc, u = string.match(summary, '^(%d+)|(%d+)|(%d+)|([^|]*)|(.*)$')
+  if not hs then return nil end
+  if mc == '' then mc = nil end
+  return {s = 'delivered', a = m.a, st = m.st, c = m.c, f = now, h = m.h, ls = ls, hs = tonumber(hs),
+    lt = tonumber(lt), nd = node, mc = mc, u = u}
 end
 
 -- A stored meta entry as a table (raises a script error on malformed JSON).

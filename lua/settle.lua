@@ -14,9 +14,12 @@
 -- KEYS[6] stats  HASH   counters
 -- KEYS[7] minutes HASH  attempts of the hour that holds `now`: field "<minute of the hour>:<verdict>"
 --                       -> count (the console's chart); expires 26 h after it is made
+-- KEYS[8] spec   HASH   id -> spec JSON: deleted when the entry is delivered
 -- ARGV[1] now (ms)
 -- then 6 per outcome (at most 1000 outcomes):
---   id, token, verdict ("delivered" | "retry" | "dead"), next attempt ms (retry), reason, attempt JSON
+--   id, token, verdict ("delivered" | "retry" | "dead"), next attempt ms (retry), reason, attempt
+--   JSON; for "delivered", the attempt's summary "<status>|<latency>|<started>|<merchant>|<url>"
+--   instead: the entry is then compacted (meta_delivered: no spec, no log, a small meta)
 -- An id given twice in one batch is applied once (the first outcome whose token matches).
 -- Returns: {head_ms or -1, then 1 (applied) or 0 (fenced off) per outcome}, or an error reply
 --   (and no change at all) when the arguments are not whole outcomes or a verdict is none of
@@ -39,6 +42,7 @@ if n > 0 then
   local metas = redis.call('HMGET', KEYS[2], unpack(ids))
   local logs = redis.call('HMGET', KEYS[3], unpack(ids))
   local meta_set, log_set, due_add, due_rem, done_add, dead_add = {}, {}, {}, {}, {}, {}
+  local gone = {}
   local seen = {}
   local applied_count, delivered, died = 0, 0, 0
   for i = 1, n do
@@ -53,14 +57,21 @@ if n > 0 then
         applied = 1
         applied_count = applied_count + 1
         local verdict = ARGV[base + 2]
-        log_set[#log_set + 1] = id
-        if logs[i] then
-          log_set[#log_set + 1] = logs[i] .. ',' .. ARGV[base + 5]
-        else
-          log_set[#log_set + 1] = ARGV[base + 5]
-        end
         m.a = m.a + 1
+        local node = m.o
         meta_end_lease(m)
+        local compact = nil
+        if verdict == 'delivered' then compact = meta_delivered(m, ARGV[1], node, ARGV[base + 5]) end
+        if compact then
+          gone[#gone + 1] = id
+        else
+          log_set[#log_set + 1] = id
+          if logs[i] then
+            log_set[#log_set + 1] = logs[i] .. ',' .. ARGV[base + 5]
+          else
+            log_set[#log_set + 1] = ARGV[base + 5]
+          end
+        end
         if verdict == 'retry' then
           local next_at = ARGV[base + 3]
           m.s = 'scheduled'
@@ -71,6 +82,7 @@ if n > 0 then
           due_rem[#due_rem + 1] = m.m
           m.f = ARGV[1]
           m.n = nil
+          if compact then m = compact end
           if verdict == 'delivered' then
             m.s = 'delivered'
             done_add[#done_add + 1] = ARGV[1]
@@ -92,6 +104,10 @@ if n > 0 then
   end
   if #meta_set > 0 then redis.call('HSET', KEYS[2], unpack(meta_set)) end
   if #log_set > 0 then redis.call('HSET', KEYS[3], unpack(log_set)) end
+  if #gone > 0 then
+    redis.call('HDEL', KEYS[3], unpack(gone))
+    redis.call('HDEL', KEYS[8], unpack(gone))
+  end
   if #due_add > 0 then redis.call('ZADD', KEYS[1], unpack(due_add)) end
   if #due_rem > 0 then redis.call('ZREM', KEYS[1], unpack(due_rem)) end
   if #done_add > 0 then redis.call('ZADD', KEYS[4], unpack(done_add)) end

@@ -59,20 +59,21 @@ impl State {
 pub struct Meta {
     #[serde(rename = "s")]
     pub state: State,
-    /// The due-set member ([`member_of`]), kept for the entry's whole life.
-    #[serde(rename = "m")]
+    /// The due-set member ([`member_of`]), kept until the entry is delivered (a compacted
+    /// delivered entry has none).
+    #[serde(rename = "m", default)]
     pub member: String,
     /// Attempts made over the notification's life.
     #[serde(rename = "a")]
     pub attempts: u32,
     /// Attempts made before the current round (a replay sets it to `attempts`).
-    #[serde(rename = "b")]
+    #[serde(rename = "b", default)]
     pub round_base: u32,
     /// Leases that expired without an outcome in the current round.
-    #[serde(rename = "st")]
+    #[serde(rename = "st", default)]
     pub stalls: u32,
     /// Fencing token of the latest claim (0 before the first).
-    #[serde(rename = "t", with = "ms")]
+    #[serde(rename = "t", with = "ms", default)]
     pub token: i64,
     /// Owner (node id) of the lease, while delivering.
     #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
@@ -116,12 +117,63 @@ pub struct Meta {
     /// Why it died.
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Digest of the spec (16 hex digits of SHA-256, [`spec_digest`]).
+    #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Delivered (compacted) only: when the delivering attempt started.
+    #[serde(
+        rename = "ls",
+        default,
+        with = "opt_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub last_started: Option<i64>,
+    /// Delivered only: its HTTP status.
+    #[serde(rename = "hs", default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    /// Delivered only: its latency (ms).
+    #[serde(rename = "lt", default, skip_serializing_if = "Option::is_none")]
+    pub last_latency_ms: Option<u64>,
+    /// Delivered only: the node that made it.
+    #[serde(rename = "nd", default, skip_serializing_if = "Option::is_none")]
+    pub last_node: Option<String>,
+    /// Delivered only: the merchant the spec named.
+    #[serde(rename = "mc", default, skip_serializing_if = "Option::is_none")]
+    pub merchant: Option<String>,
+    /// Delivered only: the URL it was delivered to.
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// The digest a spec is kept as once delivered: 16 hex digits of its SHA-256.
+pub fn spec_digest(spec_json: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(spec_json.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The summary a delivered attempt is settled with (`lua/meta.lua` `meta_delivered`).
+pub fn delivered_summary(
+    status: u16,
+    latency_ms: u64,
+    started_ms: i64,
+    merchant: Option<&str>,
+    url: &str,
+) -> String {
+    format!(
+        "{status}|{latency_ms}|{started_ms}|{}|{url}",
+        merchant.unwrap_or("")
+    )
 }
 
 impl Meta {
     /// Every field's stored name, in the order of `lua/meta.lua`'s header.
-    pub const FIELDS: [&'static str; 13] = [
-        "s", "m", "a", "b", "st", "t", "o", "l", "d", "c", "n", "f", "r",
+    pub const FIELDS: [&'static str; 20] = [
+        "s", "m", "a", "b", "st", "t", "o", "l", "d", "c", "n", "f", "r", "h", "ls", "hs", "lt",
+        "nd", "mc", "u",
     ];
 
     /// Decodes the stored meta of `id`; a corrupt entry is an error naming the id, never a
@@ -221,6 +273,13 @@ mod tests {
             next_at: Some(1_700_000_000_000),
             finished: Some(1_700_000_000_200),
             reason: Some("gone".into()),
+            digest: Some("0123456789abcdef".into()),
+            last_started: Some(1_700_000_000_150),
+            last_status: Some(200),
+            last_latency_ms: Some(12),
+            last_node: Some("node-a".into()),
+            merchant: Some("m1".into()),
+            url: Some("https://m1.example/notify".into()),
         }
     }
 

@@ -6,7 +6,8 @@
 //! stopped (a cursor), so a query that matches nothing in millions costs a bounded amount per
 //! page; pages never skip or repeat an entry (the cursor is the last (score, member) examined,
 //! and ties at one millisecond are ordered by member). Text search never looks at header
-//! values (they may be credentials).
+//! values (they may be credentials); a delivered entry keeps no body (it is compacted), so
+//! there it looks at the id and the URL.
 
 use std::collections::BTreeMap;
 
@@ -294,12 +295,12 @@ impl Store {
             let ids: Vec<&String> = items.iter().map(|(_, id)| id).collect();
             let (metas, specs) = self.metas_and_specs(p, &ids).await?;
             for (((k, id), meta), spec) in items.iter().zip(metas).zip(specs) {
-                // Gone between the reads (retention): not a hit.
-                let (Some(meta), Some(spec)) = (meta, spec) else {
+                // Gone between the reads (retention): not a hit. A delivered entry has no spec.
+                let Some(meta) = meta else {
                     continue;
                 };
                 let meta = Meta::decode(id, &meta)?;
-                if let Some(hit) = matches(id, &meta, &spec, batch[*k].0, q) {
+                if let Some(hit) = matches(id, &meta, spec.as_deref(), batch[*k].0, q) {
                     out.insert(*k, hit);
                 }
             }
@@ -309,15 +310,18 @@ impl Store {
 }
 
 /// The hit for one entry, if it passes every filter of `q`.
-fn matches(id: &str, meta: &Meta, spec: &str, at: i64, q: &Query) -> Option<Hit> {
+fn matches(id: &str, meta: &Meta, spec: Option<&str>, at: i64, q: &Query) -> Option<Hit> {
     if q.state.is_some_and(|s| s != meta.state) {
         return None;
     }
-    let spec: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+    let spec: serde_json::Value = spec
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
     let merchant = spec
         .get("merchant")
         .and_then(|m| m.as_str())
-        .map(str::to_string);
+        .map(str::to_string)
+        .or_else(|| meta.merchant.clone());
     if q.merchant
         .as_ref()
         .is_some_and(|m| merchant.as_ref() != Some(m))
@@ -333,7 +337,11 @@ fn matches(id: &str, meta: &Meta, spec: &str, at: i64, q: &Query) -> Option<Hit>
             return None;
         }
     }
-    let url = spec.get("url").and_then(|u| u.as_str()).map(str::to_string);
+    let url = spec
+        .get("url")
+        .and_then(|u| u.as_str())
+        .map(str::to_string)
+        .or_else(|| meta.url.clone());
     if let Some(t) = &q.text {
         let body = match spec.get("body") {
             Some(serde_json::Value::String(s)) => s.clone(),

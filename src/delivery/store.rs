@@ -114,6 +114,7 @@ impl Store {
         let keys = self.redis.keys();
         let p = keys.partition_of(&n.id);
         let pk = keys.partition(p);
+        let spec_json = n.spec.to_json();
         let mut inv = self.redis.scripts().enqueue.prepare_invoke();
         inv.key(&pk.due)
             .key(&pk.spec)
@@ -121,10 +122,11 @@ impl Store {
             .key(&pk.seq)
             .key(&pk.stats)
             .arg(&n.id)
-            .arg(n.spec.to_json())
+            .arg(&spec_json)
             .arg(n.spec.first_due(now_ms))
             .arg(now_ms)
-            .arg(keys.wake_channel(p));
+            .arg(keys.wake_channel(p))
+            .arg(crate::delivery::meta::spec_digest(&spec_json));
         let reply: Vec<Value> = self
             .redis
             .invoke_durably(&inv, |reply: &Vec<Value>| {
@@ -226,6 +228,7 @@ impl Store {
             .key(&pk.dead)
             .key(&pk.stats)
             .key(self.redis.keys().attempts_hour(p, now_ms / 3_600_000))
+            .key(&pk.spec)
             .arg(now_ms);
         for o in outcomes {
             inv.arg(&o.id)

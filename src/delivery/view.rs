@@ -43,10 +43,11 @@ impl Store {
                     .hget(&pk.log, id),
             )
             .await?;
-        let (Some(spec), Some(meta)) = (spec, meta) else {
+        // A delivered entry is compacted: no spec, no log, its summary in meta.
+        let Some(meta) = meta else {
             return Ok(None);
         };
-        render(id, &spec, &meta, log.as_deref()).map(Some)
+        render(id, spec.as_deref(), &meta, log.as_deref()).map(Some)
     }
 
     /// The oldest dead notifications of each partition (id, died at ms, reason), up to `limit`.
@@ -162,8 +163,10 @@ impl Store {
 
 /// Builds the public JSON view of a notification from its stored parts; a corrupt meta entry
 /// is an error naming the id.
-fn render(id: &str, spec: &str, meta: &str, log: Option<&str>) -> Result<Json> {
-    let mut spec: Json = serde_json::from_str(spec).unwrap_or(Json::Null);
+fn render(id: &str, spec: Option<&str>, meta: &str, log: Option<&str>) -> Result<Json> {
+    let mut spec: Json = spec
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(Json::Null);
     // Header values may be the merchant's credentials: views show the names only.
     if let Some(headers) = spec.get_mut("headers").and_then(Json::as_object_mut) {
         for value in headers.values_mut() {
@@ -171,16 +174,33 @@ fn render(id: &str, spec: &str, meta: &str, log: Option<&str>) -> Result<Json> {
         }
     }
     let meta = Meta::decode(id, meta)?;
-    let attempts: Json = log
+    let mut attempts: Json = log
         .and_then(|l| serde_json::from_str(&format!("[{l}]")).ok())
         .unwrap_or_else(|| json!([]));
+    let compacted = spec.is_null() && meta.state == State::Delivered;
+    if compacted {
+        // Only the delivering attempt is kept, as a summary.
+        attempts = json!([{
+            "attempt": meta.attempts,
+            "started_at": meta.last_started,
+            "status": meta.last_status,
+            "latency_ms": meta.last_latency_ms,
+            "node": meta.last_node,
+            "error": null,
+        }]);
+    }
+    let url = spec
+        .get("url")
+        .cloned()
+        .or_else(|| meta.url.clone().map(Json::String));
     let mut out = json!({
         "id": id,
         "state": meta.state.as_str(),
-        "url": spec.get("url"),
+        "url": url,
         "created_at": meta.created,
         "next_attempt_at": if meta.state == State::Scheduled { meta.next_at } else { None },
         "attempts": attempts,
+        "attempts_made": meta.attempts,
         "stalls": meta.stalls,
         "spec": spec,
     });
@@ -197,6 +217,12 @@ fn render(id: &str, spec: &str, meta: &str, log: Option<&str>) -> Result<Json> {
     }
     if let Some(reason) = meta.reason {
         out["reason"] = json!(reason);
+    }
+    if compacted {
+        out["compacted"] = json!(true);
+        out["merchant"] = json!(meta.merchant);
+        out["spec_digest"] = json!(meta.digest);
+        out["earlier_attempts"] = json!(meta.attempts.saturating_sub(1));
     }
     Ok(out)
 }

@@ -262,7 +262,21 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
         let ok = result.verdict == Verdict::Delivered;
         super::health::note(shared, m, result.started_ms, result.latency_ms, ok);
     }
+    let summary = result.status.map(|status| {
+        crate::delivery::meta::delivered_summary(
+            status,
+            result.latency_ms,
+            result.started_ms,
+            spec.merchant.as_deref(),
+            &spec.url,
+        )
+    });
     let (verdict, next_ms, reason) = outcome(&spec, &c, result);
+    // A delivered entry is compacted: settled with its summary, not the full record.
+    let rec = match (verdict, summary) {
+        (Settled::Delivered, Some(summary)) => summary,
+        _ => rec,
+    };
     if verdict == Settled::Dead {
         super::health::dead(shared, &c.id, spec.merchant.as_deref(), &reason);
     }

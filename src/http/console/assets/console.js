@@ -263,14 +263,14 @@ function renderNotification(box, n, id) {
     box.replaceChildren(el("p", {}, `No notification ${id} (unknown, or past retention).`));
     return;
   }
-  const kv = [["state", badge(n.state)], ["merchant", (n.spec && n.spec.merchant) || "—"], ["url", n.url],
+  const kv = [["state", badge(n.state)], ["merchant", (n.spec && n.spec.merchant) || n.merchant || "—"], ["url", n.url],
     ["created", fmtTime(n.created_at)]];
   if (n.next_attempt_at) kv.push(["next attempt", fmtTime(n.next_attempt_at)]);
   if (n.lease_until) kv.push(["leased by", `${n.owner} until ${fmtTime(n.lease_until)}`]);
   if (n.delivered_at) kv.push(["delivered", fmtTime(n.delivered_at)]);
   if (n.died_at) kv.push(["died", fmtTime(n.died_at)]);
   if (n.reason) kv.push(["reason", n.reason]);
-  kv.push(["attempts", String(n.attempts.length)]);
+  kv.push(["attempts", String(n.compacted ? n.attempts.length + n.earlier_attempts : n.attempts.length)]);
   const replay = n.state === "dead" ? action("Replay", async () => {
     await api("/v1/dead/" + encodeURIComponent(id) + "/replay", { method: "POST" });
     flash(`Replayed ${id}: it is scheduled now.`);
@@ -281,8 +281,10 @@ function renderNotification(box, n, id) {
     el("dl", { class: "kv card" }, kv.map(([k, v]) => [el("dt", {}, k), el("dd", { "data-field": k }, v)])),
     el("h2", {}, "Attempts"),
     table(["attempt#", "due", "started", "status", "latency#", "error", "response", "node"], attemptRows(n.attempts)),
+    n.compacted ? el("p", { class: "muted" }, `Delivered entries are kept compact: the delivering attempt only` +
+      (n.earlier_attempts ? ` (${n.earlier_attempts} earlier not kept)` : "") + `, and the spec as its digest ${n.spec_digest}.`) : null,
     el("h2", {}, "Spec (header values redacted)"),
-    el("pre", {}, JSON.stringify(n.spec, null, 2)));
+    n.compacted ? el("p", { class: "muted" }, "Not kept after delivery.") : el("pre", {}, JSON.stringify(n.spec, null, 2)));
 }
 
 async function pageNotification(id) {
