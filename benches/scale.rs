@@ -19,6 +19,14 @@
 //! Every process shares the machine's cores: more workers cannot add CPU, so on a small box
 //! the point is that the rate does not fall as replicas are added.
 //!
+//! Steady mode (BENCH_RATE set, e.g. 3000): BENCH_RATE × BENCH_SECONDS (20) notifications fall
+//! due one after another at that rate instead of all at once, below saturation; the costs are
+//! then what matters: Redis CPU µs, worker CPU µs and script calls per notification over the
+//! delivery window, and lateness (sink receipt − due). A `ROW` line per run sums them up.
+//!
+//! On one Redis it also prints Redis memory per pending notification (after enqueueing, before
+//! any is due; BENCH_BODY_BYTES pads the bodies) and partition 0's key sizes after the run.
+//!
 //! Environment: BENCH_WORKERS, BENCH_COUNT, BENCH_REPEAT (1), BENCH_CLUSTER (0),
 //! BENCH_PARTITIONS (12), BENCH_TIMEOUT (seconds, 300), BENCH_VERBOSE (set: calls per Redis
 //! command during the drain), BENCH_PER_DESTINATION (each worker's
@@ -50,8 +58,10 @@ fn env(name: &str, default: u64) -> u64 {
 struct Seen {
     bodies: HashSet<Bytes>,
     duplicates: u64,
-    /// When each distinct body arrived, in order.
+    /// When each distinct body arrived, in order (and the wall clock then, in ms).
     arrivals: Vec<(Instant, Bytes)>,
+    /// Wall-clock arrival (ms) of each distinct body, in the same order as `arrivals`.
+    arrived_ms: Vec<i64>,
 }
 
 /// The merchant: plain hyper (as in benches/engine.rs), answers `success` to every POST.
@@ -80,6 +90,7 @@ async fn start_sink(seen: Arc<Mutex<Seen>>) -> std::net::SocketAddr {
                             let body = body.unwrap_or_default();
                             if s.bodies.insert(body.clone()) {
                                 s.arrivals.push((Instant::now(), body));
+                                s.arrived_ms.push(paynotify::now_ms());
                             } else {
                                 s.duplicates += 1;
                             }
@@ -157,6 +168,8 @@ struct Settings {
     /// `--per-destination-concurrency` of each worker (every delivery goes to the one sink).
     per_destination: u64,
     api_key: String,
+    /// Steady mode: notifications falling due per second (0: the drain, all due at once).
+    rate: u64,
 }
 
 impl Settings {
@@ -229,9 +242,15 @@ async fn commands(ports: &[u16]) -> Vec<BTreeMap<String, u64>> {
                 .next()?
                 .parse()
                 .ok()?;
-            Some((name.to_string(), n))
+            // And the microseconds Redis spent in it, as `usec:<name>`.
+            let usec: u64 = rest
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("usec="))?
+                .parse()
+                .ok()?;
+            Some([(name.to_string(), n), (format!("usec:{name}"), usec)])
         });
-        out.push(calls.collect());
+        out.push(calls.flatten().collect());
     }
     out
 }
@@ -293,22 +312,84 @@ fn cpu(backend: &Backend, api: &Nodes, workers: &Nodes) -> [f64; 5] {
     ]
 }
 
-/// Enqueues `count` notifications `<tag><i>` due at `deliver_at` (unix ms) through the api
-/// node, 64 requests in flight; returns the enqueue rate per second.
+/// The body of notification `<tag><i>`: `<tag><i>:` padded with `x` to BENCH_BODY_BYTES.
+fn body_of(tag: &str, i: u64) -> String {
+    let mut body = format!("{tag}{i}:");
+    let want = env("BENCH_BODY_BYTES", 0) as usize;
+    while body.len() < want {
+        body.push('x');
+    }
+    body
+}
+
+/// `used_memory` of a standalone Redis (0 on a cluster).
+async fn used_memory(backend: &Backend) -> u64 {
+    let Backend::Single(r) = backend else {
+        return 0;
+    };
+    let client = redis::Client::open(r.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Bytes and entries of partition 0's keys on a standalone Redis, for the key-size model.
+async fn partition_keys(backend: &Backend, partitions: u32) -> Vec<(String, u64, u64)> {
+    let Backend::Single(r) = backend else {
+        return Vec::new();
+    };
+    let client = redis::Client::open(r.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let pk = paynotify::redis::keys::Keys::new("paynotify", partitions).partition(0);
+    let mut out = Vec::new();
+    for (name, key, kind) in [
+        ("meta", &pk.meta, "HLEN"),
+        ("spec", &pk.spec, "HLEN"),
+        ("log", &pk.log, "HLEN"),
+        ("done", &pk.done, "ZCARD"),
+        ("due", &pk.due, "ZCARD"),
+    ] {
+        let bytes: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let n: u64 = redis::cmd(kind)
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        out.push((name.to_string(), bytes.unwrap_or(0), n));
+    }
+    out
+}
+
+/// Enqueues `count` notifications `<tag><i>` through the api node, 64 requests in flight,
+/// the i-th due at `due_of(i)` (unix ms); returns the enqueue rate per second.
 async fn enqueue(
     http: &reqwest::Client,
     api_port: u16,
     key: &str,
     sink: &str,
-    (tag, count, deliver_at): (&str, u64, i64),
+    (tag, count, due_of): (&str, u64, &dyn Fn(u64) -> i64),
 ) -> f64 {
     let started = Instant::now();
     let url = format!("http://127.0.0.1:{api_port}/v1/notifications");
     let mut results = futures::stream::iter(0..count)
         .map(|i| {
             let doc = serde_json::json!({
-                "id": format!("{tag}{i}"), "url": sink, "body": format!("{tag}{i}"),
-                "deliver_at": deliver_at, "schedule": [0, 5, 5], "success": {"body": "success"}
+                "id": format!("{tag}{i}"), "url": sink, "body": body_of(tag, i),
+                "deliver_at": due_of(i), "schedule": [0, 5, 5], "success": {"body": "success"}
             });
             http.post(&url).bearer_auth(key).json(&doc).send()
         })
@@ -340,18 +421,24 @@ async fn run_once(s: &Settings, n: usize, count: u64) -> f64 {
     s.spawn(&mut api, &backend, "api", "scale-api");
     wait_ready(&http, &mut api).await;
     let api_port = api.0[0].1;
+    let memory_empty = used_memory(&backend).await;
     // Calibration: the enqueue rate, on notifications due tomorrow (never delivered here).
     let warmup = (count / 10).clamp(100, 2000);
     let day = paynotify::now_ms() + 86_400_000;
-    let enqueue_rate = enqueue(&http, api_port, &s.api_key, &sink, ("w", warmup, day)).await;
+    let enqueue_rate = enqueue(&http, api_port, &s.api_key, &sink, ("w", warmup, &|_| day)).await;
     // Everything falls due at one instant after enqueueing and worker startup, with room.
     let startup_ms = 1500 + 250 * n as i64;
     let due = paynotify::now_ms() + (count as f64 / enqueue_rate * 1250.0) as i64 + startup_ms;
-    let rate_in = enqueue(&http, api_port, &s.api_key, &sink, ("s", count, due)).await;
+    // Drain: all due at once. Steady: the i-th due i / BENCH_RATE seconds after the first.
+    let rate = s.rate;
+    let due_of = move |i: u64| due + (i * 1000).checked_div(rate).unwrap_or(0) as i64;
+    let rate_in = enqueue(&http, api_port, &s.api_key, &sink, ("s", count, &due_of)).await;
     eprintln!(
         "  enqueued {count} over HTTP at {rate_in:.0}/s, due in {} ms",
         due - paynotify::now_ms()
     );
+    let pending_bytes =
+        used_memory(&backend).await.saturating_sub(memory_empty) as f64 / (warmup + count) as f64;
 
     let mut workers = Nodes::default();
     for i in 0..n {
@@ -369,10 +456,15 @@ async fn run_once(s: &Settings, n: usize, count: u64) -> f64 {
     }
     // The clock starts at the due instant, or when every worker is ready if that is later.
     let ready = Instant::now() + Duration::from_millis(to_due.max(0) as u64);
-    let cmds_before = commands(&backend.ports()).await;
-    let cpu_before = cpu(&backend, &api, &workers);
+    let mut cmds_before = commands(&backend.ports()).await;
+    let mut cpu_before = cpu(&backend, &api, &workers);
     let overflows_before = listen_overflows();
     tokio::time::sleep_until(ready.into()).await;
+    if s.rate > 0 {
+        // Steady: the costs are of the delivery window only, not of the idle wait before it.
+        cmds_before = commands(&backend.ports()).await;
+        cpu_before = cpu(&backend, &api, &workers);
+    }
     let before_ready = seen.lock().unwrap().bodies.len() as u64;
     let timeout = Duration::from_secs(env("BENCH_TIMEOUT", 300));
     let mut last_report = Instant::now();
@@ -396,9 +488,14 @@ async fn run_once(s: &Settings, n: usize, count: u64) -> f64 {
     let cmds_after = commands(&backend.ports()).await;
     // Late repeats would show within a moment (none are expected at all).
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (delivered, duplicates, arrivals) = {
+    let (delivered, duplicates, arrivals, arrived_ms) = {
         let s = seen.lock().unwrap();
-        (s.bodies.len() as u64, s.duplicates, s.arrivals.clone())
+        (
+            s.bodies.len() as u64,
+            s.duplicates,
+            s.arrivals.clone(),
+            s.arrived_ms.clone(),
+        )
     };
     // Seconds from the clock start until the given fraction of deliveries had arrived.
     let at = |q: f64| {
@@ -422,11 +519,25 @@ async fn run_once(s: &Settings, n: usize, count: u64) -> f64 {
             d
         })
         .collect();
-    let per_node: Vec<u64> = cmds.iter().map(|m| m.values().sum()).collect();
+    let per_node: Vec<u64> = cmds
+        .iter()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| !k.starts_with("usec:"))
+                .map(|(_, v)| v)
+                .sum()
+        })
+        .collect();
     let total: u64 = per_node.iter().sum();
     let scripts: u64 = cmds
         .iter()
         .flat_map(|m| ["evalsha", "eval", "fcall"].map(|c| m.get(c).copied().unwrap_or(0)))
+        .sum();
+    let script_usec: u64 = cmds
+        .iter()
+        .flat_map(|m| {
+            ["usec:evalsha", "usec:eval", "usec:fcall"].map(|c| m.get(c).copied().unwrap_or(0))
+        })
         .sum();
     let shares = backend
         .ports()
@@ -471,6 +582,65 @@ async fn run_once(s: &Settings, n: usize, count: u64) -> f64 {
         busy(3),
         busy(4) - (0..4).map(busy).sum::<f64>()
     );
+    let per = |i: usize| (cpu_after[i] - cpu_before[i]) * 1e6 / delivered.max(1) as f64;
+    let mut late: Vec<i64> = arrivals
+        .iter()
+        .zip(&arrived_ms)
+        .filter_map(|((_, body), at)| {
+            let i: u64 = std::str::from_utf8(body)
+                .ok()?
+                .strip_prefix('s')?
+                .parse()
+                .ok()?;
+            Some(at - due_of(i))
+        })
+        .collect();
+    late.sort_unstable();
+    let q = |f: f64| {
+        late.get(((late.len() as f64 * f).ceil() as usize).clamp(1, late.len().max(1)) - 1)
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "    per notification: redis {:.1} us, workers {:.1} us, {:.4} script calls; lateness (sink receipt - due) p50 {} ms, p99 {} ms, max {} ms",
+        per(0),
+        per(1),
+        scripts as f64 / delivered.max(1) as f64,
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    );
+    println!(
+        "ROW workers={n} rate={rate:.0} redis_us={:.1} worker_us={:.1} scripts={:.4} commands={:.3} p50_ms={} p99_ms={} max_ms={} redis_cores={:.3} worker_cores={:.3} script_us_per_call={:.1} script_us={:.1}",
+        per(0),
+        per(1),
+        scripts as f64 / delivered.max(1) as f64,
+        total as f64 / delivered.max(1) as f64,
+        q(0.5),
+        q(0.99),
+        q(1.0),
+        busy(0),
+        busy(1),
+        script_usec as f64 / scripts.max(1) as f64,
+        script_usec as f64 / delivered.max(1) as f64
+    );
+    if memory_empty > 0 {
+        let keys = partition_keys(&backend, s.partitions as u32).await;
+        let keys: Vec<String> = keys
+            .iter()
+            .map(|(name, bytes, n)| {
+                format!(
+                    "{name} {bytes} B / {n} = {:.0} B",
+                    *bytes as f64 / (*n).max(1) as f64
+                )
+            })
+            .collect();
+        println!(
+            "    memory: {pending_bytes:.0} bytes per pending notification (used_memory after enqueueing, {} B bodies); partition 0's keys after the run: {}",
+            body_of("s", 0).len(),
+            keys.join(", ")
+        );
+    }
     drop(workers);
     drop(api);
     rate
@@ -495,8 +665,13 @@ fn main() {
         partitions: env("BENCH_PARTITIONS", 12),
         per_destination: env("BENCH_PER_DESTINATION", 512),
         api_key: format!("bench_{}", uuid::Uuid::new_v4().simple()),
+        rate: env("BENCH_RATE", 0),
     };
-    let count = env("BENCH_COUNT", 50_000);
+    let count = if s.rate > 0 {
+        s.rate * env("BENCH_SECONDS", 20)
+    } else {
+        env("BENCH_COUNT", 50_000)
+    };
     let repeat = env("BENCH_REPEAT", 1).max(1);
     let counts: Vec<usize> = std::env::var("BENCH_WORKERS")
         .unwrap_or_else(|_| "1,2,4".into())
@@ -512,8 +687,13 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let shape = if s.rate > 0 {
+        format!("{}/s falling due", s.rate)
+    } else {
+        "due at once".to_string()
+    };
     println!(
-        "scale: {count} notifications due at once, {} partitions, {}; workers {counts:?}, {repeat} run(s) each",
+        "scale: {count} notifications {shape}, {} partitions, {}; workers {counts:?}, {repeat} run(s) each",
         s.partitions,
         if cluster { "Redis Cluster of 3 masters" } else { "one Redis" }
     );

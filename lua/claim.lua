@@ -18,6 +18,9 @@
 -- ARGV[3] maximum number of entries to claim (at most 1000)
 -- ARGV[4] owner (node id)
 -- ARGV[5] maximum stalls before an entry goes to the dead set
+-- ARGV[6] horizon (ms, optional, default ARGV[1]): claim entries scored up to it. Above now, the
+--         worker prefetches entries falling due soon and holds them until due; below now, it
+--         takes only entries overdue by now - horizon (helping with a partition it does not own).
 -- Returns: {head_ms or -1, then per claimed entry: id, token, attempt, round_index, due_ms, spec}
 --   due_ms is when the attempt was scheduled (a stall re-claim keeps the original due time).
 --   head_ms is the earliest score left in the due set after the claim.
@@ -25,7 +28,8 @@
 local now = tonumber(ARGV[1])
 local lease_until = string.format('%d', now + tonumber(ARGV[2]))
 local max_stalls = tonumber(ARGV[5])
-local entries = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
+local horizon = ARGV[6] or ARGV[1]
+local entries = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', horizon, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
 local out = {-1}
 local n = #entries / 2
 if n > 0 then

@@ -68,7 +68,9 @@ pub struct Config {
     /// How long that `WAIT` may take before the enqueue is refused as not replicated.
     pub wait_timeout: Duration,
     pub prefix: String,
-    pub partitions: u32,
+    /// `--partitions` as given; the node resolves it against the count recorded in Redis
+    /// (`redis::partitions`) before it builds its keys.
+    pub partitions: Option<u32>,
     pub roles: Roles,
     pub node_id: String,
     /// Bearer keys accepted by the HTTP API (several for rotation).

@@ -78,7 +78,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<(), DevEr
         results: crate::push::Results::new(
             crate::redis::Redis::connect(
                 &redis_url,
-                crate::redis::keys::Keys::new(&config.prefix, config.partitions),
+                crate::redis::keys::Keys::new(&config.prefix, 1),
             )
             .map_err(crate::node::RunError::from)?,
         ),

@@ -44,6 +44,8 @@ pub enum RunError {
     NodeIdInUse(String),
     #[error("device TLS: {0}")]
     DeviceTls(String),
+    #[error(transparent)]
+    Partitions(#[from] crate::redis::partitions::PartitionsError),
 }
 
 /// Runs one node until `shutdown` is cancelled, then drains and returns.
@@ -85,8 +87,7 @@ pub async fn run_with_listeners(
     shutdown: CancellationToken,
     extra: axum::Router,
 ) -> Result<(), RunError> {
-    let config = Arc::new(config);
-    let keys = Keys::for_target(&config.prefix, config.partitions, config.redis_cluster);
+    let mut config = config;
     let target = Target::choose(
         &config.redis_url,
         config.redis_cluster,
@@ -95,6 +96,17 @@ pub async fn run_with_listeners(
         &config.redis_tls,
     )
     .map_err(StoreError::from)?;
+    let partitions = crate::redis::partitions::resolve(
+        &target,
+        &config.prefix,
+        config.redis_cluster,
+        config.partitions,
+        true,
+    )
+    .await?;
+    config.partitions = Some(partitions);
+    let config = Arc::new(config);
+    let keys = Keys::for_target(&config.prefix, partitions, config.redis_cluster);
     let redis = Redis::on(target, keys).with_wait(config.wait_replicas, config.wait_timeout);
     redis.load_scripts().await?;
     // Two live nodes with one id would answer each other's device calls: refuse to start.

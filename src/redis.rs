@@ -10,6 +10,7 @@
 pub mod child;
 pub mod follow;
 pub mod keys;
+pub mod partitions;
 pub mod pubsub;
 pub mod scripts;
 pub mod sentinel;

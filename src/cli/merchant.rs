@@ -110,11 +110,11 @@ pub enum MerchantCommand {
 }
 
 impl RegistryArgs {
-    fn registry(&self) -> Result<Registry, u8> {
+    async fn registry(&self) -> Result<Registry, u8> {
         let keyring = Keyring::new(&self.secret_encryption_key)
             .map_err(|e| config_err(format!("--secret-encryption-key: {e}")))?;
         Ok(Registry::new(
-            self.redis.redis().map_err(config_err)?,
+            self.redis.redis().await.map_err(config_err)?,
             keyring,
         ))
     }
@@ -201,7 +201,8 @@ pub async fn run(command: MerchantCommand) -> Result<(), u8> {
                 EXIT_DATA
             })?;
             let (merchant, secret) = registry
-                .registry()?
+                .registry()
+                .await?
                 .create(merchant)
                 .await
                 .map_err(merchant_err)?;
@@ -209,7 +210,12 @@ pub async fn run(command: MerchantCommand) -> Result<(), u8> {
         }
         MerchantCommand::Show { registry, id } => {
             checked(&id)?;
-            let record = registry.registry()?.read(&id).await.map_err(merchant_err)?;
+            let record = registry
+                .registry()
+                .await?
+                .read(&id)
+                .await
+                .map_err(merchant_err)?;
             let record = record.ok_or_else(|| merchant_err(MerchantError::NotFound(id)))?;
             print_json(&record.merchant.view());
         }
@@ -222,7 +228,8 @@ pub async fn run(command: MerchantCommand) -> Result<(), u8> {
                 checked(a)?;
             }
             let (list, next) = registry
-                .registry()?
+                .registry()
+                .await?
                 .list(after.as_deref(), limit.clamp(1, 10_000))
                 .await
                 .map_err(merchant_err)?;
@@ -236,7 +243,8 @@ pub async fn run(command: MerchantCommand) -> Result<(), u8> {
         } => {
             checked(&id)?;
             let (merchant, secret) = registry
-                .registry()?
+                .registry()
+                .await?
                 .rotate(&id, grace, now)
                 .await
                 .map_err(merchant_err)?;
@@ -245,7 +253,8 @@ pub async fn run(command: MerchantCommand) -> Result<(), u8> {
         MerchantCommand::Reveal { registry, id } => {
             checked(&id)?;
             let secrets = registry
-                .registry()?
+                .registry()
+                .await?
                 .reveal(&id)
                 .await
                 .map_err(merchant_err)?;
@@ -267,7 +276,8 @@ pub async fn run(command: MerchantCommand) -> Result<(), u8> {
         MerchantCommand::Delete { registry, id } => {
             checked(&id)?;
             if !registry
-                .registry()?
+                .registry()
+                .await?
                 .delete(&id)
                 .await
                 .map_err(merchant_err)?
@@ -287,7 +297,8 @@ async fn patch_and_print(
     now: i64,
 ) -> Result<(), u8> {
     let (merchant, ()) = registry
-        .registry()?
+        .registry()
+        .await?
         .update(id, false, |m, _| {
             model::apply_patch(m, patch.as_bytes(), now).map_err(MerchantError::Invalid)
         })

@@ -150,7 +150,7 @@ pub async fn operate(command: Operation) -> ExitCode {
         }
         Operation::Stats { redis } => {
             async {
-                let store = redis.store().map_err(config_err)?;
+                let store = redis.store().await.map_err(config_err)?;
                 let stats = store.stats(crate::util::now_ms()).await.map_err(runtime_err)?;
                 print_json(&serde_json::to_value(stats).unwrap_or_default());
                 Ok(())
@@ -165,7 +165,7 @@ pub async fn operate(command: Operation) -> ExitCode {
             mint_tokens(kind, &args)
         }
         Operation::Publish { redis, order_id, status, data, result_ttl } => async {
-            let results = crate::push::Results::new(redis.redis().map_err(config_err)?);
+            let results = crate::push::Results::new(redis.redis().await.map_err(config_err)?);
             let doc = serde_json::json!({"status": status, "data": serde_json::from_str::<serde_json::Value>(&data)
                 .map_err(|e| config_err(format!("--data is not JSON: {e}")))?});
             let doc = crate::push::parse_result(Some(&order_id), doc.to_string().as_bytes())
@@ -222,7 +222,7 @@ async fn dead(command: DeadCommand) -> Result<(), u8> {
     match command {
         DeadCommand::List { redis, limit } => {
             async {
-                let store = redis.store().map_err(config_err)?;
+                let store = redis.store().await.map_err(config_err)?;
                 let dead = store
                     .dead_list(limit.clamp(1, 10_000))
                     .await
@@ -234,7 +234,7 @@ async fn dead(command: DeadCommand) -> Result<(), u8> {
         }
         DeadCommand::Replay { redis, ids, all } => {
             async {
-                let store = redis.store().map_err(config_err)?;
+                let store = redis.store().await.map_err(config_err)?;
                 if all {
                     let n = store
                         .replay_all(crate::util::now_ms())
@@ -265,7 +265,7 @@ async fn dead(command: DeadCommand) -> Result<(), u8> {
 }
 
 async fn enqueue(redis: RedisArgs, json: Option<String>) -> Result<(), u8> {
-    let store = redis.store().map_err(config_err)?;
+    let store = redis.store().await.map_err(config_err)?;
     let doc = match json.as_deref() {
         Some(s) if s != "-" => s.to_string(),
         _ => {
@@ -311,7 +311,7 @@ async fn enqueue(redis: RedisArgs, json: Option<String>) -> Result<(), u8> {
 
 async fn show(redis: RedisArgs, id: String) -> Result<(), u8> {
     crate::delivery::schema::validate_id(&id).map_err(|m| config_err(format!("id {m}")))?;
-    let store = redis.store().map_err(config_err)?;
+    let store = redis.store().await.map_err(config_err)?;
     match store.show(&id).await.map_err(runtime_err)? {
         Some(v) => {
             print_json(&v);

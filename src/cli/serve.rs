@@ -50,10 +50,11 @@ pub struct RedisArgs {
     /// Prefix of every Redis key.
     #[arg(long, env = "PAYNOTIFY_PREFIX", default_value = "paynotify")]
     pub prefix: String,
-    /// Number of partitions notifications are spread over (the same on every node; each is
-    /// one Redis Cluster slot).
-    #[arg(long, env = "PAYNOTIFY_PARTITIONS", default_value_t = 1)]
-    pub partitions: u32,
+    /// Number of partitions notifications are spread over (each is one Redis Cluster slot).
+    /// Recorded in Redis by the first node; leave it out to use the recorded count (48 on a
+    /// fresh Redis). A count different from the recorded one is refused at start.
+    #[arg(long, env = "PAYNOTIFY_PARTITIONS", value_name = "N")]
+    pub partitions: Option<u32>,
 }
 
 /// Everything a node takes.
@@ -423,15 +424,16 @@ impl RedisArgs {
         }
     }
 
-    pub(super) fn store(&self) -> Result<Store, String> {
-        Ok(Store::new(self.redis()?))
+    pub(super) async fn store(&self) -> Result<Store, String> {
+        Ok(Store::new(self.redis().await?))
     }
 
-    pub(super) fn redis(&self) -> Result<Redis, String> {
+    /// A handle on Redis with the recorded partition count; on a fresh Redis a command
+    /// records it as a node would (an enqueue before any node starts must land where the
+    /// nodes will look).
+    pub(super) async fn redis(&self) -> Result<Redis, String> {
         validate::check_prefix(&self.prefix)?;
-        if self.partitions == 0 || self.partitions > 1024 {
-            return Err("--partitions must be from 1 to 1024".into());
-        }
+        validate::check_partitions(self.partitions)?;
         let target = Target::choose(
             &self.redis_url,
             self.redis_cluster,
@@ -440,9 +442,18 @@ impl RedisArgs {
             &self.tls_files(),
         )
         .map_err(|e| format!("--redis-url: {e}"))?;
+        let partitions = crate::redis::partitions::resolve(
+            &target,
+            &self.prefix,
+            self.redis_cluster,
+            self.partitions,
+            true,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         Ok(Redis::on(
             target,
-            Keys::for_target(&self.prefix, self.partitions, self.redis_cluster),
+            Keys::for_target(&self.prefix, partitions, self.redis_cluster),
         ))
     }
 }

@@ -67,9 +67,7 @@ pub fn validate(c: &Config) -> Result<(), String> {
     .map_err(|e| format!("--redis-url: {e}"))?;
     check_prefix(&c.prefix)?;
     check_node_id(&c.node_id)?;
-    if c.partitions == 0 || c.partitions > 1024 {
-        return Err("--partitions must be from 1 to 1024".into());
-    }
+    check_partitions(c.partitions)?;
     if c.roles.api && c.api_keys.is_empty() {
         return Err("--api-key (PAYNOTIFY_API_KEY) is required with the api role; give one or more keys, comma-separated".into());
     }
@@ -157,4 +155,15 @@ pub fn check_prefix(prefix: &str) -> Result<(), String> {
         return Err("--prefix must be 1 to 64 characters without braces or spaces".into());
     }
     Ok(())
+}
+
+/// `--partitions`, when given, is from 1 to [`crate::redis::partitions::MAX`].
+pub(super) fn check_partitions(partitions: Option<u32>) -> Result<(), String> {
+    match partitions {
+        Some(n) if n == 0 || n > crate::redis::partitions::MAX => Err(format!(
+            "--partitions must be from 1 to {}",
+            crate::redis::partitions::MAX
+        )),
+        _ => Ok(()),
+    }
 }

@@ -22,6 +22,19 @@ pub enum Enqueued {
     Conflict { state: String },
 }
 
+/// One claim call's terms (see `lua/claim.lua`).
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub now_ms: i64,
+    /// Claim entries scored up to this time (ms).
+    pub horizon_ms: i64,
+    pub lease_ms: u64,
+    pub limit: usize,
+    /// The claiming node's id.
+    pub owner: &'a str,
+    pub max_stalls: u32,
+}
+
 /// A claimed notification.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -166,6 +179,24 @@ impl Store {
         owner: &str,
         max_stalls: u32,
     ) -> Result<(Option<i64>, Vec<Claimed>)> {
+        self.claim_until(
+            p,
+            &Claim {
+                now_ms,
+                horizon_ms: now_ms,
+                lease_ms,
+                limit,
+                owner,
+                max_stalls,
+            },
+        )
+        .await
+    }
+
+    /// Claims up to `c.limit` entries of partition `p` scored up to `c.horizon_ms`: above now
+    /// it prefetches entries falling due soon (the caller holds them until due), below now it
+    /// takes only overdue ones. Returns the earliest score left and the claimed entries.
+    pub async fn claim_until(&self, p: u32, c: &Claim<'_>) -> Result<(Option<i64>, Vec<Claimed>)> {
         let pk = self.redis.keys().partition(p);
         let reply: Vec<Value> = self
             .redis
@@ -179,11 +210,12 @@ impl Store {
                     .key(&pk.seq)
                     .key(&pk.dead)
                     .key(&pk.stats)
-                    .arg(now_ms)
-                    .arg(lease_ms)
-                    .arg(limit)
-                    .arg(owner)
-                    .arg(max_stalls),
+                    .arg(c.now_ms)
+                    .arg(c.lease_ms)
+                    .arg(c.limit)
+                    .arg(c.owner)
+                    .arg(c.max_stalls)
+                    .arg(c.horizon_ms),
             )
             .await?;
         let head = head_of(&reply);

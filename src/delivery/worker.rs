@@ -3,14 +3,17 @@
 //! Invariant: this node holds a notification only between a successful claim and the settle
 //! (or release) of that claim; everything it holds is listed in `held`, so shutdown can hand it
 //! back and the renewer can keep its leases alive. No fixed-interval polling: the scheduler
-//! sleeps until the earliest due time it knows of, woken early by the wake channel, with a
-//! watchdog bound so a lost wake-up (e.g. across a Redis reconnect) cannot stop it.
+//! sleeps until the earliest due time it knows of in the partitions it owns (`owners`), woken
+//! early by the wake channel, with a watchdog bound so a lost wake-up (e.g. across a Redis
+//! reconnect) cannot stop it; it looks at the partitions it does not own every
+//! `owners::HELP_EVERY`, for entries their owner left overdue.
 
 mod health;
 mod lane;
 mod lanes;
 mod leases;
 mod merchant;
+mod owners;
 mod retention;
 mod scheduler;
 mod settler;
@@ -55,7 +58,24 @@ struct Shared {
     slots: Arc<Semaphore>,
     slot_freed: Notify,
     wake: Notify,
+    /// This worker's share of the partitions (`owners`).
+    owners: owners::Owners,
     metrics: crate::metrics::Metrics,
+}
+
+/// The tasks beside the scheduler, stopped with `stop` after the drain.
+fn spawn_helpers(shared: &Arc<Shared>, stop: &CancellationToken) -> JoinSet<()> {
+    let mut helpers = JoinSet::new();
+    let (s, t) = (shared, stop);
+    helpers.spawn(
+        scheduler::wake_listener(s.clone(), t.clone()).instrument(info_span!("wake_listener")),
+    );
+    helpers.spawn(leases::renewer(s.clone(), t.clone()).instrument(info_span!("renewer")));
+    helpers.spawn(retention::retention(s.clone(), t.clone()).instrument(info_span!("retention")));
+    helpers.spawn(lanes::syncer(s.clone(), t.clone()).instrument(info_span!("lanes")));
+    helpers.spawn(owners::follow(s.clone(), t.clone()).instrument(info_span!("owners")));
+    helpers.spawn(health::flusher(s.clone(), t.clone()).instrument(info_span!("health")));
+    helpers
 }
 
 /// Runs the worker until `shutdown` is cancelled, then drains: in-flight attempts get
@@ -70,6 +90,7 @@ pub async fn run(
 ) {
     let shared = Arc::new(Shared {
         slots: Arc::new(Semaphore::new(config.max_in_flight)),
+        owners: owners::Owners::new(store.keys().partitions()),
         config,
         store,
         deliverer,
@@ -84,23 +105,7 @@ pub async fn run(
     });
     let (tx, rx) = mpsc::unbounded_channel();
     let stop_helpers = CancellationToken::new();
-    let mut helpers = JoinSet::new();
-    helpers.spawn(
-        scheduler::wake_listener(shared.clone(), stop_helpers.clone())
-            .instrument(info_span!("wake_listener")),
-    );
-    helpers.spawn(
-        leases::renewer(shared.clone(), stop_helpers.clone()).instrument(info_span!("renewer")),
-    );
-    helpers.spawn(
-        retention::retention(shared.clone(), stop_helpers.clone())
-            .instrument(info_span!("retention")),
-    );
-    helpers
-        .spawn(lanes::syncer(shared.clone(), stop_helpers.clone()).instrument(info_span!("lanes")));
-    helpers.spawn(
-        health::flusher(shared.clone(), stop_helpers.clone()).instrument(info_span!("health")),
-    );
+    let mut helpers = spawn_helpers(&shared, &stop_helpers);
     let settler_task =
         tokio::spawn(settler::settler(shared.clone(), rx).instrument(info_span!("settler")));
 

@@ -133,6 +133,11 @@ impl Keys {
     }
 
     /// HASH: node id -> its latest report (`lua/node_report.lua`), one key for the cluster.
+    /// STRING: the partition count of `prefix`, recorded by the first node (`redis::partitions`).
+    pub fn partitions_record(prefix: &str) -> String {
+        format!("{prefix}:partitions")
+    }
+
     pub fn nodes(&self) -> String {
         format!("{}:{{nodes}}:reports", self.prefix)
     }

@@ -17,7 +17,7 @@ fn cluster_config(cluster: &RedisCluster) -> paynotify::Config {
     let mut c = paynotify::cli::serve::config_for(&cluster.url_list());
     c.redis_cluster = true;
     c.allow_private_targets = true;
-    c.partitions = PARTITIONS;
+    c.partitions = Some(PARTITIONS);
     c.api_keys = vec![API_KEY.to_string()];
     c.token_secrets = vec![TOKEN_SECRET.to_string()];
     c.lease = Duration::from_secs(5);
@@ -203,6 +203,9 @@ async fn engine_semantics_hold_on_a_three_master_cluster() {
     let sink = Sink::start().await;
     let mut c = cluster_config(&cluster);
     c.allow_private_targets = true;
+    // 24 failures in a row to one sink would open its breaker (at the next lane sync, so only
+    // under load) and defer the replays by the 30 s cooldown: breakers are not under test here.
+    c.breaker_min_requests = 1_000_000;
     let node = Node::start(c).await;
     // 24 ids over 12 partitions: each one fails once, is dead after one try, and is replayed.
     let ids: Vec<String> = (0..24).map(|i| format!("dead-{i}")).collect();

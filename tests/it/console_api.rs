@@ -109,7 +109,7 @@ fn urlencode(s: &str) -> String {
 async fn search_overview_groups_and_merchant_actions_over_the_console_api() {
     let redis = RedisServer::start().unwrap();
     let sink = Sink::start().await;
-    let node = node_with(&redis, |c| c.partitions = 3).await;
+    let node = node_with(&redis, |c| c.partitions = Some(3)).await;
     for m in ["m1", "m2"] {
         let _: Value = node
             .api()

@@ -153,7 +153,8 @@ async fn cli_enqueue_is_idempotent() {
     assert_eq!(invalid.status.code(), Some(65));
     assert!(String::from_utf8_lossy(&invalid.stderr).contains("field `url`"));
 
-    let node = Node::start(config(&redis)).await;
+    // The CLI recorded the partition count (the default, on this fresh Redis): the node uses it.
+    let node = node_with(&redis, |c| c.partitions = None).await;
     node.api()
         .wait_state("order-3", "delivered", Duration::from_secs(10))
         .await;

@@ -17,6 +17,7 @@ mod lanes;
 mod logs;
 mod merchants;
 mod openapi;
+mod partitions;
 mod props;
 mod push;
 mod replicas;

@@ -126,6 +126,8 @@ pub fn config(redis: &RedisServer) -> Config {
     c.secret_encryption_keys = vec![ENCRYPTION_KEY.to_string()];
     c.lease = Duration::from_secs(5);
     c.shutdown_grace = Duration::from_secs(5);
+    // The tests' own store handles use one partition (`Keys::new(prefix, 1)`).
+    c.partitions = Some(1);
     c
 }
 

@@ -1,9 +1,12 @@
 //! The claim loop and the delivery tasks: claims due entries in batches as slots free up,
 //! attempts each one under its destination's limit, and reports the outcome to the settler.
 //!
-//! Invariant: no fixed-interval polling. The scheduler sleeps until the earliest due time it
-//! knows of, woken early by the wake channel, with a [`WATCHDOG`] bound so a lost wake-up (e.g.
-//! across a Redis reconnect) cannot stop it; every claimed entry is in `held` until settled.
+//! Invariant: no fixed-interval polling of the partitions it owns (`owners`). The scheduler
+//! sleeps until the earliest owned head is `REFILL` away (then claims up to [`PREFETCH`] ahead), woken early by the wake
+//! channel, with a [`WATCHDOG`] bound so a lost wake-up (e.g. across a Redis reconnect) cannot
+//! stop it; the partitions it does not own it looks at every `owners::HELP_EVERY`, for overdue
+//! entries only. Every claimed entry is in `held` until settled, also while a prefetched one
+//! waits for its due time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,13 +21,20 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use super::{Held, Report, Shared};
 use crate::delivery::attempt::{AttemptResult, Verdict};
 use crate::delivery::schema::Spec;
-use crate::delivery::store::{Claimed, Settled, Settlement};
+use crate::delivery::store::{Claim, Claimed, Settled, Settlement};
 use crate::util::lock;
 
 /// Longest the scheduler sleeps without looking at Redis, whatever it was told.
 pub(super) const WATCHDOG: Duration = Duration::from_secs(5);
 /// Longest the scheduler waits for a batch's worth of free slots before it claims with fewer.
 const BATCH_WAIT: Duration = Duration::from_millis(2);
+/// How far ahead of their due time entries of an owned partition are claimed; each is then
+/// held until it falls due. One claim takes everything due in the next window (a batch, not
+/// one call per entry), and the claim's round trip is off the attempt's critical path.
+pub(super) const PREFETCH: Duration = Duration::from_millis(50);
+/// An owned partition is claimed again once its head is this close: each claim then takes
+/// about `PREFETCH - REFILL` of entries, rather than sliding the window one entry at a time.
+const REFILL: Duration = Duration::from_millis(25);
 
 pub(super) async fn scheduler(
     shared: Arc<Shared>,
@@ -38,36 +48,41 @@ pub(super) async fn scheduler(
     let mut failures = 0u32;
     let low_water = config.claim_batch.min(config.max_in_flight / 4).max(1);
     let mut batching_since: Option<Instant> = None;
+    // The earliest score last seen in each partition's due set (None: not known).
+    let mut heads: Vec<Option<i64>> = vec![None; partitions as usize];
+    let mut next_help = Instant::now();
+    let mut looked_at_all = Instant::now();
     info!(node = %config.node_id, partitions, "worker started");
     while !shutdown.is_cancelled() {
         while deliveries.try_join_next().is_some() {}
-        let free = shared.slots.available_permits();
-        // Claim in batches: with attempts in flight, wait until a worthwhile number of slots
-        // is free rather than claiming one entry per finished attempt; but never longer than
-        // BATCH_WAIT, or slow destinations holding most slots would starve everyone else.
-        let in_flight = config.max_in_flight - free;
-        if free == 0 {
-            batching_since = None;
-            tokio::select! {
-                _ = shared.slot_freed.notified() => continue,
-                _ = shutdown.cancelled() => break,
-            }
+        let free = match slots_ready(&shared, &mut batching_since, low_water, &shutdown).await {
+            Slots::Free(free) => free,
+            Slots::Again => continue,
+            Slots::Stop => break,
+        };
+        // The known heads can be stale (a retry another worker settled here, a wake-up lost
+        // across a reconnect): look at every owned partition at least once per WATCHDOG.
+        if looked_at_all.elapsed() >= WATCHDOG {
+            looked_at_all = Instant::now();
+            shared.owners.wake_all();
         }
-        if in_flight > 0 && free < low_water {
-            let since = *batching_since.get_or_insert_with(Instant::now);
-            if let Some(left) = BATCH_WAIT.checked_sub(since.elapsed()) {
-                tokio::select! {
-                    _ = shared.slot_freed.notified() => continue,
-                    _ = tokio::time::sleep(left) => continue,
-                    _ = shutdown.cancelled() => break,
-                }
-            }
-        }
-        batching_since = None;
-        let round = claim_round(&shared, &tx, &mut deliveries, start, free, &mut failures).await;
-        let (head, full, error) = (round.head, round.full, round.error);
+        let help = Instant::now() >= next_help;
+        let mut claiming = Claiming {
+            deliveries: &mut deliveries,
+            heads: &mut heads,
+            failures: &mut failures,
+        };
+        let round = claim_round(&shared, &tx, &mut claiming, start, free, help).await;
         start = start.wrapping_add(1);
-        if error {
+        if help {
+            // Helped and found a full batch: help again at once, else in HELP_EVERY.
+            next_help = if round.help_full {
+                Instant::now()
+            } else {
+                Instant::now() + super::owners::HELP_EVERY
+            };
+        }
+        if round.error {
             let backoff = crate::util::backoff(failures);
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {},
@@ -75,14 +90,11 @@ pub(super) async fn scheduler(
             }
             continue;
         }
-        if full {
+        if round.full {
             continue;
         }
-        let now = crate::util::now_ms();
-        let wait = match head {
-            Some(h) if h <= now => continue,
-            Some(h) => Duration::from_millis((h - now) as u64).min(WATCHDOG),
-            None => WATCHDOG,
+        let Some(wait) = idle_wait(&shared, &heads, next_help) else {
+            continue;
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {},
@@ -94,61 +106,153 @@ pub(super) async fn scheduler(
     deliveries
 }
 
+/// What the free slots allow.
+enum Slots {
+    /// Claim up to this many.
+    Free(usize),
+    /// Look again (a slot freed, or the batch wait is over).
+    Again,
+    Stop,
+}
+
+/// Claim in batches: with attempts in flight, wait until a worthwhile number of slots is free
+/// rather than claiming one entry per finished attempt; but never longer than BATCH_WAIT, or
+/// slow destinations holding most slots would starve everyone else.
+async fn slots_ready(
+    shared: &Shared,
+    batching_since: &mut Option<Instant>,
+    low_water: usize,
+    shutdown: &CancellationToken,
+) -> Slots {
+    let free = shared.slots.available_permits();
+    let in_flight = shared.config.max_in_flight - free;
+    if free == 0 {
+        *batching_since = None;
+        return tokio::select! {
+            _ = shared.slot_freed.notified() => Slots::Again,
+            _ = shutdown.cancelled() => Slots::Stop,
+        };
+    }
+    if in_flight > 0 && free < low_water {
+        let since = *batching_since.get_or_insert_with(Instant::now);
+        if let Some(left) = BATCH_WAIT.checked_sub(since.elapsed()) {
+            return tokio::select! {
+                _ = shared.slot_freed.notified() => Slots::Again,
+                _ = tokio::time::sleep(left) => Slots::Again,
+                _ = shutdown.cancelled() => Slots::Stop,
+            };
+        }
+    }
+    *batching_since = None;
+    Slots::Free(free)
+}
+
+/// How long to sleep: until the earliest owned head is [`REFILL`] away, or the next
+/// look at the partitions this worker does not own; `None` to claim again at once.
+fn idle_wait(shared: &Shared, heads: &[Option<i64>], next_help: Instant) -> Option<Duration> {
+    let now = crate::util::now_ms();
+    let refill = REFILL.as_millis() as i64;
+    let owned_head = (0..heads.len() as u32)
+        .filter(|&p| shared.owners.owns(p))
+        .filter_map(|p| heads[p as usize])
+        .min();
+    let until_owned = match owned_head {
+        Some(h) if h - refill <= now => return None,
+        Some(h) => Duration::from_millis((h - refill - now) as u64).min(WATCHDOG),
+        None => WATCHDOG,
+    };
+    Some(until_owned.min(next_help.saturating_duration_since(Instant::now())))
+}
+
+/// The scheduler's state a claim round updates.
+struct Claiming<'a> {
+    deliveries: &'a mut JoinSet<()>,
+    heads: &'a mut [Option<i64>],
+    failures: &'a mut u32,
+}
+
 /// What one pass over the partitions found.
 struct Round {
-    /// The earliest score left in any due set.
-    head: Option<i64>,
-    /// Some partition had more than it could take (claim again at once).
+    /// Some owned partition had more than it could take (claim again at once).
     full: bool,
+    /// Some partition helped with had more overdue entries than it could take.
+    help_full: bool,
     /// Some claim failed (back off).
     error: bool,
 }
 
-/// Claims from every partition in turn, starting at `start`, as many as `free` slots allow,
-/// and starts the attempts.
+/// Claims from the partitions in turn, starting at `start`, as many as `free` slots allow, and
+/// starts the attempts. An owned partition is claimed when its head is [`REFILL`] away or
+/// nearer (or unknown, or woken), up to [`PREFETCH`] ahead; with `help`, the others are claimed for
+/// entries overdue by [`super::owners::HELP_GRACE`] only.
 async fn claim_round(
     shared: &Arc<Shared>,
     tx: &mpsc::UnboundedSender<Report>,
-    deliveries: &mut JoinSet<()>,
+    state: &mut Claiming<'_>,
     start: u32,
     mut free: usize,
-    failures: &mut u32,
+    help: bool,
 ) -> Round {
     let config = &shared.config;
     let partitions = shared.store.keys().partitions();
     let mut round = Round {
-        head: None,
         full: false,
+        help_full: false,
         error: false,
     };
+    let prefetch = PREFETCH.as_millis() as i64;
+    let refill = REFILL.as_millis() as i64;
+    let grace = super::owners::HELP_GRACE.as_millis() as i64;
     for i in 0..partitions {
         let p = (start + i) % partitions;
+        let now = crate::util::now_ms();
+        let owned = shared.owners.owns(p);
+        let woken = shared.owners.take_woken(p);
+        let head = state.heads[p as usize];
+        let horizon = if owned {
+            if !woken && head.is_some_and(|h| h > now + refill) {
+                continue;
+            }
+            now + prefetch
+        } else if help {
+            now - grace
+        } else {
+            continue;
+        };
         let limit = free.min(config.claim_batch);
         if limit == 0 {
             round.full = true;
+            // Not looked at: claim it again as soon as there is room.
+            shared.owners.wake(p);
             break;
         }
-        let lease_ms = config.lease.as_millis() as u64;
-        let now = crate::util::now_ms();
-        let claimed = shared
-            .store
-            .claim(p, now, lease_ms, limit, &config.node_id, config.max_stalls)
-            .await;
-        match claimed {
+        let claim = Claim {
+            now_ms: now,
+            horizon_ms: horizon,
+            lease_ms: config.lease.as_millis() as u64,
+            limit,
+            owner: &config.node_id,
+            max_stalls: config.max_stalls,
+        };
+        match shared.store.claim_until(p, &claim).await {
             Ok((h, claimed)) => {
-                *failures = 0;
-                round.full |= claimed.len() == limit;
-                free -= claimed.len();
-                if let Some(h) = h {
-                    round.head = Some(round.head.map_or(h, |x| x.min(h)));
+                *state.failures = 0;
+                let full = claimed.len() == limit;
+                if owned {
+                    round.full |= full;
+                } else {
+                    round.help_full |= full;
                 }
+                free -= claimed.len();
+                state.heads[p as usize] = h;
                 for c in claimed {
-                    dispatch(shared, tx, deliveries, c);
+                    dispatch(shared, tx, state.deliveries, c);
                 }
             }
             Err(e) => {
                 round.error = true;
-                *failures += 1;
+                *state.failures += 1;
+                shared.owners.wake(p);
                 shared.metrics.redis_errors.inc();
                 warn!(error = %e, partition = p, "claim failed; backing off");
             }
@@ -186,10 +290,15 @@ fn dispatch(
     let span =
         info_span!("delivery", id = %c.id, attempt = c.attempt, host = tracing::field::Empty);
     shared.metrics.in_flight.inc();
-    let lateness_ms = (crate::util::now_ms() - c.due_ms).max(0);
-    shared.metrics.lateness.observe(lateness_ms as f64 / 1000.0);
     deliveries.spawn(
         async move {
+            // A prefetched entry is held until it falls due (at most PREFETCH).
+            let early = c.due_ms - crate::util::now_ms();
+            if early > 0 {
+                tokio::time::sleep(Duration::from_millis(early as u64)).await;
+            }
+            let lateness_ms = (crate::util::now_ms() - c.due_ms).max(0);
+            shared.metrics.lateness.observe(lateness_ms as f64 / 1000.0);
             let started = Instant::now();
             let report = deliver_one(&shared, c).await;
             shared
@@ -345,16 +454,41 @@ fn settlement(
     }
 }
 
-/// Subscribes to every partition's wake channel and pokes the scheduler on every message, and after every
-/// (re)connect, since wake-ups sent while disconnected are lost.
+/// Subscribes to every partition's wake channel and marks the partition woken on every message,
+/// poking the scheduler when it owns that partition; after every (re)connect it wakes them all,
+/// since wake-ups sent while disconnected are lost.
 pub(super) async fn wake_listener(shared: Arc<Shared>, stop: CancellationToken) {
     let channels = shared.store.keys().wake_channels();
+    let partition_of: std::collections::HashMap<&str, u32> = channels
+        .iter()
+        .enumerate()
+        .map(|(p, c)| (c.as_str(), p as u32))
+        .collect();
     crate::redis::follow::follow(
         shared.store.redis(),
         &channels,
         &stop,
-        || shared.wake.notify_one(),
-        |_| shared.wake.notify_one(),
+        || {
+            shared.owners.wake_all();
+            shared.wake.notify_one();
+        },
+        |msg| {
+            let channel = msg.channel.as_str();
+            match partition_of.get(channel) {
+                // Another worker's partition: its owner is woken; this one helps on its own
+                // schedule.
+                Some(&p) => {
+                    shared.owners.wake(p);
+                    if shared.owners.owns(p) {
+                        shared.wake.notify_one();
+                    }
+                }
+                None => {
+                    shared.owners.wake_all();
+                    shared.wake.notify_one();
+                }
+            }
+        },
     )
     .await;
 }
