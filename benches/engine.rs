@@ -707,19 +707,31 @@ fn intake_doc(url: &str, id: &str, due: i64) -> String {
     serde_json::json!({"id": id, "url": url, "body": body, "deliver_at": due}).to_string()
 }
 
-/// Waits until `target` notifications are enqueued; reports entries/s and CPU µs per entry
-/// since `start` / `before`.
-async fn until_enqueued(
-    label: &str,
-    conn: &mut redis::aio::MultiplexedConnection,
-    keys: &Keys,
+/// One measured phase of the intake benchmark: `n` entries, done when `target` are enqueued.
+struct Phase {
+    label: &'static str,
     target: u64,
     n: u64,
     start: Instant,
     before: [f64; 3],
+}
+
+/// Waits until the phase's `target` notifications are enqueued; reports entries/s and CPU µs
+/// per entry since its `start` / `before`.
+async fn until_enqueued(
+    phase: Phase,
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &Keys,
     redis: &RedisServer,
     procs: &[std::process::Child],
 ) {
+    let Phase {
+        label,
+        target,
+        n,
+        start,
+        before,
+    } = phase;
     let deadline = Instant::now() + Duration::from_secs(300);
     while enqueued_count(conn, keys).await < target {
         assert!(Instant::now() < deadline, "{label}: not all enqueued");
@@ -818,10 +830,14 @@ async fn intake(n: u64, worker_count: u64, partitions: u64) {
     }
     let added = start.elapsed();
     println!("  intake: {n} XADDed in {:.3} s", added.as_secs_f64());
-    until_enqueued(
-        "intake", &mut conn, &keys, n, n, start, before, &redis, &procs,
-    )
-    .await;
+    let phase = Phase {
+        label: "intake",
+        target: n,
+        n,
+        start,
+        before,
+    };
+    until_enqueued(phase, &mut conn, &keys, &redis, &procs).await;
     let pending: u64 = redis::cmd("XLEN")
         .arg(keys.intake())
         .query_async(&mut conn)
@@ -861,18 +877,14 @@ async fn intake(n: u64, worker_count: u64, partitions: u64) {
         while set.try_join_next().is_some() {}
     }
     while set.join_next().await.is_some() {}
-    until_enqueued(
-        "http",
-        &mut conn,
-        &keys,
-        2 * n,
+    let phase = Phase {
+        label: "http",
+        target: 2 * n,
         n,
         start,
         before,
-        &redis,
-        &procs,
-    )
-    .await;
+    };
+    until_enqueued(phase, &mut conn, &keys, &redis, &procs).await;
     for mut p in procs {
         let _ = p.kill();
         let _ = p.wait();
