@@ -10,6 +10,12 @@
 //! - soak (not in `all`): R/s (default 5,000) through the intake stream for S seconds (default
 //!   600) with `--retention` BENCH_RETENTION (default 1m); Redis memory every 10 s, which must
 //!   stay flat once retention has begun to forget.
+//! - intake (not in `all`): intake throughput. N notifications (default 100,000; 250-byte
+//!   bodies, due in an hour so nothing is delivered) are XADDed to the intake stream in bulk
+//!   (pipelines of 1,000) while BENCH_WORKERS `--roles api,worker` nodes consume it; entries/s
+//!   from the first XADD until all are enqueued, with node and Redis CPU µs per entry (from
+//!   `/proc/<pid>/stat`). In the same run, as the peer, the direct path: N more notifications
+//!   by `POST /v1/notifications` (512 in flight, keep-alive) to the same nodes.
 //!
 //! Environment: BENCH_N, BENCH_RATE, BENCH_SECONDS, BENCH_WORKERS, BENCH_PARTITIONS,
 //! BENCH_RETENTION, BENCH_SIGN (hmac, ed25519 or both: the workers sign every attempt;
@@ -657,6 +663,9 @@ fn main() {
             )
             .await;
         }
+        if mode == "intake" {
+            intake(env("BENCH_N", 100_000), workers, partitions).await;
+        }
         if mode == "http-ceiling" {
             http_ceiling(env("BENCH_N", 50_000)).await;
         }
@@ -670,4 +679,214 @@ fn main() {
             .await;
         }
     });
+}
+
+const BENCH_API_KEY: &str = "bench-api-key-0123456789";
+
+/// Notifications enqueued so far (the `enqueued` counters of every partition).
+async fn enqueued_count(conn: &mut redis::aio::MultiplexedConnection, keys: &Keys) -> u64 {
+    let mut total = 0;
+    for p in 0..keys.partitions() {
+        let n: Option<u64> = redis::cmd("HGET")
+            .arg(keys.partition(p).stats)
+            .arg("enqueued")
+            .query_async(conn)
+            .await
+            .unwrap();
+        total += n.unwrap_or(0);
+    }
+    total
+}
+
+/// A notification document of the intake benchmark: a 250-byte body, due in an hour.
+fn intake_doc(url: &str, id: &str, due: i64) -> String {
+    let mut body = format!("{id}:");
+    while body.len() < 250 {
+        body.push('x');
+    }
+    serde_json::json!({"id": id, "url": url, "body": body, "deliver_at": due}).to_string()
+}
+
+/// One measured phase of the intake benchmark: `n` entries, done when `target` are enqueued.
+struct Phase {
+    label: &'static str,
+    target: u64,
+    n: u64,
+    start: Instant,
+    before: [f64; 3],
+}
+
+/// Waits until the phase's `target` notifications are enqueued; reports entries/s and CPU µs
+/// per entry since its `start` / `before`.
+async fn until_enqueued(
+    phase: Phase,
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &Keys,
+    redis: &RedisServer,
+    procs: &[std::process::Child],
+) {
+    let Phase {
+        label,
+        target,
+        n,
+        start,
+        before,
+    } = phase;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while enqueued_count(conn, keys).await < target {
+        assert!(Instant::now() < deadline, "{label}: not all enqueued");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let after = cpu_times(redis, procs);
+    let per = |i: usize| (after[i] - before[i]) * 1e6 / n as f64;
+    println!(
+        "  {label}: {n} enqueued in {secs:.3} s = {:.0}/s ({:.0}/s per node); CPU per entry: nodes {:.1} us, redis-server {:.1} us, harness {:.1} us",
+        n as f64 / secs,
+        n as f64 / secs / procs.len() as f64,
+        per(1),
+        per(0),
+        per(2)
+    );
+}
+
+// long: two measured phases sharing one setup read best in order.
+async fn intake(n: u64, worker_count: u64, partitions: u64) {
+    println!("intake: {n} notifications (250-byte bodies) through the intake stream, then {n} by POST /v1/notifications, {worker_count} node(s), {partitions} partition(s)");
+    let (redis, _stats, sink, _store) = setup(partitions).await;
+    let url = format!("http://{sink}/notify");
+    let keys = Keys::new("paynotify", partitions as u32);
+    let bin = std::env::var("PAYNOTIFY_BIN").unwrap_or_else(|_| "target/release/paynotify".into());
+    let ports: Vec<u16> = (0..worker_count)
+        .map(|_| paynotify_testkit::free_port().unwrap())
+        .collect();
+    let procs: Vec<std::process::Child> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            std::process::Command::new(&bin)
+                .args([
+                    "serve",
+                    "--roles",
+                    "api,worker",
+                    "--redis-url",
+                    &redis.url(),
+                ])
+                .args([
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--allow-private-targets",
+                ])
+                .args(["--partitions", &partitions.to_string()])
+                .args(["--api-key", BENCH_API_KEY])
+                .args(["--node-id", &format!("bench-{i}")])
+                .env("PAYNOTIFY_LOG", "warn")
+                .spawn()
+                .expect("build the release binary first: cargo build --release")
+        })
+        .collect();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
+    for port in &ports {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !http
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node on {port} never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let due = paynotify::now_ms() + 3_600_000;
+
+    // Intake: bulk XADDs while the nodes consume.
+    let docs: Vec<String> = (0..n)
+        .map(|i| intake_doc(&url, &format!("in-{i}"), due))
+        .collect();
+    let before = cpu_times(&redis, &procs);
+    let start = Instant::now();
+    for chunk in docs.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for doc in chunk {
+            pipe.cmd("XADD")
+                .arg(keys.intake())
+                .arg("*")
+                .arg("notification")
+                .arg(doc)
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await.unwrap();
+    }
+    let added = start.elapsed();
+    println!("  intake: {n} XADDed in {:.3} s", added.as_secs_f64());
+    let phase = Phase {
+        label: "intake",
+        target: n,
+        n,
+        start,
+        before,
+    };
+    until_enqueued(phase, &mut conn, &keys, &redis, &procs).await;
+    let pending: u64 = redis::cmd("XLEN")
+        .arg(keys.intake())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    println!("  intake: {pending} entries left in the stream");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The peer: the same documents by POST /v1/notifications.
+    let docs: Vec<String> = (0..n)
+        .map(|i| intake_doc(&url, &format!("api-{i}"), due))
+        .collect();
+    let sem = Arc::new(tokio::sync::Semaphore::new(512));
+    let mut set = tokio::task::JoinSet::new();
+    let before = cpu_times(&redis, &procs);
+    let start = Instant::now();
+    for (i, doc) in docs.into_iter().enumerate() {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let http = http.clone();
+        let url = format!(
+            "http://127.0.0.1:{}/v1/notifications",
+            ports[i % ports.len()]
+        );
+        set.spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(BENCH_API_KEY)
+                .header("content-type", "application/json")
+                .body(doc)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            let _ = r.bytes().await;
+            drop(permit);
+        });
+        while set.try_join_next().is_some() {}
+    }
+    while set.join_next().await.is_some() {}
+    let phase = Phase {
+        label: "http",
+        target: 2 * n,
+        n,
+        start,
+        before,
+    };
+    until_enqueued(phase, &mut conn, &keys, &redis, &procs).await;
+    for mut p in procs {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
 }

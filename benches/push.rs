@@ -1,11 +1,19 @@
 //! Browser push benchmark (not a test): `cargo bench --bench push`.
 //!
-//! Starts a private redis-server and two `paynotify serve --roles gateway` release processes,
-//! opens BENCH_CONNS websocket connections (default 15,000) split over the two nodes, each
-//! following its own order, then publishes BENCH_RATE results per second (default 10,000) for
-//! BENCH_SECONDS (default 10) with the same script the API uses, each to one random followed
-//! order. Reports results lost, publish-to-client latency (publisher clock to client clock,
-//! same machine) and server memory per idle subscribed connection (RSS growth / connections).
+//! Starts a private redis-server and two `paynotify serve --roles gateway,worker` release
+//! processes (the worker role runs the intake consumer; both nodes share its group), opens
+//! BENCH_CONNS websocket connections (default 15,000) split over the two nodes, each following
+//! its own order, then publishes BENCH_RATE results per second (default 10,000) for
+//! BENCH_SECONDS (default 10), each to one random followed order, by each path of BENCH_PATH
+//! (`direct`, `intake` or `both`, the default; `both` measures the paths one after the other on
+//! the same nodes and sockets, BENCH_ROUNDS times, default 1):
+//!
+//! - `direct`: the same script the API uses (`publish.lua`), called from this process;
+//! - `intake`: `XADD paynotify:intake * result <json>`, as an app server in any language does.
+//!
+//! Reports per path results lost and publish-to-client latency (publisher clock just before the
+//! call to client clock, same machine), and server memory per idle subscribed connection (RSS
+//! growth / connections).
 
 // A benchmark harness: a failed setup step should stop it loudly.
 #![allow(clippy::unwrap_used)]
@@ -50,7 +58,13 @@ fn rss_kib(pid: u32) -> u64 {
 fn node(redis: &RedisServer, port: u16) -> std::process::Child {
     let bin = std::env::var("PAYNOTIFY_BIN").unwrap_or_else(|_| "target/release/paynotify".into());
     std::process::Command::new(bin)
-        .args(["serve", "--roles", "gateway", "--redis-url", &redis.url()])
+        .args([
+            "serve",
+            "--roles",
+            "gateway,worker",
+            "--redis-url",
+            &redis.url(),
+        ])
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -95,7 +109,16 @@ async fn run() {
     let conns = env("BENCH_CONNS", 15_000);
     let rate = env("BENCH_RATE", 10_000);
     let seconds = env("BENCH_SECONDS", 10);
-    println!("push: {conns} websocket connections over 2 nodes, {rate} results/s for {seconds} s");
+    let paths: &[&str] = match std::env::var("BENCH_PATH").as_deref() {
+        Ok("direct") => &["direct"],
+        Ok("intake") => &["intake"],
+        Ok("both") | Err(_) => &["direct", "intake"],
+        Ok(other) => panic!("BENCH_PATH={other}: expected direct, intake or both"),
+    };
+    let rounds = env("BENCH_ROUNDS", 1);
+    println!(
+        "push: {conns} websocket connections over 2 nodes, {rate} results/s for {seconds} s per path {paths:?}, {rounds} round(s)"
+    );
     let redis = RedisServer::start().unwrap();
     let ports = [
         paynotify_testkit::free_port().unwrap(),
@@ -193,60 +216,37 @@ async fn run() {
 
     let handle = Redis::connect(&redis.url(), Keys::new("paynotify", 1)).unwrap();
     handle.load_scripts().await.unwrap();
-    let store = Results::new(handle);
-    let total = rate * seconds;
-    // Paced every millisecond: bursts would measure the publisher's queueing, not delivery.
-    let tick = Duration::from_millis(1);
-    let per_tick = (rate / 1000).max(1);
-    let mut interval = tokio::time::interval(tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let publish_start = Instant::now();
-    let mut published = 0u64;
+    let store = Results::new(handle.clone());
     let mut seed: u64 = 7;
-    while published < total {
-        interval.tick().await;
-        let batch = per_tick.min(total - published);
-        let futs = (0..batch).map(|_| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let order = format!("bench-{}", (seed >> 33) % conns);
-            let store = &store;
-            async move {
-                let doc = paynotify::push::ResultDoc {
-                    order_id: order,
-                    status: "paid".into(),
-                    data: serde_json::json!({"t_us": now_us()}),
-                };
-                paynotify::push::publish(store, Duration::from_secs(600), &doc)
-                    .await
-                    .unwrap();
+    for round in 1..=rounds {
+        for path in paths {
+            received.store(0, Ordering::Relaxed);
+            latencies.lock().unwrap().clear();
+            let intake = *path == "intake";
+            let published =
+                publish_for(&store, &handle, intake, rate, seconds, conns, &mut seed).await;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while received.load(Ordering::Relaxed) < published && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-        });
-        futures::future::join_all(futs).await;
-        published += batch;
+            let got = received.load(Ordering::Relaxed);
+            let mut lat = latencies.lock().unwrap().clone();
+            lat.sort_unstable();
+            println!(
+                "  [{path}, round {round}] published {published}; received {got}; lost {}",
+                published.saturating_sub(got)
+            );
+            println!(
+                "  [{path}, round {round}] publish-to-client latency: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+                pct(&lat, 0.5) as f64 / 1000.0,
+                pct(&lat, 0.9) as f64 / 1000.0,
+                pct(&lat, 0.99) as f64 / 1000.0,
+                pct(&lat, 0.999) as f64 / 1000.0,
+                lat.last().copied().unwrap_or(0) as f64 / 1000.0
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
-    let publish_secs = publish_start.elapsed().as_secs_f64();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while received.load(Ordering::Relaxed) < published && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let got = received.load(Ordering::Relaxed);
-    let mut lat = latencies.lock().unwrap().clone();
-    lat.sort_unstable();
-    println!(
-        "  published {published} in {publish_secs:.2} s ({:.0}/s); received {got}; lost {}",
-        published as f64 / publish_secs,
-        published.saturating_sub(got)
-    );
-    println!(
-        "  publish-to-client latency: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-        pct(&lat, 0.5) as f64 / 1000.0,
-        pct(&lat, 0.9) as f64 / 1000.0,
-        pct(&lat, 0.99) as f64 / 1000.0,
-        pct(&lat, 0.999) as f64 / 1000.0,
-        lat.last().copied().unwrap_or(0) as f64 / 1000.0
-    );
     for n in &mut nodes {
         let _ = n.kill();
         let _ = n.wait();
@@ -254,4 +254,72 @@ async fn run() {
     for t in tasks {
         t.abort();
     }
+}
+
+/// Publishes `rate` results per second for `seconds`, paced every millisecond (bursts would
+/// measure the publisher's queueing, not delivery), directly (`publish.lua`) or through the
+/// intake stream; returns how many were published.
+async fn publish_for(
+    store: &Results,
+    handle: &Redis,
+    intake: bool,
+    rate: u64,
+    seconds: u64,
+    conns: u64,
+    seed: &mut u64,
+) -> u64 {
+    let total = rate * seconds;
+    let tick = Duration::from_millis(1);
+    let per_tick = (rate / 1000).max(1);
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let publish_start = Instant::now();
+    let mut published = 0u64;
+    let stream = handle.keys().intake();
+    while published < total {
+        interval.tick().await;
+        let batch = per_tick.min(total - published);
+        let futs = (0..batch).map(|_| {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let order = format!("bench-{}", (*seed >> 33) % conns);
+            let stream = &stream;
+            async move {
+                if intake {
+                    let doc = serde_json::json!({
+                        "order_id": order, "status": "paid", "data": {"t_us": now_us()}
+                    });
+                    let _: String = handle
+                        .query(
+                            redis::cmd("XADD")
+                                .arg(stream)
+                                .arg("*")
+                                .arg("result")
+                                .arg(doc.to_string()),
+                        )
+                        .await
+                        .unwrap();
+                } else {
+                    let doc = paynotify::push::ResultDoc {
+                        order_id: order,
+                        status: "paid".into(),
+                        data: serde_json::json!({"t_us": now_us()}),
+                    };
+                    paynotify::push::publish(store, Duration::from_secs(600), &doc)
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+        futures::future::join_all(futs).await;
+        published += batch;
+    }
+    let secs = publish_start.elapsed().as_secs_f64();
+    println!(
+        "  {} published {published} in {secs:.2} s ({:.0}/s)",
+        if intake { "intake" } else { "direct" },
+        published as f64 / secs
+    );
+    published
 }

@@ -428,7 +428,9 @@ async fn run_once(s: &Settings, n: usize, count: u64) -> f64 {
     let enqueue_rate = enqueue(&http, api_port, &s.api_key, &sink, ("w", warmup, &|_| day)).await;
     // Everything falls due at one instant after enqueueing and worker startup, with room.
     let startup_ms = 1500 + 250 * n as i64;
-    let due = paynotify::now_ms() + (count as f64 / enqueue_rate * 1250.0) as i64 + startup_ms;
+    // Steady runs spread the due times, but all must be enqueued before the first: more room.
+    let room = if s.rate > 0 { 2000.0 } else { 1250.0 };
+    let due = paynotify::now_ms() + (count as f64 / enqueue_rate * room) as i64 + startup_ms;
     // Drain: all due at once. Steady: the i-th due i / BENCH_RATE seconds after the first.
     let rate = s.rate;
     let due_of = move |i: u64| due + (i * 1000).checked_div(rate).unwrap_or(0) as i64;
@@ -611,7 +613,7 @@ async fn run_once(s: &Settings, n: usize, count: u64) -> f64 {
         q(1.0)
     );
     println!(
-        "ROW workers={n} rate={rate:.0} redis_us={:.1} worker_us={:.1} scripts={:.4} commands={:.3} p50_ms={} p99_ms={} max_ms={} redis_cores={:.3} worker_cores={:.3} script_us_per_call={:.1} script_us={:.1}",
+        "ROW workers={n} rate={rate:.0} before_clock={before_ready} redis_us={:.1} worker_us={:.1} scripts={:.4} commands={:.3} p50_ms={} p99_ms={} max_ms={} redis_cores={:.3} worker_cores={:.3} script_us_per_call={:.1} script_us={:.1}",
         per(0),
         per(1),
         scripts as f64 / delivered.max(1) as f64,

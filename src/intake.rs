@@ -2,37 +2,46 @@
 //! callback) or `XADD <prefix>:intake * result <json>` (an order result for browsers) from any
 //! Redis client, and this consumer moves each entry onto the schedule or publishes it.
 //!
-//! Invariant: an entry is acknowledged (and deleted) only after it is on the schedule, or after
-//! it has been copied to the rejected stream with its reason; nothing is dropped silently. An
+//! Two tasks per node: a reader that reads batches (`XREADGROUP … BLOCK` on a connection of its
+//! own, and every `--lease` an `XAUTOCLAIM` of entries a stalled consumer left pending) and hands
+//! them over a channel of [`AHEAD`] batches, and a taker that takes each batch in
+//! ([`batch::take`]: one enqueue call per partition, pipelined publishes) and acknowledges it.
+//! So the next read is on the wire while a batch is taken in, and the two hops never wait for
+//! each other while entries keep coming. Nodes share one consumer group.
+//!
+//! Invariant: an entry is acknowledged (and deleted) only after it is on the schedule, or its
+//! result published, or after it has been copied to the rejected stream with its reason;
+//! nothing is dropped silently. An entry read but not acknowledged (in the channel, being taken
+//! in, failed, or its node crashed) is pending in the group and reclaimed by `XAUTOCLAIM`. An
 //! entry without an id gets `intake-<entry id>` so a redelivered entry is enqueued once.
+
+pub mod batch;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use redis::Value;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::delivery::merchants::{parse_notification, EnqueueError, Registry};
+use crate::delivery::merchants::Registry;
 use crate::delivery::schema;
-use crate::delivery::store::{Enqueued, Store};
+use crate::delivery::store::Store;
 use crate::push::store::Results;
 use crate::redis::{Blocking, Redis, StoreError};
 
 /// A stream entry: its id and its fields.
-type Entry = (String, Vec<(String, Vec<u8>)>);
+pub type Entry = (String, Vec<(String, Vec<u8>)>);
 
 /// Most entries read per call.
-const READ_COUNT: usize = 256;
+const READ_COUNT: usize = 512;
+/// Batches read ahead of the one being taken in (all of them pending in the group).
+const AHEAD: usize = 2;
 /// How long one blocking read waits for new entries.
 const BLOCK: Duration = Duration::from_secs(2);
-/// Most rejected entries kept (the stream is trimmed approximately to this length).
-const REJECTED_MAXLEN: usize = 100_000;
-/// Most bytes of each field copied into a rejected entry (the stream is for diagnosis; an
-/// oversized entry must not be stored twice at full size).
-const REJECTED_FIELD_BYTES: usize = 8 * 1024;
 
 /// Most bytes in one entry, field names and values together: a notification document at its
 /// limit plus a result at its limit, with room for names.
@@ -93,9 +102,7 @@ pub fn decode_entry(fields: &[(String, Vec<u8>)]) -> Result<IntakeEntry, IntakeE
     Err(IntakeError::NoNotification(names.join(", ")))
 }
 
-/// Consumes the intake stream until `shutdown`.
-// long: the consumer loop with its group, reclaim and blocking-read states reads best whole;
-// its per-batch work is in `process`.
+/// Consumes the intake stream until `shutdown`: the reader and the taker (see the module doc).
 pub async fn run(
     config: Arc<Config>,
     redis: Redis,
@@ -103,8 +110,60 @@ pub async fn run(
     metrics: crate::metrics::Metrics,
     shutdown: CancellationToken,
 ) {
-    let store = Store::new(redis.clone());
-    let results = Results::new(redis.clone());
+    let (batches, mut incoming) = mpsc::channel::<Vec<Entry>>(AHEAD);
+    info!(stream = %redis.keys().intake(), "intake consumer started");
+    let reader = read(&config, &redis, &metrics, batches, &shutdown);
+    let taker = async {
+        let store = Store::new(redis.clone());
+        let results = Results::new(redis.clone());
+        let cx = batch::Intake {
+            store: &store,
+            results: &results,
+            merchants: &merchants,
+            config: &config,
+            metrics: &metrics,
+        };
+        let mut failures = 0u32;
+        while let Some(entries) = incoming.recv().await {
+            let taken = async {
+                let ack = batch::take(&cx, &entries).await?;
+                batch::acknowledge(&redis, &ack).await
+            };
+            let outcome = tokio::select! {
+                r = taken => r,
+                _ = shutdown.cancelled() => break,
+            };
+            match outcome {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    // Left pending: reclaimed by XAUTOCLAIM once idle for a lease.
+                    warn!(error = %e, count = entries.len(), "intake batch not acknowledged; will retry");
+                    metrics.redis_errors.inc();
+                    failures += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(crate::util::backoff(failures)) => {},
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+    };
+    // The taker stops at shutdown or when the reader is gone; the reader when shutdown comes
+    // or the taker is gone (its channel closed).
+    tokio::join!(reader, taker);
+    info!("intake consumer stopped");
+}
+
+/// The reader: creates the group, reclaims stalled entries every lease, reads new ones, and
+/// sends each non-empty batch to the taker. Returns at shutdown or when the taker is gone.
+// long: the group, reclaim and blocking-read states with their one error path read best whole.
+async fn read(
+    config: &Config,
+    redis: &Redis,
+    metrics: &crate::metrics::Metrics,
+    batches: mpsc::Sender<Vec<Entry>>,
+    shutdown: &CancellationToken,
+) {
     let keys = redis.keys().clone();
     let stream = keys.intake();
     let group = keys.intake_group();
@@ -115,53 +174,28 @@ pub async fn run(
     // A dedicated connection for the blocking read, so a BLOCK never stalls the commands on the
     // shared one. Kept across iterations; rebuilt only after an error.
     let mut blocking: Option<Blocking> = None;
-    info!(%stream, "intake consumer started");
-    while !shutdown.is_cancelled() {
+    let send = |entries: Vec<Entry>| {
+        let batches = batches.clone();
+        async move { entries.is_empty() || batches.send(entries).await.is_ok() }
+    };
+    while !shutdown.is_cancelled() && !batches.is_closed() {
         let step = async {
             if !group_ready {
-                let created: Result<Value, StoreError> = redis
-                    .query(
-                        redis::cmd("XGROUP")
-                            .arg("CREATE")
-                            .arg(&stream)
-                            .arg(group)
-                            .arg("0")
-                            .arg("MKSTREAM"),
-                    )
-                    .await;
-                match created {
-                    Ok(_) => info!("created intake consumer group"),
-                    Err(e) if e.code() == Some("BUSYGROUP") => {}
-                    Err(e) => return Err(e),
-                }
+                create_group(redis, &stream, group).await?;
                 group_ready = true;
             }
-            // Entries a crashed node read but never acknowledged.
+            // Entries a crashed node read but never acknowledged (or that failed here).
             if last_autoclaim.elapsed() >= config.lease {
                 last_autoclaim = tokio::time::Instant::now();
-                let reply: StreamAutoClaimReply = redis
-                    .query(
-                        redis::cmd("XAUTOCLAIM")
-                            .arg(&stream)
-                            .arg(group)
-                            .arg(&consumer)
-                            .arg(config.lease.as_millis() as u64)
-                            .arg("0")
-                            .arg("COUNT")
-                            .arg(READ_COUNT),
-                    )
-                    .await?;
-                let entries: Vec<Entry> = reply
-                    .claimed
-                    .into_iter()
-                    .map(|e| (e.id, fields_of(e.map)))
-                    .collect();
+                let entries = autoclaim(redis, &stream, group, &consumer, config.lease).await?;
                 if !entries.is_empty() {
                     info!(
                         count = entries.len(),
                         "reclaimed intake entries from a stalled consumer"
                     );
-                    process(&store, &results, &merchants, &config, &metrics, &entries).await?;
+                }
+                if !send(entries).await {
+                    return Ok(());
                 }
             }
             if blocking.is_none() {
@@ -189,10 +223,10 @@ pub async fn run(
                     .flat_map(|k| k.ids)
                     .map(|e| (e.id, fields_of(e.map)))
                     .collect();
-                if !entries.is_empty() {
-                    process(&store, &results, &merchants, &config, &metrics, &entries).await?;
-                }
-                if shutdown.is_cancelled() || last_autoclaim.elapsed() >= config.lease {
+                if !send(entries).await
+                    || shutdown.is_cancelled()
+                    || last_autoclaim.elapsed() >= config.lease
+                {
                     return Ok::<(), StoreError>(());
                 }
             }
@@ -213,15 +247,61 @@ pub async fn run(
                 }
                 failures += 1;
                 metrics.redis_errors.inc();
-                let backoff = crate::util::backoff(failures);
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {},
+                    _ = tokio::time::sleep(crate::util::backoff(failures)) => {},
                     _ = shutdown.cancelled() => break,
                 }
             }
         }
     }
-    info!("intake consumer stopped");
+}
+
+/// `XGROUP CREATE … MKSTREAM`; a group that exists already is fine.
+async fn create_group(redis: &Redis, stream: &str, group: &str) -> Result<(), StoreError> {
+    let created: Result<Value, StoreError> = redis
+        .query(
+            redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(stream)
+                .arg(group)
+                .arg("0")
+                .arg("MKSTREAM"),
+        )
+        .await;
+    match created {
+        Ok(_) => info!("created intake consumer group"),
+        Err(e) if e.code() == Some("BUSYGROUP") => {}
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+/// Claims for `consumer` entries pending longer than `idle` (a stalled consumer's, or ones
+/// that failed here).
+async fn autoclaim(
+    redis: &Redis,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    idle: Duration,
+) -> Result<Vec<Entry>, StoreError> {
+    let reply: StreamAutoClaimReply = redis
+        .query(
+            redis::cmd("XAUTOCLAIM")
+                .arg(stream)
+                .arg(group)
+                .arg(consumer)
+                .arg(idle.as_millis() as u64)
+                .arg("0")
+                .arg("COUNT")
+                .arg(READ_COUNT),
+        )
+        .await?;
+    Ok(reply
+        .claimed
+        .into_iter()
+        .map(|e| (e.id, fields_of(e.map)))
+        .collect())
 }
 
 fn fields_of(map: std::collections::HashMap<String, Value>) -> Vec<(String, Vec<u8>)> {
@@ -235,110 +315,4 @@ fn fields_of(map: std::collections::HashMap<String, Value>) -> Vec<(String, Vec<
             (k, bytes)
         })
         .collect()
-}
-
-/// Enqueues one notification entry: `Ok(Some(reason))` rejects it, `Err` leaves it pending.
-async fn take_notification(
-    store: &Store,
-    merchants: &Registry,
-    metrics: &crate::metrics::Metrics,
-    entry_id: &str,
-    doc: schema::Document,
-    now: i64,
-) -> Result<Option<IntakeError>, StoreError> {
-    let n = match parse_notification(merchants, doc, now, || format!("intake-{entry_id}")).await {
-        Ok(n) => n,
-        Err(EnqueueError::Schema(e)) => return Ok(Some(IntakeError::Schema(e))),
-        // Not acknowledged: retried once the registry can be read.
-        Err(EnqueueError::Registry(e)) => return Err(StoreError::Reply(e.to_string())),
-    };
-    Ok(match store.enqueue(&n, now).await? {
-        Enqueued::Created { .. } => {
-            metrics.enqueued.inc();
-            None
-        }
-        Enqueued::Exists { .. } => None,
-        Enqueued::Conflict { state } => Some(IntakeError::Conflict { id: n.id, state }),
-    })
-}
-
-/// Enqueues, publishes or rejects a batch of entries, then acknowledges them all.
-async fn process(
-    store: &Store,
-    results: &Results,
-    merchants: &Registry,
-    config: &Config,
-    metrics: &crate::metrics::Metrics,
-    entries: &[Entry],
-) -> Result<(), StoreError> {
-    let now = crate::util::now_ms();
-    let results = futures::future::join_all(entries.iter().map(|(entry_id, fields)| async move {
-        match decode_entry(fields) {
-            Ok(IntakeEntry::Notification(doc)) => {
-                take_notification(store, merchants, metrics, entry_id, doc, now).await
-            }
-            Ok(IntakeEntry::Result(doc)) => {
-                crate::push::publish(results, config.result_ttl, &doc).await?;
-                metrics.results_published.inc();
-                Ok(None)
-            }
-            Err(e) => Ok(Some(e)),
-        }
-    }))
-    .await;
-    let redis = store.redis();
-    let mut ack = Vec::with_capacity(entries.len());
-    for ((entry_id, fields), result) in entries.iter().zip(results) {
-        match result {
-            Ok(None) => ack.push(entry_id.clone()),
-            Ok(Some(reason)) => {
-                warn!(entry = %entry_id, %reason, "intake entry rejected");
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(redis.keys().rejected())
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(REJECTED_MAXLEN)
-                    .arg("*")
-                    .arg("reason")
-                    .arg(reason.to_string())
-                    .arg("entry_id")
-                    .arg(entry_id);
-                for (k, v) in fields.iter().take(32) {
-                    let k: &str = if k.len() <= 256 {
-                        k
-                    } else {
-                        "oversized_field_name"
-                    };
-                    if v.len() > REJECTED_FIELD_BYTES {
-                        cmd.arg(k).arg(&v[..REJECTED_FIELD_BYTES]);
-                        cmd.arg(format!("{k}.truncated_from")).arg(v.len());
-                    } else {
-                        cmd.arg(k).arg(v.as_slice());
-                    }
-                }
-                let _: Value = redis.query(&cmd).await?;
-                ack.push(entry_id.clone());
-            }
-            Err(e) => {
-                // Not acknowledged: the entry stays pending and is retried (XAUTOCLAIM).
-                warn!(entry = %entry_id, error = %e, "intake entry not enqueued; will retry");
-            }
-        }
-    }
-    acknowledge(redis, &ack).await
-}
-
-/// Acknowledges and deletes intake entries (`intake_ack.lua`).
-async fn acknowledge(redis: &Redis, entry_ids: &[String]) -> Result<(), StoreError> {
-    if entry_ids.is_empty() {
-        return Ok(());
-    }
-    let keys = redis.keys();
-    let mut inv = redis.scripts().intake_ack.prepare_invoke();
-    inv.key(keys.intake()).arg(keys.intake_group());
-    for id in entry_ids {
-        inv.arg(id);
-    }
-    let _: i64 = redis.invoke(&inv).await?;
-    Ok(())
 }

@@ -89,6 +89,27 @@ pub struct Swept {
     pub dead: usize,
 }
 
+/// One notification's answer from `enqueue.lua`: its kind and its due time or state.
+fn enqueued_of(pair: &[Value]) -> Result<Enqueued> {
+    let kind = pair.first().and_then(as_string).unwrap_or_default();
+    let second = pair.get(1);
+    let state = || {
+        second
+            .and_then(as_string)
+            .ok_or_else(|| StoreError::Reply(format!("enqueue answered {kind:?} without a state")))
+    };
+    Ok(match kind.as_str() {
+        "created" => Enqueued::Created {
+            due_ms: second.and_then(as_i64).ok_or_else(|| {
+                StoreError::Reply("enqueue answered created without a due time".into())
+            })?,
+        },
+        "exists" => Enqueued::Exists { state: state()? },
+        "conflict" => Enqueued::Conflict { state: state()? },
+        other => return Err(StoreError::Reply(format!("enqueue answered {other:?}"))),
+    })
+}
+
 /// The notification store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -124,48 +145,92 @@ impl Store {
     /// created (or already stored) notification is confirmed by the replicas before this
     /// answers.
     pub async fn enqueue(&self, n: &NewNotification, now_ms: i64) -> Result<Enqueued> {
+        let mut out = self.enqueue_partition(&[n], now_ms).await?;
+        out.pop()
+            .ok_or_else(|| StoreError::Reply("enqueue answered nothing".into()))
+    }
+
+    /// Enqueues a batch in order: one `enqueue.lua` call per partition the batch touches (its
+    /// keys share the partition's hash tag), the calls concurrent. Answers in the batch's order;
+    /// an error fails the whole batch (some partitions may have taken theirs: enqueueing again
+    /// answers `Exists`). With `--wait-replicas`, as [`enqueue`](Self::enqueue).
+    pub async fn enqueue_batch(
+        &self,
+        batch: &[NewNotification],
+        now_ms: i64,
+    ) -> Result<Vec<Enqueued>> {
         let keys = self.redis.keys();
-        let p = keys.partition_of(&n.id);
+        let mut by_partition: Vec<(u32, Vec<usize>)> = Vec::new();
+        for (i, n) in batch.iter().enumerate() {
+            let p = keys.partition_of(&n.id);
+            match by_partition.iter_mut().find(|(q, _)| *q == p) {
+                Some((_, members)) => members.push(i),
+                None => by_partition.push((p, vec![i])),
+            }
+        }
+        let calls = by_partition.iter().map(|(_, members)| {
+            let ns: Vec<&NewNotification> = members.iter().map(|&i| &batch[i]).collect();
+            async move { self.enqueue_partition(&ns, now_ms).await }
+        });
+        let replies = futures::future::join_all(calls).await;
+        let mut out: Vec<Option<Enqueued>> = vec![None; batch.len()];
+        for ((_, members), reply) in by_partition.iter().zip(replies) {
+            for (&i, e) in members.iter().zip(reply?) {
+                out[i] = Some(e);
+            }
+        }
+        out.into_iter()
+            .map(|e| e.ok_or_else(|| StoreError::Reply("enqueue answered too few".into())))
+            .collect()
+    }
+
+    /// One `enqueue.lua` call for notifications of one partition.
+    async fn enqueue_partition(
+        &self,
+        ns: &[&NewNotification],
+        now_ms: i64,
+    ) -> Result<Vec<Enqueued>> {
+        let Some(first) = ns.first() else {
+            return Ok(Vec::new());
+        };
+        let keys = self.redis.keys();
+        let p = keys.partition_of(&first.id);
         let pk = keys.partition(p);
-        let spec_json = n.spec.to_json();
         let mut inv = self.redis.scripts().enqueue.prepare_invoke();
         inv.key(&pk.due)
             .key(&pk.spec)
             .key(&pk.meta)
             .key(&pk.seq)
             .key(&pk.stats)
-            .arg(&n.id)
-            .arg(&spec_json)
-            .arg(n.spec.first_due(now_ms))
             .arg(now_ms)
-            .arg(keys.wake_channel(p))
-            .arg(crate::delivery::meta::spec_digest(&spec_json));
+            .arg(keys.wake_channel(p));
+        for n in ns {
+            let spec_json = n.spec.to_json();
+            let digest = crate::delivery::meta::spec_digest(&spec_json);
+            inv.arg(&n.id)
+                .arg(spec_json)
+                .arg(n.spec.first_due(now_ms))
+                .arg(digest);
+        }
         let reply: Vec<Value> = self
             .redis
             .invoke_durably(&inv, |reply: &Vec<Value>| {
-                matches!(
-                    reply.first().and_then(as_string).as_deref(),
-                    Some("created" | "exists")
-                )
+                reply.chunks(2).any(|r| {
+                    matches!(
+                        r.first().and_then(as_string).as_deref(),
+                        Some("created" | "exists")
+                    )
+                })
             })
             .await?;
-        let kind = reply.first().and_then(as_string).unwrap_or_default();
-        let second = reply.get(1);
-        let state = || {
-            second.and_then(as_string).ok_or_else(|| {
-                StoreError::Reply(format!("enqueue answered {kind:?} without a state"))
-            })
-        };
-        Ok(match kind.as_str() {
-            "created" => Enqueued::Created {
-                due_ms: second.and_then(as_i64).ok_or_else(|| {
-                    StoreError::Reply("enqueue answered created without a due time".into())
-                })?,
-            },
-            "exists" => Enqueued::Exists { state: state()? },
-            "conflict" => Enqueued::Conflict { state: state()? },
-            other => return Err(StoreError::Reply(format!("enqueue answered {other:?}"))),
-        })
+        if reply.len() != 2 * ns.len() {
+            return Err(StoreError::Reply(format!(
+                "enqueue answered {} elements for {} notifications",
+                reply.len(),
+                ns.len()
+            )));
+        }
+        reply.chunks(2).map(enqueued_of).collect()
     }
 
     /// Claims up to `limit` due entries of partition `p`. Returns the earliest score left in the

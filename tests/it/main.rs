@@ -12,6 +12,7 @@ mod faults;
 mod grafana;
 mod helm;
 mod hostile;
+mod intake;
 mod kill;
 mod lanes;
 mod logs;
