@@ -1,19 +1,25 @@
 //! One HTTP attempt at a merchant's notify URL, and what its result means.
 //!
 //! Invariant: the address that is checked against the private-range guard is the address that
-//! is connected to: the guard lives inside the DNS resolver the HTTP client uses, and IP-literal
-//! URLs (which skip the resolver) are checked before the request. Redirects are never followed
-//! and at most [`MAX_RESPONSE_BYTES`] of a response are read.
+//! is connected to: the guard lives inside the DNS resolver the HTTP client uses (`client.rs`:
+//! hyper-util's pooled HTTP/1.1 client, rustls for https), and IP-literal URLs (which skip the
+//! resolver) are checked before the request. Redirects are never followed, at most
+//! [`MAX_RESPONSE_BYTES`] of a response are read, and the notification's `timeout_ms` bounds
+//! the whole attempt: connecting, sending and reading the response.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use http_body_util::Full;
 
 use crate::delivery::schema::Spec;
 use crate::delivery::signing::Signer;
+
+mod client;
 
 /// Most response bytes read from a merchant.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -92,35 +98,6 @@ pub struct PrivateTarget {
     addr: IpAddr,
 }
 
-/// DNS resolver that drops non-public addresses unless private targets are allowed.
-struct GuardedResolver {
-    allow_private: bool,
-}
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let allow_private = self.allow_private;
-        Box::pin(async move {
-            let host = name.as_str().to_string();
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if allow_private {
-                return Ok(Box::new(all.into_iter()) as Addrs);
-            }
-            let public: Vec<SocketAddr> =
-                all.iter().copied().filter(|a| is_public(a.ip())).collect();
-            if public.is_empty() {
-                if let Some(first) = all.first() {
-                    return Err(Box::new(PrivateTarget {
-                        host,
-                        addr: first.ip(),
-                    }) as _);
-                }
-            }
-            Ok(Box::new(public.into_iter()) as Addrs)
-        })
-    }
-}
-
 /// What an attempt means for the notification.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -146,51 +123,55 @@ pub struct AttemptResult {
 /// Errors building the HTTP client.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
-    #[error("building the HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    #[error("building the HTTP client's TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
 }
+
+/// The `User-Agent` of every attempt.
+const USER_AGENT_VALUE: &str = concat!("paynotify/", env!("CARGO_PKG_VERSION"));
 
 /// Sends attempts. Cheap to clone.
 #[derive(Clone)]
 pub struct Deliverer {
-    client: reqwest::Client,
+    client: client::HttpClient,
     signer: Arc<Signer>,
     allow_private: bool,
 }
 
 impl Deliverer {
-    /// A pooled client; `signer` adds Standard Webhooks headers to every attempt.
+    /// A pooled client (at most `idle_per_host` idle connections per destination, each kept
+    /// 60 s); `signer` adds Standard Webhooks headers to every attempt.
     pub fn new(
         signer: Option<Signer>,
         allow_private: bool,
         idle_per_host: usize,
     ) -> Result<Self, DeliverError> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            // An HTTP(S)_PROXY in the environment would make the guard check the proxy's
-            // address instead of the merchant's: never use one.
-            .no_proxy()
-            .dns_resolver(Arc::new(GuardedResolver { allow_private }))
-            .user_agent(concat!("paynotify/", env!("CARGO_PKG_VERSION")))
-            .pool_max_idle_per_host(idle_per_host)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .connect_timeout(Duration::from_secs(10))
-            .tcp_nodelay(true)
-            .build()?;
+        Self::with_roots(signer, allow_private, idle_per_host, client::webpki_roots())
+    }
+
+    /// [`Deliverer::new`] trusting `roots` for https instead of the webpki roots (tests).
+    pub fn with_roots(
+        signer: Option<Signer>,
+        allow_private: bool,
+        idle_per_host: usize,
+        roots: rustls::RootCertStore,
+    ) -> Result<Self, DeliverError> {
         Ok(Self {
-            client,
+            client: client::build(allow_private, idle_per_host, roots)?,
             signer: Arc::new(signer.unwrap_or_default()),
             allow_private,
         })
     }
 
-    /// Makes one attempt at `url` (the parsed `spec.url`), signed with `merchant`'s secrets
-    /// when it has a merchant (else the node's). Never fails: every problem is an
-    /// [`AttemptResult`] with a verdict.
+    /// Makes one attempt at `url` (the parsed `spec.url`) with `body` (`spec.body`, moved in so
+    /// it is sent without a copy), signed with `merchant`'s secrets when it has a merchant
+    /// (else the node's). `spec.timeout_ms` bounds all of it: connecting, sending, and reading
+    /// the response. Never fails: every problem is an [`AttemptResult`] with a verdict.
     pub async fn attempt(
         &self,
         id: &str,
         spec: &Spec,
+        body: String,
         url: url::Url,
         merchant: Option<&[Vec<u8>]>,
     ) -> AttemptResult {
@@ -207,28 +188,42 @@ impl Deliverer {
         if let Some(reason) = self.literal_refusal(&url) {
             return done(None, Some(reason.clone()), None, Verdict::Dead(reason));
         }
-        let headers = self.headers(id, spec, merchant);
-        let request = self
-            .client
-            .post(url)
-            .headers(headers)
-            .timeout(Duration::from_millis(spec.timeout_ms))
-            .body(spec.body.clone());
-        let response = match request.send().await {
+        let retry = Verdict::Retry {
+            retry_after_ms: None,
+        };
+        // The serialization of a parsed `Url` is ASCII and percent-encoded, as a `Uri` wants
+        // it; the `Uri` takes the string's buffer over rather than copying it.
+        let uri = match http::Uri::from_maybe_shared(Bytes::from(String::from(url))) {
+            Ok(uri) => uri,
+            Err(e) => {
+                return done(
+                    None,
+                    Some(format!("invalid URL for a request: {e}")),
+                    None,
+                    retry,
+                )
+            }
+        };
+        let headers = self.headers(id, spec, body.as_bytes(), merchant);
+        let mut request = http::Request::new(Full::new(Bytes::from(body)));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = uri.clone();
+        *request.headers_mut() = headers;
+        let deadline = tokio::time::sleep(Duration::from_millis(spec.timeout_ms));
+        tokio::pin!(deadline);
+        let response = tokio::select! {
+            biased;
+            response = self.client.request(request) => response,
+            () = &mut deadline => return done(None, Some("timed out".into()), None, retry),
+        };
+        let mut response = match response {
             Ok(r) => r,
             Err(e) => {
-                if let Some(private) = find_private(&e) {
+                if let Some(private) = client::find_private(&e) {
                     let reason = private.to_string();
                     return done(None, Some(reason.clone()), None, Verdict::Dead(reason));
                 }
-                return done(
-                    None,
-                    Some(describe(&e)),
-                    None,
-                    Verdict::Retry {
-                        retry_after_ms: None,
-                    },
-                );
+                return done(None, Some(client::describe(&e, &uri)), None, retry);
             }
         };
         let status = response.status().as_u16();
@@ -237,7 +232,7 @@ impl Deliverer {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let (body, read_error) = read_capped(response).await;
+        let (body, read_error) = client::read_capped(response.body_mut(), deadline).await;
         let excerpt = excerpt(&body);
         let verdict = classify(status, &body, spec.success_body.as_deref(), retry_after);
         let error = read_error.or(match &verdict {
@@ -265,8 +260,17 @@ impl Deliverer {
         })
     }
 
-    fn headers(&self, id: &str, spec: &Spec, merchant: Option<&[Vec<u8>]>) -> HeaderMap {
-        let mut headers = HeaderMap::new();
+    /// The request headers: the content type, the notification's own headers (which may
+    /// replace it), the signature headers, then `user-agent` and `accept: */*` where not set. Static names and values are not copied; computed values hand
+    /// their buffer over.
+    fn headers(
+        &self,
+        id: &str,
+        spec: &Spec,
+        body: &[u8],
+        merchant: Option<&[Vec<u8>]>,
+    ) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(6 + spec.headers.len());
         let content_type = if spec.json {
             "application/json"
         } else {
@@ -282,68 +286,22 @@ impl Deliverer {
             }
         }
         let timestamp = crate::util::now_ms() / 1000;
-        let signed = self
-            .signer
-            .headers(id, timestamp, spec.body.as_bytes(), merchant);
-        if let Some(signed) = signed {
+        if let Some(signed) = self.signer.headers(id, timestamp, body, merchant) {
             for (name, value) in signed {
-                if let Ok(v) = HeaderValue::from_str(&value) {
-                    headers.insert(name, v);
+                // The names are the three fixed `webhook-*` names of signing.rs.
+                if let Ok(v) = HeaderValue::try_from(value) {
+                    headers.insert(HeaderName::from_static(name), v);
                 }
             }
         }
+        // Last and only where the notification's headers did not set them, as before.
         headers
-    }
-}
-
-fn find_private(e: &reqwest::Error) -> Option<&PrivateTarget> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(p) = err.downcast_ref::<PrivateTarget>() {
-            return Some(p);
-        }
-        source = err.source();
-    }
-    None
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        return "timed out".into();
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    if e.is_connect() {
-        format!("connect failed: {text}")
-    } else {
-        text
-    }
-}
-
-async fn read_capped(mut response: reqwest::Response) -> (Vec<u8>, Option<String>) {
-    let mut body = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = MAX_RESPONSE_BYTES - body.len();
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                if body.len() >= MAX_RESPONSE_BYTES {
-                    return (body, None);
-                }
-            }
-            Ok(None) => return (body, None),
-            Err(e) => {
-                return (
-                    body,
-                    Some(format!("reading the response: {}", describe(&e))),
-                )
-            }
-        }
+            .entry(USER_AGENT)
+            .or_insert(HeaderValue::from_static(USER_AGENT_VALUE));
+        headers
+            .entry(ACCEPT)
+            .or_insert(HeaderValue::from_static("*/*"));
+        headers
     }
 }
 

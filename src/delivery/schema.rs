@@ -328,7 +328,7 @@ pub(crate) fn parse_headers(value: Option<Value>) -> Result<BTreeMap<String, Str
     for (name, value) in map {
         let field = format!("headers.{name}");
         let lower = name.to_ascii_lowercase();
-        if reqwest::header::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+        if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
             return Err(SchemaError::field_err(&field, "is not a valid header name"));
         }
         if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-") {
@@ -340,7 +340,7 @@ pub(crate) fn parse_headers(value: Option<Value>) -> Result<BTreeMap<String, Str
         let Value::String(v) = value else {
             return Err(SchemaError::field_err(&field, "must be a string"));
         };
-        if v.len() > MAX_HEADER_VALUE_LEN || reqwest::header::HeaderValue::from_str(&v).is_err() {
+        if v.len() > MAX_HEADER_VALUE_LEN || http::HeaderValue::from_str(&v).is_err() {
             return Err(SchemaError::field_err(
                 &field,
                 format!("must be printable text of at most {MAX_HEADER_VALUE_LEN} bytes"),

@@ -321,7 +321,7 @@ fn dispatch(
 }
 
 async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
-    let spec: Spec = match serde_json::from_str(&c.spec) {
+    let mut spec: Spec = match serde_json::from_str(&c.spec) {
         Ok(s) => s,
         Err(e) => return unreadable(&c, format!("stored spec is unreadable: {e}")),
     };
@@ -346,11 +346,14 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
         Ok(taken) => taken,
         Err(at) => return Report::Release(c.partition, c.id, c.token, at),
     };
+    // The body is sent as it is (its buffer handed over); nothing below reads it.
+    let body = std::mem::take(&mut spec.body);
     let result = shared
         .deliverer
         .attempt(
             &c.id,
             &spec,
+            body,
             url,
             merchant_keys.as_ref().map(|k| k.as_slice()),
         )
