@@ -79,7 +79,7 @@ async fn a_batch_with_bad_entries_in_the_middle_takes_in_the_rest_in_order() {
             .ignore();
     }
     let _: () = pipe.query_async(&mut conn).await.unwrap();
-    let node = node_with(&redis, |c| c.partitions = PARTITIONS).await;
+    let node = node_with(&redis, |c| c.partitions = Some(PARTITIONS)).await;
     wait_xlen(&conn, "paynotify:rejected", 3).await;
     wait_xlen(&conn, "paynotify:intake", 0).await;
     for id in ["good-1", "good-2", "good-3", "good-4"] {
