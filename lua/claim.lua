@@ -78,6 +78,9 @@ if n > 0 then
         -- The attempt was due when it was scheduled (m.n), also on a stall re-claim, where
         -- the score is the expired lease: lateness counts from the schedule, not the lease.
         local due = m.n or score
+        -- The score is the schedule's authority: an entry scored earlier than m.n (moved by
+        -- an operator) is due at its score.
+        if tonumber(score) < tonumber(due) then due = score end
         m.d = due
         meta_set[#meta_set + 1] = id
         meta_set[#meta_set + 1] = meta_encode(m)

@@ -185,3 +185,37 @@ async fn prefetched_notifications_are_delivered_on_time_never_early() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_rescored_earlier_is_delivered_at_its_score() {
+    let redis = RedisServer::start().unwrap();
+    let sink = Sink::start().await;
+    let node = node_with(&redis, |_| {}).await;
+    let later = paynotify::now_ms() + 60_000;
+    node.api()
+        .post::<Value>(
+            "/v1/notifications",
+            json!({"id": "moved", "url": sink.url("/ok"), "body": "moved", "deliver_at": later}),
+            StatusCode::CREATED,
+        )
+        .await;
+    // An operator moves it in the due set (as the benchmarks do); its meta still says later.
+    let mut c = conn(&redis).await;
+    let _: () = redis::cmd("EVAL")
+        .arg("for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do redis.call('ZADD', KEYS[1], ARGV[1], m) end")
+        .arg(1)
+        .arg("paynotify:{p0}:due")
+        .arg(paynotify::now_ms())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("SPUBLISH")
+        .arg("paynotify:{p0}:wake")
+        .arg(0)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    node.api()
+        .wait_state("moved", "delivered", Duration::from_secs(10))
+        .await;
+}

@@ -292,10 +292,12 @@ fn dispatch(
     shared.metrics.in_flight.inc();
     deliveries.spawn(
         async move {
-            // A prefetched entry is held until it falls due (at most PREFETCH).
+            // A prefetched entry is held until it falls due: at most PREFETCH, since nothing
+            // scored later is claimed.
             let early = c.due_ms - crate::util::now_ms();
             if early > 0 {
-                tokio::time::sleep(Duration::from_millis(early as u64)).await;
+                let early = Duration::from_millis(early as u64).min(PREFETCH);
+                tokio::time::sleep(early).await;
             }
             let lateness_ms = (crate::util::now_ms() - c.due_ms).max(0);
             shared.metrics.lateness.observe(lateness_ms as f64 / 1000.0);
