@@ -112,8 +112,8 @@ pub async fn alive(redis: &Redis, now_ms: i64) -> Result<Vec<Report>, StoreError
         .collect())
 }
 
-/// Reports this node every [`REPORT_EVERY`] until `shutdown`; a failed report is logged once
-/// per outage and retried at the next tick.
+/// Reports this node every [`REPORT_EVERY`] until `shutdown`, then removes its report; a failed
+/// report is logged once per outage and retried at the next tick.
 pub async fn run(config: Arc<Config>, redis: Redis, metrics: Metrics, shutdown: CancellationToken) {
     let started_at = crate::util::now_ms();
     let mut tick = tokio::time::interval(REPORT_EVERY);
@@ -132,5 +132,17 @@ pub async fn run(config: Arc<Config>, redis: Redis, metrics: Metrics, shutdown: 
             }
             Err(_) => {}
         }
+    }
+    // Stopping: no longer alive. The other workers take this one's partitions at their next
+    // look (`delivery::worker::owners`) instead of when the report goes stale.
+    let gone: Result<i64, StoreError> = redis
+        .query(
+            redis::cmd("HDEL")
+                .arg(redis.keys().nodes())
+                .arg(&config.node_id),
+        )
+        .await;
+    if let Err(e) = gone {
+        tracing::warn!(error = %e, "could not remove this node's report; it goes stale in 10 s");
     }
 }

@@ -219,3 +219,24 @@ async fn an_entry_rescored_earlier_is_delivered_at_its_score() {
         .wait_state("moved", "delivered", Duration::from_secs(10))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_leaves_the_live_list_at_once() {
+    let redis = RedisServer::start().unwrap();
+    let mut c = config(&redis);
+    c.node_id = "leaving".to_string();
+    let node = Node::start(c).await;
+    let conn = conn(&redis).await;
+    let reported = |mut conn: redis::aio::MultiplexedConnection| async move {
+        redis::cmd("HEXISTS")
+            .arg("paynotify:{nodes}:reports")
+            .arg("leaving")
+            .query_async::<bool>(&mut conn)
+            .await
+            .unwrap()
+    };
+    wait_until(Duration::from_secs(5), || reported(conn.clone())).await;
+    node.stop().await;
+    // Its partitions go to the others at their next look, not when the report goes stale.
+    assert!(!reported(conn).await);
+}
