@@ -257,12 +257,15 @@ async fn redis_commands(url: &str) -> (u64, u64) {
     (total, scripts)
 }
 
-async fn attempt_lateness(store: &Store, ids: impl Iterator<Item = String>) -> Vec<i64> {
+/// Attempt start − due of each (id, due): a delivered notification keeps only its delivering
+/// attempt's summary (no `due_at`), so the due time is the one the benchmark enqueued.
+async fn attempt_lateness(store: &Store, ids: impl Iterator<Item = (String, i64)>) -> Vec<i64> {
     let mut out = Vec::new();
-    for id in ids {
+    for (id, due) in ids {
         if let Ok(Some(v)) = store.show(&id).await {
             if let Some(a) = v["attempts"].get(0) {
-                out.push(a["started_at"].as_i64().unwrap_or(0) - a["due_at"].as_i64().unwrap_or(0));
+                let due = a["due_at"].as_i64().unwrap_or(due);
+                out.push(a["started_at"].as_i64().unwrap_or(0) - due);
             }
         }
     }
@@ -415,7 +418,7 @@ async fn steady(rate: u64, seconds: u64, worker_count: u64, partitions: u64) {
     summary("sink receipt - due", sink_late);
     let sample = (0..total)
         .step_by((total / 20_000).max(1) as usize)
-        .map(|i| format!("b{i}"));
+        .map(|i| (format!("b{i}"), dues[i as usize]));
     summary(
         "attempt start - due (paynotify records)",
         attempt_lateness(&store, sample).await,
