@@ -14,14 +14,6 @@ use crate::support::*;
 
 const PARTITIONS: u32 = 4;
 
-async fn conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
 async fn xlen(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
     redis::cmd("XLEN").arg(key).query_async(conn).await.unwrap()
 }
@@ -44,7 +36,7 @@ async fn pending(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
 async fn a_batch_with_bad_entries_in_the_middle_takes_in_the_rest_in_order() {
     let redis = RedisServer::start().unwrap();
     let sink = Sink::start().await;
-    let mut conn = conn(&redis).await;
+    let mut conn = redis_conn(&redis).await;
     let doc = |id: &str| json!({"id": id, "url": sink.url("/ok"), "body": id}).to_string();
     // One atomic pipeline: the consumer reads the entries as one batch.
     let mut pipe = redis::pipe();
@@ -152,7 +144,7 @@ async fn a_batch_enqueue_answers_each_notification_in_order_across_partitions() 
         }
     );
     // The batch touched every partition; each counts only what it created.
-    let mut conn = conn(&redis).await;
+    let mut conn = redis_conn(&redis).await;
     let mut total = 0;
     for p in 0..PARTITIONS {
         let n: Option<i64> = redis::cmd("HGET")
@@ -179,7 +171,7 @@ async fn a_batch_enqueue_answers_each_notification_in_order_across_partitions() 
 async fn entries_taken_in_but_not_acknowledged_stay_pending_until_reclaimed() {
     let redis = RedisServer::start().unwrap();
     let sink = Sink::start().await;
-    let mut conn = conn(&redis).await;
+    let mut conn = redis_conn(&redis).await;
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg("paynotify:intake")

@@ -31,14 +31,6 @@ fn verifies(secret: &str, r: &paynotify_testkit::Received) -> bool {
         .is_ok()
 }
 
-async fn raw_redis(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merchants_callbacks_verify_with_its_secret_and_never_with_another_merchants() {
     let redis = RedisServer::start().unwrap();
@@ -124,7 +116,7 @@ async fn a_merchants_callbacks_verify_with_its_secret_and_never_with_another_mer
     assert!(verifies(&shared, &plain));
     assert!(!verifies(&secret_a, &plain));
     // At rest the secrets are sealed: the record in Redis does not hold them.
-    let mut conn = raw_redis(&redis).await;
+    let mut conn = redis_conn(&redis).await;
     let record: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
         .arg("paynotify:merchant:{m:shop-a}")
         .query_async(&mut conn)
@@ -231,7 +223,7 @@ async fn the_intake_applies_the_merchants_rules_and_a_disabled_merchant_waits() 
         json!({"success": {"body": "success"}, "schedule": [0, 0.2, 0.2]}),
     )
     .await;
-    let mut conn = raw_redis(&redis).await;
+    let mut conn = redis_conn(&redis).await;
     for doc in [
         json!({"id": "i-ok", "merchant": "shop-i", "url": sink.url("/body/success")}),
         json!({"id": "i-bad", "merchant": "shop-i", "url": sink.url("/ok")}),

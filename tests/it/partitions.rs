@@ -8,13 +8,8 @@ use serde_json::json;
 
 use crate::support::*;
 
-async fn conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(redis.url()).unwrap();
-    client.get_multiplexed_async_connection().await.unwrap()
-}
-
 async fn recorded(redis: &RedisServer) -> Option<String> {
-    let mut c = conn(redis).await;
+    let mut c = redis_conn(redis).await;
     redis::cmd("GET")
         .arg("paynotify:partitions")
         .query_async(&mut c)
@@ -118,7 +113,7 @@ async fn a_partition_whose_owner_is_silent_is_still_delivered() {
     let sink = Sink::start().await;
     // A worker that reports itself alive but never claims: it sorts first, so it owns half
     // of the 4 partitions.
-    let mut c = conn(&redis).await;
+    let mut c = redis_conn(&redis).await;
     let now = paynotify::now_ms();
     let ghost = json!({"id": "0-ghost", "roles": "worker", "version": "0", "started_at": now,
         "at": now + 8_000, "in_flight": 0, "ws_connections": 0, "orders_followed": 0,
@@ -200,7 +195,7 @@ async fn an_entry_rescored_earlier_is_delivered_at_its_score() {
         )
         .await;
     // An operator moves it in the due set (as the benchmarks do); its meta still says later.
-    let mut c = conn(&redis).await;
+    let mut c = redis_conn(&redis).await;
     let _: () = redis::cmd("EVAL")
         .arg("for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do redis.call('ZADD', KEYS[1], ARGV[1], m) end")
         .arg(1)
@@ -226,7 +221,7 @@ async fn a_stopped_node_leaves_the_live_list_at_once() {
     let mut c = config(&redis);
     c.node_id = "leaving".to_string();
     let node = Node::start(c).await;
-    let conn = conn(&redis).await;
+    let conn = redis_conn(&redis).await;
     let reported = |mut conn: redis::aio::MultiplexedConnection| async move {
         redis::cmd("HEXISTS")
             .arg("paynotify:{nodes}:reports")

@@ -116,6 +116,15 @@ pub async fn setup() -> (RedisServer, Sink, Node) {
     (redis, sink, node)
 }
 
+/// A plain connection to the test's Redis, for reading and changing keys behind the node's back.
+pub async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
 /// A test config: the given Redis, a unique prefix, an API key, short lease.
 pub fn config(redis: &RedisServer) -> Config {
     let mut c = paynotify::cli::serve::config_for(&redis.url());
