@@ -4,10 +4,12 @@
 //!
 //! Two tasks per node: a reader that reads batches (`XREADGROUP … BLOCK` on a connection of its
 //! own, and every `--lease` an `XAUTOCLAIM` of entries a stalled consumer left pending) and hands
-//! them over a channel of [`AHEAD`] batches, and a taker that takes each batch in
-//! ([`batch::take`]: one enqueue call per partition, pipelined publishes) and acknowledges it.
-//! So the next read is on the wire while a batch is taken in, and the two hops never wait for
-//! each other while entries keep coming. Nodes share one consumer group.
+//! them over a channel of [`AHEAD`] batches, and a taker that takes up to [`IN_FLIGHT`] batches
+//! in at once ([`batch::take`]: one enqueue call per partition, pipelined publishes), each
+//! acknowledged as soon as it is taken in. So the next read is on the wire while a batch is
+//! taken in, and a batch's results go out without waiting for the replies or the
+//! acknowledgement of the batch before; notifications still enqueue in stream order, batch
+//! after batch. Nodes share one consumer group.
 //!
 //! Invariant: an entry is acknowledged (and deleted) only after it is on the schedule, or its
 //! result published, or after it has been copied to the rejected stream with its reason;
@@ -20,9 +22,11 @@ pub mod batch;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::Either;
+use futures::stream::{FuturesOrdered, StreamExt};
 use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use redis::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -38,8 +42,10 @@ pub type Entry = (String, Vec<(String, Vec<u8>)>);
 
 /// Most entries read per call.
 const READ_COUNT: usize = 512;
-/// Batches read ahead of the one being taken in (all of them pending in the group).
+/// Batches read ahead of those being taken in (all of them pending in the group).
 const AHEAD: usize = 2;
+/// Most batches being taken in at once (their replies and acknowledgements overlap).
+const IN_FLIGHT: usize = 4;
 /// How long one blocking read waits for new entries.
 const BLOCK: Duration = Duration::from_secs(2);
 
@@ -110,7 +116,7 @@ pub async fn run(
     metrics: crate::metrics::Metrics,
     shutdown: CancellationToken,
 ) {
-    let (batches, mut incoming) = mpsc::channel::<Vec<Entry>>(AHEAD);
+    let (batches, incoming) = mpsc::channel::<Vec<Entry>>(AHEAD);
     info!(stream = %redis.keys().intake(), "intake consumer started");
     let reader = read(&config, &redis, &metrics, batches, &shutdown);
     let taker = async {
@@ -123,35 +129,74 @@ pub async fn run(
             config: &config,
             metrics: &metrics,
         };
-        let mut failures = 0u32;
-        while let Some(entries) = incoming.recv().await {
-            let taken = async {
-                let ack = batch::take(&cx, &entries).await?;
-                batch::acknowledge(&redis, &ack).await
-            };
-            let outcome = tokio::select! {
-                r = taken => r,
-                _ = shutdown.cancelled() => break,
-            };
-            match outcome {
-                Ok(()) => failures = 0,
-                Err(e) => {
-                    // Left pending: reclaimed by XAUTOCLAIM once idle for a lease.
-                    warn!(error = %e, count = entries.len(), "intake batch not acknowledged; will retry");
-                    metrics.redis_errors.inc();
-                    failures += 1;
-                    tokio::select! {
-                        _ = tokio::time::sleep(crate::util::backoff(failures)) => {},
-                        _ = shutdown.cancelled() => break,
-                    }
-                }
-            }
-        }
+        take_all(&cx, incoming, &shutdown).await;
     };
     // The taker stops at shutdown or when the reader is gone; the reader when shutdown comes
     // or the taker is gone (its channel closed).
     tokio::join!(reader, taker);
     info!("intake consumer stopped");
+}
+
+/// The taker: up to [`IN_FLIGHT`] batches at once, each taken in and then acknowledged, so a
+/// batch's results go out while the one before is still waiting for its replies or its
+/// acknowledgement. Each batch is polled once as it arrives, which puts its publishes on the
+/// connection before any later batch's (results keep their entry order), and the batches'
+/// notifications are enqueued one batch after the other ([`batch::Turn`]). Returns at shutdown
+/// or when the reader is gone and every batch in flight has finished.
+async fn take_all(
+    cx: &batch::Intake<'_>,
+    mut incoming: mpsc::Receiver<Vec<Entry>>,
+    shutdown: &CancellationToken,
+) {
+    let mut in_flight = FuturesOrdered::new();
+    let mut previous: Option<oneshot::Receiver<()>> = None;
+    let mut failures = 0u32;
+    let mut reader_gone = false;
+    loop {
+        if reader_gone && in_flight.is_empty() {
+            return;
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            Some(outcome) = in_flight.next(), if !in_flight.is_empty() => {
+                let (count, outcome): (usize, Result<(), StoreError>) = outcome;
+                match outcome {
+                    Ok(()) => failures = 0,
+                    Err(e) => {
+                        // Left pending: reclaimed by XAUTOCLAIM once idle for a lease.
+                        warn!(error = %e, count, "intake batch not acknowledged; will retry");
+                        cx.metrics.redis_errors.inc();
+                        failures += 1;
+                        tokio::select! {
+                            _ = tokio::time::sleep(crate::util::backoff(failures)) => {},
+                            _ = shutdown.cancelled() => return,
+                        }
+                    }
+                }
+            }
+            entries = incoming.recv(), if !reader_gone && in_flight.len() < IN_FLIGHT => {
+                let Some(entries) = entries else {
+                    reader_gone = true;
+                    continue;
+                };
+                let (done, next) = oneshot::channel();
+                let turn = batch::Turn { after: previous.replace(next), done };
+                let mut taken = Box::pin(async move {
+                    let outcome = async {
+                        let ack = batch::take(cx, &entries, turn).await?;
+                        batch::acknowledge(cx.store.redis(), &ack).await
+                    };
+                    (entries.len(), outcome.await)
+                });
+                // The first poll sends this batch's publishes (see the doc above).
+                match futures::poll!(taken.as_mut()) {
+                    std::task::Poll::Ready(out) => in_flight.push_back(Either::Left(std::future::ready(out))),
+                    std::task::Poll::Pending => in_flight.push_back(Either::Right(taken)),
+                }
+            }
+        }
+    }
 }
 
 /// The reader: creates the group, reclaims stalled entries every lease, reads new ones, and

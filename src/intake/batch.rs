@@ -36,6 +36,25 @@ pub struct Intake<'a> {
     pub metrics: &'a crate::metrics::Metrics,
 }
 
+/// A batch's place in the order of enqueues: its notifications are enqueued only after the
+/// batch before it has enqueued its own (`after` resolves, or its sender is gone), and `done`
+/// tells the batch after it. So batches taken in at once still enqueue in stream order, and
+/// of two entries with one id the earlier one is the one created.
+pub struct Turn {
+    pub after: Option<tokio::sync::oneshot::Receiver<()>>,
+    pub done: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Turn {
+    /// The turn of a batch taken in on its own (nothing before it, nothing after).
+    pub fn alone() -> Self {
+        Self {
+            after: None,
+            done: tokio::sync::oneshot::channel().0,
+        }
+    }
+}
+
 /// Where one entry stands while its batch is taken in.
 enum Outcome {
     /// Taken in (or nothing to do): acknowledge.
@@ -48,7 +67,12 @@ enum Outcome {
 
 /// Takes a batch in (enqueue, publish, reject) and returns the ids to acknowledge, in entry
 /// order. `Err` only when the rejected stream cannot be written: then nothing is acknowledged.
-pub async fn take(cx: &Intake<'_>, entries: &[Entry]) -> Result<Vec<String>, StoreError> {
+/// The results' publishes are sent at the first poll, before anything is awaited.
+pub async fn take(
+    cx: &Intake<'_>,
+    entries: &[Entry],
+    turn: Turn,
+) -> Result<Vec<String>, StoreError> {
     let now = crate::util::now_ms();
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(entries.len());
     let mut results = Vec::new();
@@ -72,7 +96,7 @@ pub async fn take(cx: &Intake<'_>, entries: &[Entry]) -> Result<Vec<String>, Sto
             .iter()
             .map(|(_, doc)| crate::push::publish(cx.results, cx.config.result_ttl, doc)),
     );
-    let (published, enqueued) = futures::join!(published, enqueue(cx, entries, docs, now));
+    let (published, enqueued) = futures::join!(published, enqueue(cx, entries, docs, now, turn));
     for ((i, _), r) in results.iter().zip(published) {
         outcomes[*i] = Some(match r {
             Ok(_) => {
@@ -94,6 +118,7 @@ async fn enqueue(
     entries: &[Entry],
     docs: Vec<(usize, crate::delivery::schema::Document)>,
     now: i64,
+    turn: Turn,
 ) -> Vec<(usize, Outcome)> {
     let parsed = futures::future::join_all(docs.into_iter().map(|(i, doc)| async move {
         let entry_id = &entries[i].0;
@@ -116,7 +141,14 @@ async fn enqueue(
         }
     }
     let (index, ns): (Vec<usize>, Vec<NewNotification>) = batch.into_iter().unzip();
-    match cx.store.enqueue_batch(&ns, now).await {
+    if let Some(after) = turn.after {
+        // An error means the batch before is gone (failed or dropped): its entries stay
+        // pending either way, so this one goes on.
+        let _ = after.await;
+    }
+    let enqueued = cx.store.enqueue_batch(&ns, now).await;
+    let _ = turn.done.send(());
+    match enqueued {
         Ok(answers) => {
             for ((i, n), answer) in index.into_iter().zip(ns).zip(answers) {
                 out.push((

@@ -100,15 +100,8 @@ async fn intake_stream_enqueues_once_and_rejects_with_reason() {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.counts().get(&b"order-2"[..]).copied(), Some(1));
-    let rejected: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg("paynotify:rejected")
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let rejected = rejected_entries(&mut conn).await;
     let reasons: Vec<String> = rejected
-        .ids
         .iter()
         .map(|e| e.get::<String>("reason").unwrap())
         .collect();

@@ -83,15 +83,8 @@ async fn a_batch_with_bad_entries_in_the_middle_takes_in_the_rest_in_order() {
     for id in ["good-1", "good-2", "good-3", "good-4"] {
         assert_eq!(sink.counts().get(id.as_bytes()).copied(), Some(1), "{id}");
     }
-    let rejected: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg("paynotify:rejected")
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let rejected = rejected_entries(&mut conn).await;
     let reasons: Vec<String> = rejected
-        .ids
         .iter()
         .map(|e| e.get::<String>("reason").unwrap())
         .collect();
@@ -226,7 +219,10 @@ async fn entries_taken_in_but_not_acknowledged_stay_pending_until_reclaimed() {
         config: &config,
         metrics: &metrics,
     };
-    let ack = paynotify::intake::batch::take(&cx, &entries).await.unwrap();
+    let ack =
+        paynotify::intake::batch::take(&cx, &entries, paynotify::intake::batch::Turn::alone())
+            .await
+            .unwrap();
     assert_eq!(ack.len(), 10);
     // Taken in, not acknowledged: still in the stream and pending.
     assert_eq!(xlen(&mut conn, "paynotify:intake").await, 10);
@@ -261,5 +257,61 @@ async fn entries_taken_in_but_not_acknowledged_stay_pending_until_reclaimed() {
         .await
         .unwrap();
     assert_eq!(enqueued, 10);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_taken_in_at_once_keep_the_streams_order() {
+    let redis = RedisServer::start().unwrap();
+    let mut conn = redis_conn(&redis).await;
+    let node = node_with(&redis, |c| c.partitions = Some(PARTITIONS)).await;
+    let later = paynotify::now_ms() + 3_600_000;
+    let doc = |id: String, body: &str| {
+        json!({"id": id, "url": "http://127.0.0.1:9/", "body": body, "deliver_at": later})
+            .to_string()
+    };
+    // 3,000 entries in 30 pipelines written while the node reads: many batches, several of
+    // them taken in at once.
+    let mut published = 0;
+    for chunk in 0..30 {
+        let mut pipe = redis::pipe();
+        for j in 0..100 {
+            let i = chunk * 100 + j;
+            let (field, value) = match i {
+                200 => ("notification", doc("dup".into(), "first")),
+                2_500 => ("notification", doc("dup".into(), "second")),
+                i if i % 3 == 0 => {
+                    published += 1;
+                    (
+                        "result",
+                        json!({"order_id": "o-seq", "status": "paid", "data": {"i": published}})
+                            .to_string(),
+                    )
+                }
+                i => ("notification", doc(format!("n-{i}"), "b")),
+            };
+            pipe.cmd("XADD")
+                .arg("paynotify:intake")
+                .arg("*")
+                .arg(field)
+                .arg(value)
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    wait_xlen(&conn, "paynotify:intake", 0).await;
+    wait_xlen(&conn, "paynotify:rejected", 1).await;
+    // The last result in the stream is the one kept, and every one was published.
+    let (seq, latest) = results(&redis).read("o-seq").await.unwrap().unwrap();
+    assert_eq!(seq, published);
+    assert!(latest.contains(&format!("\"i\":{published}")), "{latest}");
+    // Of two entries with one id, the earlier is created and the later refused.
+    let dup = node.api().notification("dup").await;
+    assert_eq!(dup["spec"]["body"], "first", "{dup}");
+    let rejected = rejected_entries(&mut conn).await;
+    let body: String = rejected[0].get("notification").unwrap();
+    assert!(body.contains("second"), "{body}");
+    assert_eq!(pending(&mut conn).await, 0);
     node.stop().await;
 }

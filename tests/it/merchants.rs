@@ -260,15 +260,8 @@ async fn the_intake_applies_the_merchants_rules_and_a_disabled_merchant_waits() 
         }
     })
     .await;
-    let rejected: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg("paynotify:rejected")
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let rejected = rejected_entries(&mut conn).await;
     let reasons: Vec<String> = rejected
-        .ids
         .iter()
         .map(|e| e.get::<String>("reason").unwrap())
         .collect();

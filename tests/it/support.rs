@@ -125,6 +125,20 @@ pub async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnectio
         .unwrap()
 }
 
+/// The rejected intake stream, oldest first.
+pub async fn rejected_entries(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Vec<redis::streams::StreamId> {
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("paynotify:rejected")
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .unwrap();
+    reply.ids
+}
+
 /// A test config: the given Redis, a unique prefix, an API key, short lease.
 pub fn config(redis: &RedisServer) -> Config {
     let mut c = paynotify::cli::serve::config_for(&redis.url());
