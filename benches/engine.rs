@@ -751,6 +751,47 @@ async fn until_enqueued(
         per(0),
         per(2)
     );
+    // Where Redis's time went: its own µs per entry by command (scripts include the commands
+    // they call, which are also listed on their own).
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let mut rows: Vec<(String, u64, f64)> = info
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |k: &str| {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+                    .and_then(|v| v.parse::<f64>().ok())
+            };
+            Some((name.to_string(), field("calls")? as u64, field("usec")?))
+        })
+        .collect();
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let shown: Vec<String> = rows
+        .iter()
+        .take(8)
+        .map(|(name, calls, usec)| {
+            format!(
+                "{name} {:.2} us/entry ({:.3} calls/entry)",
+                usec / n as f64,
+                *calls as f64 / n as f64
+            )
+        })
+        .collect();
+    println!("  {label}: redis by command: {}", shown.join(", "));
+}
+
+/// Zeroes Redis's command statistics (the start of a measured phase).
+async fn reset_stats(conn: &mut redis::aio::MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(conn)
+        .await
+        .unwrap();
 }
 
 // long: two measured phases sharing one setup read best in order.
@@ -817,6 +858,7 @@ async fn intake(n: u64, worker_count: u64, partitions: u64) {
     let docs: Vec<String> = (0..n)
         .map(|i| intake_doc(&url, &format!("in-{i}"), due))
         .collect();
+    reset_stats(&mut conn).await;
     let before = cpu_times(&redis, &procs);
     let start = Instant::now();
     for chunk in docs.chunks(1000) {
@@ -855,6 +897,7 @@ async fn intake(n: u64, worker_count: u64, partitions: u64) {
         .collect();
     let sem = Arc::new(tokio::sync::Semaphore::new(512));
     let mut set = tokio::task::JoinSet::new();
+    reset_stats(&mut conn).await;
     let before = cpu_times(&redis, &procs);
     let start = Instant::now();
     for (i, doc) in docs.into_iter().enumerate() {

@@ -315,3 +315,40 @@ async fn batches_taken_in_at_once_keep_the_streams_order() {
     assert_eq!(pending(&mut conn).await, 0);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_larger_than_a_scripts_argument_slice_is_enqueued_whole() {
+    let redis = RedisServer::start().unwrap();
+    let store = store(&redis);
+    store.load_scripts().await.unwrap();
+    let now = paynotify::now_ms();
+    // One partition, 2,500 notifications: more than one slice of reads and of writes.
+    let batch: Vec<_> = (0..2_500)
+        .map(|i| {
+            let doc = json!({"id": format!("s-{i}"), "url": "http://127.0.0.1:9/", "deliver_at": now + 60_000 + i});
+            paynotify::delivery::schema::parse(doc.to_string().as_bytes(), now, || unreachable!())
+                .unwrap()
+        })
+        .collect();
+    let answers = store.enqueue_batch(&batch, now).await.unwrap();
+    assert!(answers
+        .iter()
+        .all(|a| matches!(a, Enqueued::Created { .. })));
+    let mut conn = redis_conn(&redis).await;
+    let due = store.keys().partition(0).due;
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&due)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // In due order, which is enqueue order here, each id once with its own sequence number.
+    let ids: Vec<String> = members.iter().map(|m| m[17..].to_string()).collect();
+    let expected: Vec<String> = (0..2_500).map(|i| format!("s-{i}")).collect();
+    assert_eq!(ids, expected);
+    let again = store.enqueue_batch(&batch[2_400..], now).await.unwrap();
+    assert!(again.iter().all(|a| matches!(a, Enqueued::Exists { .. })));
+    let shown = store.show("s-2499").await.unwrap().unwrap();
+    assert_eq!(shown["state"], "scheduled", "{shown}");
+}
