@@ -9,7 +9,10 @@
 //! the same nodes and sockets, BENCH_ROUNDS times, default 1):
 //!
 //! - `direct`: the same script the API uses (`publish.lua`), called from this process;
-//! - `intake`: `XADD paynotify:intake * result <json>`, as an app server in any language does.
+//! - `intake`: `XADD paynotify:intake * result <json>`, as an app server in any language does;
+//! - `socketio` (in `all`, with `direct` and `intake`): the peer, socket.io 4 servers with the
+//!   Redis adapter and the socket.io Redis emitter (`npm ci --prefix benches/peers/socketio`),
+//!   BENCH_CONNS sockets of its own, on the same Redis, set up once and measured in turn.
 //!
 //! Reports per path results lost and publish-to-client latency (publisher clock just before the
 //! call to client clock, same machine), and server memory per idle subscribed connection (RSS
@@ -112,8 +115,10 @@ async fn run() {
     let paths: &[&str] = match std::env::var("BENCH_PATH").as_deref() {
         Ok("direct") => &["direct"],
         Ok("intake") => &["intake"],
+        Ok("socketio") => &["socketio"],
         Ok("both") | Err(_) => &["direct", "intake"],
-        Ok(other) => panic!("BENCH_PATH={other}: expected direct, intake or both"),
+        Ok("all") => &["direct", "intake", "socketio"],
+        Ok(other) => panic!("BENCH_PATH={other}: expected direct, intake, socketio, both or all"),
     };
     let rounds = env("BENCH_ROUNDS", 1);
     println!(
@@ -214,12 +219,20 @@ async fn run() {
         rss_before, rss_after, per_conn[0], per_conn[1]
     );
 
+    let mut peer = paths
+        .contains(&"socketio")
+        .then(|| SocketIo::start(&redis.url(), conns));
     let handle = Redis::connect(&redis.url(), Keys::new("paynotify", 1)).unwrap();
     handle.load_scripts().await.unwrap();
     let store = Results::new(handle.clone());
     let mut seed: u64 = 7;
     for round in 1..=rounds {
         for path in paths {
+            if let (&"socketio", Some(peer)) = (path, peer.as_mut()) {
+                peer.round(&redis.url(), rate, seconds, conns, round);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
             received.store(0, Ordering::Relaxed);
             latencies.lock().unwrap().clear();
             let intake = *path == "intake";
@@ -251,6 +264,7 @@ async fn run() {
         let _ = n.kill();
         let _ = n.wait();
     }
+    drop(peer);
     for t in tasks {
         t.abort();
     }
@@ -322,4 +336,147 @@ async fn publish_for(
         published as f64 / secs
     );
     published
+}
+
+/// The socket.io peer (`benches/peers/socketio`, `npm ci` there first): two socket.io servers
+/// with the Redis adapter on the same Redis, and one socket.io-client process holding `conns`
+/// websockets split over them, each in the room of its order; results are sent with the
+/// socket.io Redis emitter, paced like the other paths. Its processes are killed on drop.
+struct SocketIo {
+    servers: Vec<std::process::Child>,
+    client: std::process::Child,
+    client_in: std::process::ChildStdin,
+    client_out: std::sync::mpsc::Receiver<String>,
+}
+
+const PEER_DIR: &str = "benches/peers/socketio";
+
+/// The lines a child prints, read on a thread of their own.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for the line `want` from a child, up to `timeout`.
+fn wait_line(lines: &std::sync::mpsc::Receiver<String>, want: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(want) => return line,
+            Ok(_) => {}
+            Err(e) => panic!(
+                "socket.io peer: no {want:?} line ({e}); did you `npm ci --prefix {PEER_DIR}`?"
+            ),
+        }
+    }
+}
+
+impl SocketIo {
+    fn start(redis_url: &str, conns: u64) -> Self {
+        let node = |args: &[&str]| {
+            std::process::Command::new("node")
+                .current_dir(PEER_DIR)
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("node (Node.js) must be installed for BENCH_PATH=socketio")
+        };
+        let ports = [
+            paynotify_testkit::free_port().unwrap(),
+            paynotify_testkit::free_port().unwrap(),
+        ];
+        let mut servers: Vec<_> = ports
+            .iter()
+            .map(|p| node(&["server.js", &p.to_string(), redis_url]))
+            .collect();
+        for s in &mut servers {
+            wait_line(&lines_of(s), "ready", Duration::from_secs(30));
+        }
+        let started = Instant::now();
+        let list = format!("{},{}", ports[0], ports[1]);
+        let mut client = node(&["client.js", &conns.to_string(), &list]);
+        let client_in = client.stdin.take().unwrap();
+        let client_out = lines_of(&mut client);
+        wait_line(&client_out, "subscribed", Duration::from_secs(180));
+        println!(
+            "  socket.io peer: {conns} connections subscribed in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        Self {
+            servers,
+            client,
+            client_in,
+            client_out,
+        }
+    }
+
+    /// One round: the emitter publishes, then the client reports what arrived.
+    fn round(&mut self, redis_url: &str, rate: u64, seconds: u64, conns: u64, round: u64) {
+        use std::io::Write;
+        let out = std::process::Command::new("node")
+            .current_dir(PEER_DIR)
+            .args([
+                "emitter.js",
+                redis_url,
+                &rate.to_string(),
+                &seconds.to_string(),
+                &conns.to_string(),
+            ])
+            .output()
+            .expect("node emitter.js");
+        let sent: serde_json::Value =
+            serde_json::from_slice(out.stdout.trim_ascii()).unwrap_or_default();
+        let published = sent["published"].as_u64().unwrap_or(0);
+        println!(
+            "  socketio published {published} in {:.2} s ({:.0}/s)",
+            sent["seconds"].as_f64().unwrap_or(0.0),
+            published as f64 / sent["seconds"].as_f64().unwrap_or(1.0)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        writeln!(self.client_in, "report").unwrap();
+        let report: serde_json::Value = serde_json::from_str(&wait_line(
+            &self.client_out,
+            "received",
+            Duration::from_secs(120),
+        ))
+        .unwrap();
+        let got = report["received"].as_u64().unwrap_or(0);
+        let ms = |k: &str| report[k].as_f64().unwrap_or(0.0) / 1000.0;
+        println!(
+            "  [socketio, round {round}] published {published}; received {got}; lost {}",
+            published.saturating_sub(got)
+        );
+        println!(
+            "  [socketio, round {round}] publish-to-client latency: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+            ms("p50"),
+            ms("p90"),
+            ms("p99"),
+            ms("p999"),
+            ms("max")
+        );
+    }
+}
+
+impl Drop for SocketIo {
+    fn drop(&mut self) {
+        for child in self
+            .servers
+            .iter_mut()
+            .chain(std::iter::once(&mut self.client))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

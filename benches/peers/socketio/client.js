@@ -1,8 +1,8 @@
 // The peer's browsers: `node client.js <conns> <port1,port2>` opens <conns> socket.io websockets
 // split over the servers, socket i following order `bench-i`. Prints "subscribed" when every
 // socket has joined its room. On a line "report" on stdin it prints one JSON line: results
-// received and publish-to-client latency percentiles (µs, wall clock of this machine), then
-// forgets them.
+// received and publish-to-client latency percentiles (µs, wall clock of this machine), once no
+// result has arrived for a second, then forgets them.
 const { io } = require("socket.io-client");
 const readline = require("readline");
 
@@ -11,6 +11,7 @@ const ports = process.argv[3].split(",");
 const nowUs = () => Math.round((performance.timeOrigin + performance.now()) * 1000);
 
 let latencies = [];
+let lastArrival = 0;
 let joined = 0;
 let opening = 0;
 let next = 0;
@@ -36,13 +37,18 @@ function open() {
       console.error(`socket ${i}: ${e.message}`);
       process.exit(1);
     });
-    socket.on("result", (msg) => latencies.push(nowUs() - msg.t_us));
+    socket.on("result", (msg) => {
+      lastArrival = Date.now();
+      latencies.push(nowUs() - msg.t_us);
+    });
   }
 }
 open();
 
-readline.createInterface({ input: process.stdin }).on("line", (line) => {
+readline.createInterface({ input: process.stdin }).on("line", async (line) => {
   if (line.trim() !== "report") return;
+  // Results still arriving belong to this round: wait until none came for a second.
+  while (Date.now() - lastArrival < 1000) await new Promise((r) => setTimeout(r, 100));
   const sorted = Float64Array.from(latencies).sort();
   const pct = (p) => (sorted.length ? sorted[Math.round((sorted.length - 1) * p)] : 0);
   console.log(

@@ -113,14 +113,15 @@ impl TestClient {
             .await
     }
 
-    /// Waits (polling) until notification `id` is in `state` and returns its record; panics
-    /// with the last record after `timeout`.
+    /// Waits (polling) until notification `id` is in `state` and returns its record (a 404 is
+    /// "not yet"); panics with the last answer after `timeout`.
     pub async fn wait_state(&self, id: &str, state: &str, timeout: Duration) -> Value {
         let last = std::sync::Mutex::new(Value::Null);
         let last_ref = &last;
         let found = crate::poll_until(timeout, || async move {
-            let v = self.notification(id).await;
-            if v["state"] == state {
+            // 404 until it is taken in (an intake entry, an enqueue on another node): not yet.
+            let (status, v) = self.get_any(&format!("/v1/notifications/{id}")).await;
+            if status == 200 && v["state"] == state {
                 Some(v)
             } else {
                 *last_ref.lock().unwrap() = v;
