@@ -10,6 +10,8 @@
 //! device, with the same bursts of `GET /readyz` as the HTTP floor.
 //! BENCH_TLS=1: the device listener speaks TLS (a CA and certificate made for the run) and the
 //! simulators connect with `--tls-ca`.
+//! BENCH_PEER=mqtt: afterwards, in the same invocation, the same load over MQTT 5
+//! request/response with a private mosquitto (`devices/mqtt.rs`), and the ratios of the two.
 
 // A benchmark harness: a failed setup step should stop it loudly.
 #![allow(clippy::unwrap_used)]
@@ -18,6 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use paynotify_testkit::RedisServer;
+
+#[path = "devices/mqtt.rs"]
+mod mqtt;
 
 const SECRET: &str = "bench-token-secret-0123456789";
 const KEY: &str = "bench-api-key-0123456789";
@@ -37,6 +42,9 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var(mqtt::CHILD_ENV) {
+        return mqtt::child_main(&spec);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -239,18 +247,8 @@ async fn run() {
         .unwrap();
     let hole_client = reqwest::Client::new();
     let url = |id: &str| format!("http://127.0.0.1:{b_http}/v1/devices/{id}/call");
-    let latencies = Arc::new(Mutex::new(Vec::<u64>::new()));
-    let failures = Arc::new(Mutex::new(Vec::<u16>::new()));
-    let hole_results = Arc::new(Mutex::new(Vec::<(u16, u64)>::new()));
-    let total = rate * seconds;
-    let per_tick = (rate / 1000).max(1);
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut seed: u64 = 11;
-    let mut sent = 0u64;
-    let mut tasks = tokio::task::JoinSet::new();
     // CPU time of every process over the load phase: where the cores go, per call.
-    let mut pids: Vec<(&str, u32)> = vec![
+    let pids: Vec<(&str, u32)> = vec![
         ("node A (gateway)", nodes[0].id()),
         ("node B (api)", nodes[1].id()),
         ("simulators", nodes[2].id()),
@@ -258,112 +256,49 @@ async fn run() {
         ("redis", redis.pid().unwrap_or(0)),
         ("load generator", std::process::id()),
     ];
-    pids.retain(|(_, pid)| *pid != 0);
-    let cpu_before: Vec<u64> = pids.iter().map(|(_, pid)| cpu_ticks(*pid)).collect();
-    let run_start = Instant::now();
-    while sent < total {
-        tick.tick().await;
-        for _ in 0..per_tick {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let n = (seed >> 33) % count;
-            let target = if n < half {
-                url(&format!("sim-a{n}"))
-            } else {
-                url(&format!("sim-b{}", n - half))
-            };
-            let (client, latencies, failures) =
-                (client.clone(), latencies.clone(), failures.clone());
-            tasks.spawn(async move {
-                let t = Instant::now();
-                let r = client
-                    .post(target)
-                    .bearer_auth(KEY)
-                    .json(&serde_json::json!({"method": "amount_due", "params": {"lane": 1}, "timeout_ms": 3000}))
-                    .send()
-                    .await;
-                let status = r.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
-                if let Ok(r) = r {
-                    let _ = r.bytes().await;
+    let load = Load {
+        rate,
+        seconds,
+        count,
+        hole_calls,
+    };
+    let measured = load
+        .drive(
+            &pids,
+            |id| {
+                let (client, target) = (client.clone(), url(&id));
+                async move {
+                    let r = client
+                        .post(target)
+                        .bearer_auth(KEY)
+                        .json(&serde_json::json!({"method": "amount_due", "params": {"lane": 1}, "timeout_ms": 3000}))
+                        .send()
+                        .await;
+                    let status = r.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
+                    if let Ok(r) = r {
+                        let _ = r.bytes().await;
+                    }
+                    status
                 }
-                if status == 200 {
-                    latencies.lock().unwrap().push(t.elapsed().as_micros() as u64);
-                } else {
-                    failures.lock().unwrap().push(status);
+            },
+            || {
+                // Its own client: the black hole's stuck requests must not take connections
+                // out of the healthy calls' pool (the load generator would then be what is
+                // measured).
+                let (client, target) = (hole_client.clone(), url("hole0"));
+                async move {
+                    let r = client
+                        .post(target)
+                        .bearer_auth(KEY)
+                        .json(&serde_json::json!({"method": "amount_due", "timeout_ms": 1000}))
+                        .send()
+                        .await;
+                    r.map(|r| r.status().as_u16()).unwrap_or(0)
                 }
-            });
-        }
-        sent += per_tick;
-        if hole_calls && sent.is_multiple_of((rate / 10).max(1)) {
-            // Its own client: the black hole's stuck requests must not take connections out
-            // of the healthy calls' pool (the load generator would then be what is measured).
-            let (client, hole_results) = (hole_client.clone(), hole_results.clone());
-            let target = url("hole0");
-            tasks.spawn(async move {
-                let t = Instant::now();
-                let r = client
-                    .post(target)
-                    .bearer_auth(KEY)
-                    .json(&serde_json::json!({"method": "amount_due", "timeout_ms": 1000}))
-                    .send()
-                    .await;
-                let status = r.map(|r| r.status().as_u16()).unwrap_or(0);
-                hole_results
-                    .lock()
-                    .unwrap()
-                    .push((status, t.elapsed().as_millis() as u64));
-            });
-        }
-        while tasks.try_join_next().is_some() {}
-    }
-    // The rate achieved is measured over the sending; the wait for the last answers (and the
-    // black hole's deadline) is not part of it.
-    let secs = run_start.elapsed().as_secs_f64();
-    while tasks.join_next().await.is_some() {}
-    let wall = run_start.elapsed().as_secs_f64();
-    let mut cpu: Vec<(&str, f64)> = Vec::new();
-    for ((name, pid), before) in pids.iter().zip(&cpu_before) {
-        let used = cpu_ticks(*pid).saturating_sub(*before) as f64 / 100.0;
-        match cpu.iter_mut().find(|(n, _)| n == name) {
-            Some((_, total)) => *total += used,
-            None => cpu.push((name, used)),
-        }
-    }
-    let mut lat = latencies.lock().unwrap().clone();
-    lat.sort_unstable();
-    let failures = failures.lock().unwrap().clone();
-    println!(
-        "  {} healthy calls in {secs:.1} s ({:.0}/s): {} ok, {} failed {:?}",
-        total,
-        total as f64 / secs,
-        lat.len(),
-        failures.len(),
-        failures.iter().take(5).collect::<Vec<_>>()
-    );
-    println!(
-        "  healthy call latency (HTTP in, Redis channel, device, back): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-        pct(&lat, 0.5) as f64 / 1000.0,
-        pct(&lat, 0.9) as f64 / 1000.0,
-        pct(&lat, 0.99) as f64 / 1000.0,
-        pct(&lat, 0.999) as f64 / 1000.0,
-        lat.last().copied().unwrap_or(0) as f64 / 1000.0
-    );
-    let holes = hole_results.lock().unwrap().clone();
-    let timeouts = holes.iter().filter(|(s, _)| *s == 504).count();
-    let max_ms = holes.iter().map(|(_, ms)| *ms).max().unwrap_or(0);
-    println!("  black-holed device: {} calls, {timeouts} answered 504, slowest {max_ms} ms (deadline 1000 ms)", holes.len());
-    let total_cpu: f64 = cpu.iter().map(|(_, c)| c).sum();
-    let parts: Vec<String> = cpu
-        .iter()
-        .map(|(name, c)| format!("{name} {:.0} µs", c * 1e6 / total as f64))
-        .collect();
-    println!(
-        "  CPU per call: {} (all: {:.0} µs; {:.2} of 2 cores busy)",
-        parts.join(", "),
-        total_cpu * 1e6 / total as f64,
-        total_cpu / wall
-    );
+            },
+        )
+        .await;
+    let ours = measured.report(&["node A (gateway)", "node B (api)", "redis"]);
     let burst = env("BENCH_BURST", 200);
     if burst > 0 {
         burst_phase(&client, b_http, burst, env("BENCH_BURST_ROUNDS", 20)).await;
@@ -371,6 +306,249 @@ async fn run() {
     for n in &mut nodes {
         let _ = n.kill();
         let _ = n.wait();
+    }
+    drop(redis);
+    if std::env::var("BENCH_PEER").is_ok_and(|p| p == "mqtt") {
+        let theirs = mqtt_phase(&load).await;
+        println!(
+            "  paynotify / mosquitto, same invocation: p50 {:.2}×, p99 {:.2}×, p99.9 {:.2}×, server CPU per call {:.2}× ({:.0} µs / {:.0} µs)",
+            ours.p50 as f64 / theirs.p50.max(1) as f64,
+            ours.p99 as f64 / theirs.p99.max(1) as f64,
+            ours.p999 as f64 / theirs.p999.max(1) as f64,
+            ours.server_us / theirs.server_us.max(1.0),
+            ours.server_us,
+            theirs.server_us
+        );
+    }
+}
+
+/// The same load over MQTT 5 request/response with mosquitto (see `mqtt.rs`).
+async fn mqtt_phase(load: &Load) -> Summary {
+    println!(
+        "mqtt: {} devices on mosquitto, {} calls/s from one MQTT caller for {} s, one black-holed device",
+        load.count, load.rate, load.seconds
+    );
+    let broker = mqtt::Broker::start();
+    let started = Instant::now();
+    let half = load.count / 2;
+    let children = vec![
+        mqtt::spawn_devices(broker.port, "sim-a", half, false),
+        mqtt::spawn_devices(broker.port, "sim-b", load.count - half, false),
+        mqtt::spawn_devices(broker.port, "hole", 1, true),
+    ];
+    println!(
+        "  {} devices subscribed in {:.1} s",
+        load.count + 1,
+        started.elapsed().as_secs_f64()
+    );
+    let caller = mqtt::Caller::connect(broker.port).await;
+    let pids: Vec<(&str, u32)> = vec![
+        ("mosquitto", broker.pid()),
+        ("simulators", children[0].id()),
+        ("simulators", children[1].id()),
+        ("load generator", std::process::id()),
+    ];
+    let measured = load
+        .drive(
+            &pids,
+            |id| {
+                let caller = caller.clone();
+                async move {
+                    let body = serde_json::json!({"method": "amount_due", "params": {"lane": 1}});
+                    caller.call(&id, body, Duration::from_millis(3000)).await
+                }
+            },
+            || {
+                let caller = caller.clone();
+                async move {
+                    let body = serde_json::json!({"method": "amount_due"});
+                    caller
+                        .call("hole0", body, Duration::from_millis(1000))
+                        .await
+                }
+            },
+        )
+        .await;
+    let summary = measured.report(&["mosquitto"]);
+    drop(children);
+    summary
+}
+
+/// The offered load: `rate` calls a second for `seconds` to random devices of `count`
+/// (`sim-a<n>`, `sim-b<n>`), and, with `hole_calls`, 10 a second to `hole0`.
+struct Load {
+    rate: u64,
+    seconds: u64,
+    count: u64,
+    hole_calls: bool,
+}
+
+/// What one load phase measured.
+struct Measured {
+    total: u64,
+    lat: Vec<u64>,
+    failures: Vec<u16>,
+    holes: Vec<(u16, u64)>,
+    secs: f64,
+    wall: f64,
+    cpu: Vec<(&'static str, f64)>,
+}
+
+/// The figures the side-by-side ratio is made of (µs).
+struct Summary {
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    /// CPU per call of the serving side (paynotify: both nodes and Redis; the broker).
+    server_us: f64,
+}
+
+impl Load {
+    /// Offers the load (1 ms ticks): `call(device id)` and `hole()` give an HTTP-like status,
+    /// 200 for a result; measures each healthy call's latency and every process' CPU.
+    async fn drive<C, CF, H, HF>(&self, pids: &[(&'static str, u32)], call: C, hole: H) -> Measured
+    where
+        C: Fn(String) -> CF,
+        CF: std::future::Future<Output = u16> + Send + 'static,
+        H: Fn() -> HF,
+        HF: std::future::Future<Output = u16> + Send + 'static,
+    {
+        let (rate, count) = (self.rate, self.count);
+        let half = count / 2;
+        let latencies = Arc::new(Mutex::new(Vec::<u64>::new()));
+        let failures = Arc::new(Mutex::new(Vec::<u16>::new()));
+        let hole_results = Arc::new(Mutex::new(Vec::<(u16, u64)>::new()));
+        let total = rate * self.seconds;
+        let per_tick = (rate / 1000).max(1);
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut seed: u64 = 11;
+        let mut sent = 0u64;
+        let mut tasks = tokio::task::JoinSet::new();
+        let pids: Vec<(&'static str, u32)> =
+            pids.iter().copied().filter(|(_, pid)| *pid != 0).collect();
+        let cpu_before: Vec<u64> = pids.iter().map(|(_, pid)| cpu_ticks(*pid)).collect();
+        let run_start = Instant::now();
+        while sent < total {
+            tick.tick().await;
+            for _ in 0..per_tick {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let n = (seed >> 33) % count;
+                let target = if n < half {
+                    format!("sim-a{n}")
+                } else {
+                    format!("sim-b{}", n - half)
+                };
+                let one = call(target);
+                let (latencies, failures) = (latencies.clone(), failures.clone());
+                tasks.spawn(async move {
+                    let t = Instant::now();
+                    let status = one.await;
+                    if status == 200 {
+                        latencies
+                            .lock()
+                            .unwrap()
+                            .push(t.elapsed().as_micros() as u64);
+                    } else {
+                        failures.lock().unwrap().push(status);
+                    }
+                });
+            }
+            sent += per_tick;
+            if self.hole_calls && sent.is_multiple_of((rate / 10).max(1)) {
+                let (one, hole_results) = (hole(), hole_results.clone());
+                tasks.spawn(async move {
+                    let t = Instant::now();
+                    let status = one.await;
+                    hole_results
+                        .lock()
+                        .unwrap()
+                        .push((status, t.elapsed().as_millis() as u64));
+                });
+            }
+            while tasks.try_join_next().is_some() {}
+        }
+        // The rate achieved is measured over the sending; the wait for the last answers (and
+        // the black hole's deadline) is not part of it.
+        let secs = run_start.elapsed().as_secs_f64();
+        while tasks.join_next().await.is_some() {}
+        let wall = run_start.elapsed().as_secs_f64();
+        let mut cpu: Vec<(&'static str, f64)> = Vec::new();
+        for ((name, pid), before) in pids.iter().zip(&cpu_before) {
+            let used = cpu_ticks(*pid).saturating_sub(*before) as f64 / 100.0;
+            match cpu.iter_mut().find(|(n, _)| n == name) {
+                Some((_, total)) => *total += used,
+                None => cpu.push((name, used)),
+            }
+        }
+        let mut lat = latencies.lock().unwrap().clone();
+        lat.sort_unstable();
+        let failures = failures.lock().unwrap().clone();
+        let holes = hole_results.lock().unwrap().clone();
+        Measured {
+            total,
+            lat,
+            failures,
+            holes,
+            secs,
+            wall,
+            cpu,
+        }
+    }
+}
+
+impl Measured {
+    /// Prints the phase's figures; `server` names the processes that serve the calls.
+    fn report(&self, server: &[&str]) -> Summary {
+        let (total, lat, failures) = (self.total, &self.lat, &self.failures);
+        println!(
+            "  {} healthy calls in {:.1} s ({:.0}/s): {} ok, {} failed {:?}",
+            total,
+            self.secs,
+            total as f64 / self.secs,
+            lat.len(),
+            failures.len(),
+            failures.iter().take(5).collect::<Vec<_>>()
+        );
+        println!(
+            "  healthy call latency (request in, to the device, back): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+            pct(lat, 0.5) as f64 / 1000.0,
+            pct(lat, 0.9) as f64 / 1000.0,
+            pct(lat, 0.99) as f64 / 1000.0,
+            pct(lat, 0.999) as f64 / 1000.0,
+            lat.last().copied().unwrap_or(0) as f64 / 1000.0
+        );
+        let timeouts = self.holes.iter().filter(|(s, _)| *s == 504).count();
+        let max_ms = self.holes.iter().map(|(_, ms)| *ms).max().unwrap_or(0);
+        println!("  black-holed device: {} calls, {timeouts} answered 504, slowest {max_ms} ms (deadline 1000 ms)", self.holes.len());
+        let per_call = |c: f64| c * 1e6 / total as f64;
+        let total_cpu: f64 = self.cpu.iter().map(|(_, c)| c).sum();
+        let parts: Vec<String> = self
+            .cpu
+            .iter()
+            .map(|(name, c)| format!("{name} {:.0} µs", per_call(*c)))
+            .collect();
+        let server_cpu: f64 = self
+            .cpu
+            .iter()
+            .filter(|(name, _)| server.contains(name))
+            .map(|(_, c)| c)
+            .sum();
+        println!(
+            "  CPU per call: {} (all: {:.0} µs; serving: {:.0} µs; {:.2} of 2 cores busy)",
+            parts.join(", "),
+            per_call(total_cpu),
+            per_call(server_cpu),
+            total_cpu / self.wall
+        );
+        Summary {
+            p50: pct(lat, 0.5),
+            p99: pct(lat, 0.99),
+            p999: pct(lat, 0.999),
+            server_us: per_call(server_cpu),
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::delivery::signing::{Signer, SigningError};
 use crate::delivery::worker;
 use crate::devices::Devices;
 use crate::http::gateway::Gateway;
-use crate::http::state::AppState;
+use crate::http::state::{AppState, Shared};
 use crate::intake;
 use crate::limits::ConnLimits;
 use crate::metrics::Metrics;
@@ -270,7 +270,7 @@ fn spawn_roles(
 /// and device routes with the gateway role, then `extra` (the `dev` demo).
 fn router(parts: &Parts, extra: axum::Router, shutdown: &CancellationToken) -> axum::Router {
     let config = &parts.config;
-    let state = AppState {
+    let state = AppState::new(Shared {
         config: config.clone(),
         redis: parts.redis.clone(),
         notifications: crate::delivery::store::Store::new(parts.redis.clone()),
@@ -289,7 +289,7 @@ fn router(parts: &Parts, extra: axum::Router, shutdown: &CancellationToken) -> a
                 .unwrap_or_default(),
         ),
         shutdown: shutdown.clone(),
-    };
+    });
     let mut app = crate::http::health::router(state.clone());
     if config.roles.api {
         app = app.merge(crate::http::v1::public_router(state.clone()));

@@ -250,6 +250,16 @@ impl Devices {
         let heartbeat = self.inner.config.device_heartbeat;
         let silence_limit = heartbeat + heartbeat / 2;
         let mut last_seen = Instant::now();
+        // The three timers live across iterations instead of being made (and registered in
+        // the timer wheel, and removed) again for every frame in or out: the silence timer
+        // is armed at a deadline no later than the real one and, when it fires early
+        // (frames came since), re-armed at the real one; the expiry timer is re-armed only
+        // when a call due earlier than it is written.
+        let silence = tokio::time::sleep_until(last_seen + silence_limit);
+        let expiry = tokio::time::sleep_until(reg.token_deadline);
+        let token_expired = tokio::time::sleep_until(reg.token_deadline);
+        tokio::pin!(silence, expiry, token_expired);
+        let mut armed_expiry: Option<Instant> = None;
         loop {
             tokio::select! {
                 frame = link.recv() => match frame {
@@ -283,16 +293,28 @@ impl Devices {
                 }
                 // Calls past their deadline give their slots back (their callers have
                 // stopped waiting; a late reply gets unknown_call).
-                _ = tokio::time::sleep_until(running.next_expiry.unwrap_or(reg.token_deadline)), if running.next_expiry.is_some() => {
+                _ = &mut expiry, if armed_expiry.is_some() => {
+                    armed_expiry = None;
                     running.expire_calls();
                 }
-                _ = tokio::time::sleep_until(last_seen + silence_limit) => {
-                    debug!(device = %reg.device, "no heartbeat within 1.5 intervals; closing");
-                    return Some("heartbeat timeout");
+                _ = &mut silence => {
+                    let deadline = last_seen + silence_limit;
+                    if deadline > Instant::now() {
+                        silence.as_mut().reset(deadline);
+                    } else {
+                        debug!(device = %reg.device, "no heartbeat within 1.5 intervals; closing");
+                        return Some("heartbeat timeout");
+                    }
                 }
                 _ = reg.kick.cancelled() => return Some("replaced by a newer connection"),
-                _ = tokio::time::sleep_until(reg.token_deadline) => return Some("token expired"),
+                _ = &mut token_expired => return Some("token expired"),
                 _ = shutdown.cancelled() => return Some("server shutting down"),
+            }
+            if let Some(next) = running.next_expiry {
+                if armed_expiry.is_none_or(|armed| next < armed) {
+                    expiry.as_mut().reset(next);
+                    armed_expiry = Some(next);
+                }
             }
         }
     }

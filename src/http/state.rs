@@ -1,6 +1,8 @@
 //! What every handler can reach: one state for all routes.
 //!
-//! Invariant: built once per node in `node::router`; every field is a cheap handle.
+//! Invariant: built once per node in `node::router`; every field is a cheap handle, and the
+//! whole state is one `Arc`, because axum clones it for every request (once per middleware
+//! with state and once per handler): a clone is one reference count, not one per field.
 
 use std::sync::Arc;
 
@@ -16,9 +18,26 @@ use crate::metrics::Metrics;
 use crate::push::{Hub, Results};
 use crate::redis::Redis;
 
-/// Shared state of the API and health handlers.
+/// Shared state of the API and health handlers: [`Shared`] behind one `Arc` (fields are read
+/// through `Deref`).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct Shared {
     pub config: Arc<Config>,
     pub redis: Redis,
     pub notifications: Store,

@@ -380,6 +380,45 @@ async fn a_device_that_never_answers_gets_at_most_256_calls_in_flight() {
     assert_eq!(status, 504);
 }
 
+/// A connection's expiry timer follows the earliest deadline of its pending calls: a short call
+/// written after long ones gives its slot back at its own deadline, not at theirs (the timer
+/// lives across the connection's loop and is moved earlier when such a call is written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_call_behind_long_ones_gives_its_slot_back_at_its_own_deadline() {
+    let redis = RedisServer::start().unwrap();
+    let a = device_node_with(&redis, |c| c.device_heartbeat = Duration::from_secs(60)).await;
+    let _hole = DeviceClient::online(a.device_addr.unwrap(), "slow-gate").await;
+    let cap = paynotify::devices::MAX_CALLS_IN_FLIGHT;
+    // All slots but one held by calls that wait 30 s.
+    let long = futures::future::join_all(
+        (0..cap - 1).map(|_| call(&a, "slow-gate", "amount_due", 30_000)),
+    );
+    let probe = async {
+        wait_until(Duration::from_secs(10), || async {
+            metric(&a, "device_calls_waiting").await as usize == cap - 1
+        })
+        .await;
+        // The last slot, for 300 ms.
+        assert_eq!(call(&a, "slow-gate", "amount_due", 300).await.0, 504);
+        // Its slot comes back long before the others' deadlines: a later short call is
+        // admitted (504 at its deadline) instead of refused (429).
+        let mut statuses = Vec::new();
+        for _ in 0..20 {
+            let (status, _) = call(&a, "slow-gate", "amount_due", 300).await;
+            statuses.push(status);
+            if status == 504 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        statuses
+    };
+    tokio::select! {
+        statuses = probe => assert_eq!(statuses.last(), Some(&504), "{statuses:?}"),
+        _ = long => panic!("the 30 s calls ended first"),
+    }
+}
+
 #[tokio::test]
 async fn a_device_connection_ends_when_its_token_expires() {
     let redis = RedisServer::start().unwrap();
