@@ -7,9 +7,9 @@
 //! them over a channel of [`AHEAD`] batches, and a taker that takes up to [`IN_FLIGHT`] batches
 //! in at once ([`batch::take`]: one enqueue call per partition, pipelined publishes), each
 //! acknowledged as soon as it is taken in. So the next read is on the wire while a batch is
-//! taken in, and a batch's results go out without waiting for the replies or the
-//! acknowledgement of the batch before; notifications still enqueue in stream order, batch
-//! after batch. Nodes share one consumer group.
+//! taken in, and a batch's results go out without waiting for the acknowledgement or the
+//! enqueue of the batch before; results and notifications each still go in stream order,
+//! batch after batch. Nodes share one consumer group.
 //!
 //! Invariant: an entry is acknowledged (and deleted) only after it is on the schedule, or its
 //! result published, or after it has been copied to the rejected stream with its reason;
@@ -22,7 +22,6 @@ pub mod batch;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::Either;
 use futures::stream::{FuturesOrdered, StreamExt};
 use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use redis::Value;
@@ -138,18 +137,17 @@ pub async fn run(
 }
 
 /// The taker: up to [`IN_FLIGHT`] batches at once, each taken in and then acknowledged, so a
-/// batch's results go out while the one before is still waiting for its replies or its
-/// acknowledgement. Each batch is polled once as it arrives, which puts its publishes on the
-/// connection before any later batch's (results keep their entry order), and the batches'
-/// notifications are enqueued one batch after the other ([`batch::Turn`]). Returns at shutdown
-/// or when the reader is gone and every batch in flight has finished.
+/// batch's acknowledgement and its enqueue overlap the next batch's publishes; results and
+/// notifications each still go in batch after batch ([`batch::Turn`]). Returns at shutdown or
+/// when the reader is gone and every batch in flight has finished.
 async fn take_all(
     cx: &batch::Intake<'_>,
     mut incoming: mpsc::Receiver<Vec<Entry>>,
     shutdown: &CancellationToken,
 ) {
     let mut in_flight = FuturesOrdered::new();
-    let mut previous: Option<oneshot::Receiver<()>> = None;
+    let mut published: Option<oneshot::Receiver<()>> = None;
+    let mut enqueued: Option<oneshot::Receiver<()>> = None;
     let mut failures = 0u32;
     let mut reader_gone = false;
     loop {
@@ -180,20 +178,21 @@ async fn take_all(
                     reader_gone = true;
                     continue;
                 };
-                let (done, next) = oneshot::channel();
-                let turn = batch::Turn { after: previous.replace(next), done };
-                let mut taken = Box::pin(async move {
+                let step = |before: &mut Option<oneshot::Receiver<()>>| {
+                    let (done, next) = oneshot::channel();
+                    batch::Step { after: before.replace(next), done }
+                };
+                let turn = batch::Turn {
+                    publish: step(&mut published),
+                    enqueue: step(&mut enqueued),
+                };
+                in_flight.push_back(async move {
                     let outcome = async {
                         let ack = batch::take(cx, &entries, turn).await?;
                         batch::acknowledge(cx.store.redis(), &ack).await
                     };
                     (entries.len(), outcome.await)
                 });
-                // The first poll sends this batch's publishes (see the doc above).
-                match futures::poll!(taken.as_mut()) {
-                    std::task::Poll::Ready(out) => in_flight.push_back(Either::Left(std::future::ready(out))),
-                    std::task::Poll::Pending => in_flight.push_back(Either::Right(taken)),
-                }
             }
         }
     }

@@ -36,21 +36,45 @@ pub struct Intake<'a> {
     pub metrics: &'a crate::metrics::Metrics,
 }
 
-/// A batch's place in the order of enqueues: its notifications are enqueued only after the
-/// batch before it has enqueued its own (`after` resolves, or its sender is gone), and `done`
-/// tells the batch after it. So batches taken in at once still enqueue in stream order, and
-/// of two entries with one id the earlier one is the one created.
-pub struct Turn {
+/// One step that batches taken in at once still take in stream order: it starts once the batch
+/// before has finished its own (`after` resolves, or its sender is gone), and `done` tells the
+/// batch after it.
+pub struct Step {
     pub after: Option<tokio::sync::oneshot::Receiver<()>>,
     pub done: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Step {
+    /// Waits for the batch before (if any).
+    async fn start(&mut self) {
+        if let Some(after) = self.after.take() {
+            // An error means the batch before is gone (failed or dropped): its entries stay
+            // pending either way, so this one goes on.
+            let _ = after.await;
+        }
+    }
+}
+
+/// A batch's place in the stream: its results are published only after the batch before has
+/// published its own, and its notifications enqueued after the batch before enqueued its own.
+/// So results of one order keep their stream order, and of two entries with one id the
+/// earlier one is the one created; the acknowledgements (and a batch's enqueue against the
+/// next one's publishes) overlap.
+pub struct Turn {
+    pub publish: Step,
+    pub enqueue: Step,
 }
 
 impl Turn {
     /// The turn of a batch taken in on its own (nothing before it, nothing after).
     pub fn alone() -> Self {
-        Self {
+        let step = || Step {
             after: None,
             done: tokio::sync::oneshot::channel().0,
+        };
+        Self {
+            publish: step(),
+            enqueue: step(),
         }
     }
 }
@@ -67,7 +91,6 @@ enum Outcome {
 
 /// Takes a batch in (enqueue, publish, reject) and returns the ids to acknowledge, in entry
 /// order. `Err` only when the rejected stream cannot be written: then nothing is acknowledged.
-/// The results' publishes are sent at the first poll, before anything is awaited.
 pub async fn take(
     cx: &Intake<'_>,
     entries: &[Entry],
@@ -91,12 +114,18 @@ pub async fn take(
         });
     }
     // Results first: they are what a browser waits for.
-    let published = futures::future::join_all(
-        results
-            .iter()
-            .map(|(_, doc)| crate::push::publish(cx.results, cx.config.result_ttl, doc)),
-    );
-    let (published, enqueued) = futures::join!(published, enqueue(cx, entries, docs, now, turn));
+    let Turn {
+        publish: mut step,
+        enqueue: enqueue_step,
+    } = turn;
+    let published = async {
+        step.start().await;
+        let published = publish_in_order(cx, &results).await;
+        let _ = step.done.send(());
+        published
+    };
+    let (published, enqueued) =
+        futures::join!(published, enqueue(cx, entries, docs, now, enqueue_step));
     for ((i, _), r) in results.iter().zip(published) {
         outcomes[*i] = Some(match r {
             Ok(_) => {
@@ -112,13 +141,50 @@ pub async fn take(
     settle(cx.store.redis(), entries, outcomes).await
 }
 
+/// Publishes a batch's results: each order's one after the other in entry order, the orders
+/// at once (concurrent calls on one connection can go out in any order). Answers in entry order.
+async fn publish_in_order(
+    cx: &Intake<'_>,
+    results: &[(usize, crate::push::ResultDoc)],
+) -> Vec<Result<u64, StoreError>> {
+    let mut orders: Vec<(&str, Vec<usize>)> = Vec::new();
+    let mut by_order = std::collections::HashMap::<&str, usize>::new();
+    for (k, (_, doc)) in results.iter().enumerate() {
+        let slot = *by_order.entry(doc.order_id.as_str()).or_insert_with(|| {
+            orders.push((doc.order_id.as_str(), Vec::new()));
+            orders.len() - 1
+        });
+        orders[slot].1.push(k);
+    }
+    let runs = futures::future::join_all(orders.iter().map(|(_, ks)| async move {
+        let mut out = Vec::with_capacity(ks.len());
+        for &k in ks {
+            out.push((
+                k,
+                crate::push::publish(cx.results, cx.config.result_ttl, &results[k].1).await,
+            ));
+        }
+        out
+    }))
+    .await;
+    let mut answers: Vec<Option<Result<u64, StoreError>>> =
+        (0..results.len()).map(|_| None).collect();
+    for (k, r) in runs.into_iter().flatten() {
+        answers[k] = Some(r);
+    }
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(StoreError::Reply("result not published".into()))))
+        .collect()
+}
+
 /// Reads each notification's merchant, then enqueues them all (one call per partition).
 async fn enqueue(
     cx: &Intake<'_>,
     entries: &[Entry],
     docs: Vec<(usize, crate::delivery::schema::Document)>,
     now: i64,
-    turn: Turn,
+    mut step: Step,
 ) -> Vec<(usize, Outcome)> {
     let parsed = futures::future::join_all(docs.into_iter().map(|(i, doc)| async move {
         let entry_id = &entries[i].0;
@@ -141,13 +207,9 @@ async fn enqueue(
         }
     }
     let (index, ns): (Vec<usize>, Vec<NewNotification>) = batch.into_iter().unzip();
-    if let Some(after) = turn.after {
-        // An error means the batch before is gone (failed or dropped): its entries stay
-        // pending either way, so this one goes on.
-        let _ = after.await;
-    }
+    step.start().await;
     let enqueued = cx.store.enqueue_batch(&ns, now).await;
-    let _ = turn.done.send(());
+    let _ = step.done.send(());
     match enqueued {
         Ok(answers) => {
             for ((i, n), answer) in index.into_iter().zip(ns).zip(answers) {
