@@ -42,12 +42,20 @@ async fn a_node_follows_a_sentinel_failover_and_loses_nothing_that_was_replicate
         .unwrap()
         .get_connection()
         .unwrap();
-    let acked: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(5000)
-        .query(&mut conn)
-        .unwrap();
-    assert_eq!(acked, 1);
+    // The replica may still be in its first sync on a busy machine: WAIT again until it
+    // acknowledges (at most 30 s).
+    let mut acked: i64 = 0;
+    for _ in 0..6 {
+        acked = redis::cmd("WAIT")
+            .arg(1)
+            .arg(5000)
+            .query(&mut conn)
+            .unwrap();
+        if acked == 1 {
+            break;
+        }
+    }
+    assert_eq!(acked, 1, "the replica never acknowledged the writes");
     primary.stop();
     // Enqueues during the failover are refused (503) until the replica is promoted, then land.
     for i in 0..50 {
