@@ -26,6 +26,8 @@ for i = 3, #ARGV, 4 do ids[#ids + 1] = ARGV[i] end
 -- unpack() is limited by Lua's C stack: read and write in slices.
 local SLICE = 2000
 local function sliced(cmd, key, list)
+  if #list == 0 then return {} end
+  if #list <= SLICE then return redis.call(cmd, key, unpack(list)) end
   local got = {}
   for i = 1, #list, SLICE do
     local part = redis.call(cmd, key, unpack(list, i, math.min(i + SLICE - 1, #list)))
