@@ -150,6 +150,9 @@ async fn take_all(
     let mut enqueued: Option<oneshot::Receiver<()>> = None;
     let mut failures = 0u32;
     let mut reader_gone = false;
+    // After a failed batch no new one starts until the backoff ends; the batches in flight
+    // are still driven meanwhile.
+    let mut paused_until: Option<tokio::time::Instant> = None;
     loop {
         if reader_gone && in_flight.is_empty() {
             return;
@@ -166,14 +169,15 @@ async fn take_all(
                         warn!(error = %e, count, "intake batch not acknowledged; will retry");
                         cx.metrics.redis_errors.inc();
                         failures += 1;
-                        tokio::select! {
-                            _ = tokio::time::sleep(crate::util::backoff(failures)) => {},
-                            _ = shutdown.cancelled() => return,
-                        }
+                        paused_until =
+                            Some(tokio::time::Instant::now() + crate::util::backoff(failures));
                     }
                 }
             }
-            entries = incoming.recv(), if !reader_gone && in_flight.len() < IN_FLIGHT => {
+            _ = tokio::time::sleep_until(paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused_until.is_some() => {
+                paused_until = None;
+            }
+            entries = incoming.recv(), if !reader_gone && paused_until.is_none() && in_flight.len() < IN_FLIGHT => {
                 let Some(entries) = entries else {
                     reader_gone = true;
                     continue;

@@ -1,5 +1,5 @@
 //! One batch of intake entries, taken in as few round trips as its contents allow: the
-//! notifications of each partition in one `enqueue.lua` call, the results as pipelined
+//! notifications of each partition in one `enqueue.lua` call, the results as concurrent
 //! `publish.lua` calls (each order is its own hash tag, so one call per result), the rejected
 //! entries as pipelined `XADD`s to the rejected stream, then one `intake_ack.lua` call.
 //!
@@ -7,8 +7,9 @@
 //! schedule (created, or there already with the same content), its result is published, or it
 //! is in the rejected stream with its reason. Everything else (a failed call, a registry that
 //! cannot be read) stays pending in the consumer group for `XAUTOCLAIM`. Entries of one batch
-//! keep their order where order is visible: results in entry order on the one connection,
-//! notifications in entry order within their partition's call, rejections in entry order.
+//! keep their order where order is visible: one order's results one after the other in entry
+//! order, notifications in entry order within their partition's call, rejections in entry
+//! order; across batches, [`Turn`] keeps the stream's order.
 
 use redis::Value;
 use tracing::warn;
@@ -45,13 +46,16 @@ pub struct Step {
 }
 
 impl Step {
-    /// Waits for the batch before (if any).
-    async fn start(&mut self) {
-        if let Some(after) = self.after.take() {
+    /// Runs `work` once the batch before has finished its own, then tells the batch after.
+    async fn run<T>(self, work: impl std::future::Future<Output = T>) -> T {
+        if let Some(after) = self.after {
             // An error means the batch before is gone (failed or dropped): its entries stay
             // pending either way, so this one goes on.
             let _ = after.await;
         }
+        let out = work.await;
+        let _ = self.done.send(());
+        out
     }
 }
 
@@ -114,18 +118,9 @@ pub async fn take(
         });
     }
     // Results first: they are what a browser waits for.
-    let Turn {
-        publish: mut step,
-        enqueue: enqueue_step,
-    } = turn;
-    let published = async {
-        step.start().await;
-        let published = publish_in_order(cx, &results).await;
-        let _ = step.done.send(());
-        published
-    };
+    let published = turn.publish.run(publish_in_order(cx, &results));
     let (published, enqueued) =
-        futures::join!(published, enqueue(cx, entries, docs, now, enqueue_step));
+        futures::join!(published, enqueue(cx, entries, docs, now, turn.enqueue));
     for ((i, _), r) in results.iter().zip(published) {
         outcomes[*i] = Some(match r {
             Ok(_) => {
@@ -184,7 +179,7 @@ async fn enqueue(
     entries: &[Entry],
     docs: Vec<(usize, crate::delivery::schema::Document)>,
     now: i64,
-    mut step: Step,
+    step: Step,
 ) -> Vec<(usize, Outcome)> {
     let parsed = futures::future::join_all(docs.into_iter().map(|(i, doc)| async move {
         let entry_id = &entries[i].0;
@@ -207,9 +202,7 @@ async fn enqueue(
         }
     }
     let (index, ns): (Vec<usize>, Vec<NewNotification>) = batch.into_iter().unzip();
-    step.start().await;
-    let enqueued = cx.store.enqueue_batch(&ns, now).await;
-    let _ = step.done.send(());
+    let enqueued = step.run(cx.store.enqueue_batch(&ns, now)).await;
     match enqueued {
         Ok(answers) => {
             for ((i, n), answer) in index.into_iter().zip(ns).zip(answers) {
