@@ -14,15 +14,47 @@
 -- ARGV[3 + 4k .. 6 + 4k], for each notification k = 0, 1, …:
 --         id; normalized spec JSON; first due time (ms); digest of the spec (meta.lua `h`):
 --         compared when a delivered entry no longer has its spec
--- Reads are one HMGET per hash and writes one HSET/ZADD per key for the whole batch (in slices
--- of SLICE arguments).
+-- Reads are one HMGET of meta (and one of spec, for ids already known) and writes one HSET/ZADD
+-- per key for the whole batch (in slices of SLICE arguments); a new entry's meta is formatted
+-- as a string (meta.lua meta_new_encoded), not encoded from a table.
 -- Returns: for each notification, two elements in order:
 --         "created", due_ms | "exists", state | "conflict", state
 local now = ARGV[1]
 local out = {}
--- Read every id's spec and meta at once; an id twice in this call is answered from `made`.
-local ids = {}
-for i = 3, #ARGV, 4 do ids[#ids + 1] = ARGV[i] end
+-- The answer for an id already stored, from its meta and its spec (false once delivered).
+local function answer_known(raw, existing, spec, digest)
+  local m = meta_decode(raw)
+  local same
+  if existing then
+    same = existing == spec
+  else
+    same = m.h ~= nil and m.h == digest
+  end
+  return same and 'exists' or 'conflict', m.s or 'unknown'
+end
+-- Wakes the partition's workers when member (due at due) has become the head of `due`.
+local function wake_if_head(member, due)
+  local head = redis.call('ZRANGE', KEYS[1], 0, 0)
+  if head[1] == member then
+    redis.call('SPUBLISH', ARGV[2], due)
+  end
+end
+-- One notification (the API's path): the same steps without the batch's tables.
+if #ARGV == 6 then
+  local id, spec, due, digest = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+  local raw = redis.call('HGET', KEYS[3], id)
+  if raw then
+    local kind, state = answer_known(raw, redis.call('HGET', KEYS[2], id), spec, digest)
+    return {kind, state}
+  end
+  local member = member_of(redis.call('INCR', KEYS[4]), id)
+  redis.call('HSET', KEYS[2], id, spec)
+  redis.call('HSET', KEYS[3], id, meta_new_encoded(member, now, due, digest))
+  redis.call('ZADD', KEYS[1], due, member)
+  redis.call('HINCRBY', KEYS[5], 'enqueued', 1)
+  wake_if_head(member, due)
+  return {'created', due}
+end
 -- unpack() is limited by Lua's C stack: read and write in slices.
 local SLICE = 2000
 local function sliced(cmd, key, list)
@@ -37,52 +69,58 @@ local function sliced(cmd, key, list)
   end
   return got
 end
-local specs = sliced('HMGET', KEYS[2], ids)
+-- Read every id's meta at once, and the spec only of ids that have a meta: a spec exists only
+-- while its meta does (this script writes both, settle.lua deletes the spec of a delivered
+-- entry, sweep.lua deletes both). An id twice in this call is answered from `made`.
+local ids = {}
+for i = 3, #ARGV, 4 do ids[#ids + 1] = ARGV[i] end
 local metas = sliced('HMGET', KEYS[3], ids)
+local known, specs = {}, {}
+for k = 1, #ids do
+  if metas[k] then known[#known + 1] = ids[k] end
+end
+if #known > 0 then
+  local got = sliced('HMGET', KEYS[2], known)
+  for j = 1, #known do specs[known[j]] = got[j] end
+end
 local made = {}
 local new = {}
 for k = 1, #ids do
   local i = 3 + 4 * (k - 1)
-  local id, spec, due, digest = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local existing, raw = specs[k], metas[k]
+  local id, spec = ARGV[i], ARGV[i + 1]
+  local raw = metas[k]
   if made[id] then
     out[#out + 1] = made[id] == spec and 'exists' or 'conflict'
     out[#out + 1] = 'scheduled'
-  elseif existing or raw then
-    local m = raw and meta_decode(raw)
-    local state = (m and m.s) or 'unknown'
-    local same
-    if existing then
-      same = existing == spec
-    else
-      same = m.h ~= nil and m.h == digest
-    end
-    out[#out + 1] = same and 'exists' or 'conflict'
+  elseif raw then
+    local kind, state = answer_known(raw, specs[id], spec, ARGV[i + 3])
+    out[#out + 1] = kind
     out[#out + 1] = state
   else
     made[id] = spec
-    new[#new + 1] = k
+    new[#new + 1] = i
     out[#out + 1] = 'created'
-    out[#out + 1] = due
+    out[#out + 1] = ARGV[i + 2]
   end
 end
 local created = #new
 if created > 0 then
   local last = redis.call('INCRBY', KEYS[4], created)
   local spec_set, meta_set, due_add = {}, {}, {}
-  local earliest, earliest_member = nil, nil
+  local earliest, earliest_due, earliest_member = nil, nil, nil
   for j = 1, created do
-    local i = 3 + 4 * (new[j] - 1)
-    local id, spec, due, digest = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    local i = new[j]
+    local id, due = ARGV[i], ARGV[i + 2]
     local member = member_of(last - created + j, id)
-    spec_set[#spec_set + 1] = id
-    spec_set[#spec_set + 1] = spec
-    meta_set[#meta_set + 1] = id
-    meta_set[#meta_set + 1] = meta_encode(meta_new(member, now, due, digest))
-    due_add[#due_add + 1] = due
-    due_add[#due_add + 1] = member
-    if earliest == nil or tonumber(due) < tonumber(earliest) then
-      earliest, earliest_member = due, member
+    spec_set[2 * j - 1] = id
+    spec_set[2 * j] = ARGV[i + 1]
+    meta_set[2 * j - 1] = id
+    meta_set[2 * j] = meta_new_encoded(member, now, due, ARGV[i + 3])
+    due_add[2 * j - 1] = due
+    due_add[2 * j] = member
+    local d = tonumber(due)
+    if earliest == nil or d < earliest then
+      earliest, earliest_due, earliest_member = d, due, member
     end
   end
   sliced('HSET', KEYS[2], spec_set)
@@ -90,9 +128,6 @@ if created > 0 then
   sliced('ZADD', KEYS[1], due_add)
   redis.call('HINCRBY', KEYS[5], 'enqueued', created)
   -- Only our earliest entry (the first of them among equal due times) can have become the head.
-  local head = redis.call('ZRANGE', KEYS[1], 0, 0)
-  if head[1] == earliest_member then
-    redis.call('SPUBLISH', ARGV[2], earliest)
-  end
+  wake_if_head(earliest_member, earliest_due)
 end
 return out

@@ -35,6 +35,10 @@ pub enum StoreError {
     Redis(#[from] ::redis::RedisError),
     #[error("unexpected reply from redis: {0}")]
     Reply(String),
+    /// An id that `schema::validate_id` refuses reached the store (the scripts store ids inside
+    /// JSON without escaping them, so the store checks again).
+    #[error("notification id {id:?} refused: {reason}")]
+    InvalidId { id: String, reason: String },
     #[error("stored, but only {got} of {wanted} replicas confirmed it within {timeout_ms} ms; send it again (enqueue is idempotent)")]
     NotReplicated {
         wanted: u32,

@@ -205,6 +205,14 @@ impl Store {
             .arg(now_ms)
             .arg(keys.wake_channel(p));
         for n in ns {
+            // enqueue.lua formats the new meta entry without escaping (meta.lua
+            // meta_new_encoded): only an id of the schema's characters may reach it.
+            crate::delivery::schema::validate_id(&n.id).map_err(|reason| {
+                StoreError::InvalidId {
+                    id: n.id.clone(),
+                    reason,
+                }
+            })?;
             let spec_json = n.spec.to_json();
             let digest = crate::delivery::meta::spec_digest(&spec_json);
             inv.arg(&n.id)

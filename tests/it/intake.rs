@@ -352,3 +352,44 @@ async fn a_batch_larger_than_a_scripts_argument_slice_is_enqueued_whole() {
     let shown = store.show("s-2499").await.unwrap().unwrap();
     assert_eq!(shown["state"], "scheduled", "{shown}");
 }
+
+#[tokio::test]
+async fn an_id_the_schema_refuses_is_refused_by_the_store_and_nothing_is_stored() {
+    // enqueue.lua writes the new meta entry without escaping: the store checks ids itself, so
+    // a caller that built a notification without the schema cannot store broken JSON.
+    let redis = RedisServer::start().unwrap();
+    let store = store(&redis);
+    store.load_scripts().await.unwrap();
+    let now = paynotify::now_ms();
+    let doc = json!({"id": "ok-1", "url": "http://127.0.0.1:9/", "deliver_at": now + 60_000});
+    let good =
+        paynotify::delivery::schema::parse(doc.to_string().as_bytes(), now, || unreachable!())
+            .unwrap();
+    let mut bad = good.clone();
+    bad.id = "x\",\"s\":\"dead".into();
+    let err = store.enqueue(&bad, now).await.unwrap_err();
+    assert!(
+        matches!(err, paynotify::redis::StoreError::InvalidId { .. }),
+        "{err}"
+    );
+    // A batch with one bad id stores none of it.
+    let err = store
+        .enqueue_batch(&[good.clone(), bad], now)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refused"), "{err}");
+    let mut conn = redis_conn(&redis).await;
+    let stored: i64 = redis::cmd("HLEN")
+        .arg(&store.keys().partition(0).meta)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+    // The good one alone goes in, and its meta reads back.
+    assert!(matches!(
+        store.enqueue(&good, now).await.unwrap(),
+        Enqueued::Created { .. }
+    ));
+    let shown = store.show("ok-1").await.unwrap().unwrap();
+    assert_eq!(shown["state"], "scheduled", "{shown}");
+}
