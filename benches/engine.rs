@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use paynotify::delivery::store::Store;
 use paynotify::redis::keys::Keys;
-use paynotify_testkit::RedisServer;
+use paynotify_testkit::{cpu_seconds, RedisServer};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -362,15 +362,6 @@ async fn drain(n: u64, worker_count: u64, partitions: u64) {
         let _ = p.kill();
         let _ = p.wait();
     }
-}
-
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
 }
 
 /// CPU seconds used so far by: redis-server, the worker processes, this process (sink + harness).

@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use paynotify::delivery::store::Store;
 use paynotify::redis::keys::Keys;
-use paynotify_testkit::RedisServer;
+use paynotify_testkit::{cpu_seconds, RedisServer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 fn env(name: &str, default: u64) -> u64 {
@@ -103,15 +103,6 @@ fn worker(redis: &RedisServer, flags: &[&str]) -> std::process::Child {
 fn stop(mut child: std::process::Child) {
     let _ = child.kill();
     let _ = child.wait();
-}
-
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
 }
 
 fn pct(sorted: &[i64], p: f64) -> i64 {

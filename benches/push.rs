@@ -16,8 +16,9 @@
 //!
 //! The direct and intake publishers run on a thread and a runtime of their own, beside the one
 //! that holds the client sockets. Reports per path results lost and publish-to-client latency
-//! (publisher clock just before the call to client clock, same machine), and server memory per idle subscribed connection (RSS
-//! growth / connections).
+//! (publisher clock just before the call to client clock, same machine), CPU per result of
+//! redis-server, the servers and the clients (`/proc/<pid>/stat`), and server memory per idle
+//! subscribed connection (RSS growth / connections).
 
 // A benchmark harness: a failed setup step should stop it loudly.
 #![allow(clippy::unwrap_used)]
@@ -30,7 +31,7 @@ use futures::{SinkExt, StreamExt};
 use paynotify::push::Results;
 use paynotify::redis::keys::Keys;
 use paynotify::redis::Redis;
-use paynotify_testkit::RedisServer;
+use paynotify_testkit::{cpu_seconds, RedisServer};
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "bench-token-secret-0123456789";
@@ -91,6 +92,27 @@ async fn wait_ready(port: u16) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("node on {port} never became ready");
+}
+
+/// CPU seconds used so far by redis-server, the servers and the clients (with the publisher).
+fn cpu_now(redis: Option<u32>, servers: &[u32], clients: &[u32]) -> [f64; 3] {
+    let sum = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum();
+    [
+        redis.map(cpu_seconds).unwrap_or(0.0),
+        sum(servers),
+        sum(clients),
+    ]
+}
+
+/// Prints CPU per result between two [`cpu_now`] readings.
+fn report_cpu(path: &str, round: u64, before: [f64; 3], after: [f64; 3], results: u64) {
+    let us = |i: usize| (after[i] - before[i]) * 1e6 / results.max(1) as f64;
+    println!(
+        "  [{path}, round {round}] CPU per result: redis-server {:.1} us, servers {:.1} us, clients+publisher {:.1} us",
+        us(0),
+        us(1),
+        us(2)
+    );
 }
 
 fn pct(sorted: &[u64], p: f64) -> u64 {
@@ -229,12 +251,15 @@ async fn run() {
     for round in 1..=rounds {
         for path in paths {
             if let (&"socketio", Some(peer)) = (path, peer.as_mut()) {
-                peer.round(&redis.url(), rate, seconds, conns, round);
+                peer.round(&redis, rate, seconds, conns, round);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
             received.store(0, Ordering::Relaxed);
             latencies.lock().unwrap().clear();
+            let node_pids: Vec<u32> = nodes.iter().map(|n| n.id()).collect();
+            let me = [std::process::id()];
+            let cpu_before = cpu_now(redis.pid(), &node_pids, &me);
             let intake = *path == "intake";
             // The publisher runs on a thread and a runtime of its own, so pacing the results
             // does not compete with this runtime's 15,000 client sockets (it did: the intake
@@ -262,6 +287,7 @@ async fn run() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let got = received.load(Ordering::Relaxed);
+            let cpu_after = cpu_now(redis.pid(), &node_pids, &me);
             let mut lat = latencies.lock().unwrap().clone();
             lat.sort_unstable();
             println!(
@@ -276,6 +302,7 @@ async fn run() {
                 pct(&lat, 0.999) as f64 / 1000.0,
                 lat.last().copied().unwrap_or(0) as f64 / 1000.0
             );
+            report_cpu(path, round, cpu_before, cpu_after, got);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
@@ -441,8 +468,12 @@ impl SocketIo {
     }
 
     /// One round: the emitter publishes, then the client reports what arrived.
-    fn round(&mut self, redis_url: &str, rate: u64, seconds: u64, conns: u64, round: u64) {
+    fn round(&mut self, redis: &RedisServer, rate: u64, seconds: u64, conns: u64, round: u64) {
         use std::io::Write;
+        let redis_url = &redis.url();
+        let servers: Vec<u32> = self.servers.iter().map(|s| s.id()).collect();
+        let client = [self.client.id()];
+        let cpu_before = cpu_now(redis.pid(), &servers, &client);
         let out = std::process::Command::new("node")
             .current_dir(PEER_DIR)
             .args([
@@ -471,6 +502,8 @@ impl SocketIo {
         ))
         .unwrap();
         let got = report["received"].as_u64().unwrap_or(0);
+        // The emitter process has exited by now: its CPU is not in "clients+publisher".
+        let cpu_after = cpu_now(redis.pid(), &servers, &client);
         let ms = |k: &str| report[k].as_f64().unwrap_or(0.0) / 1000.0;
         println!(
             "  [socketio, round {round}] published {published}; received {got}; lost {}",
@@ -484,6 +517,7 @@ impl SocketIo {
             ms("p999"),
             ms("max")
         );
+        report_cpu("socketio", round, cpu_before, cpu_after, got);
     }
 }
 

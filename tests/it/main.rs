@@ -22,6 +22,7 @@ mod partitions;
 mod props;
 mod push;
 mod replicas;
+mod runtime;
 mod sentinel;
 mod support;
 mod tls;

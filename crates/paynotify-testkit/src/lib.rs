@@ -36,6 +36,16 @@ pub const API_KEY: &str = "test-api-key-0123456789";
 /// The secret test nodes sign and check tokens with.
 pub const TOKEN_SECRET: &str = "test-token-secret-0123456789";
 
+/// CPU seconds (user + system) process `pid` has used so far, from `/proc/<pid>/stat` (0 when
+/// it cannot be read: the process is gone). For the benchmarks' CPU per unit of work.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
 /// A token for `id` of `kind` (an order for a browser, a device), valid for ten minutes, signed
 /// with [`TOKEN_SECRET`].
 pub fn mint_token(kind: paynotify::token::Kind, id: &str) -> String {
