@@ -5,11 +5,12 @@
 //! Two tasks per node: a reader that reads batches (`XREADGROUP … BLOCK` on a connection of its
 //! own, and every `--lease` an `XAUTOCLAIM` of entries a stalled consumer left pending) and hands
 //! them over a channel of [`AHEAD`] batches, and a taker that takes up to [`IN_FLIGHT`] batches
-//! in at once ([`batch::take`]: one enqueue call per partition, pipelined publishes), each
-//! acknowledged as soon as it is taken in. So the next read is on the wire while a batch is
-//! taken in, and a batch's results go out without waiting for the acknowledgement or the
-//! enqueue of the batch before; results and notifications each still go in stream order,
-//! batch after batch. Nodes share one consumer group.
+//! in at once ([`batch::take`]: one enqueue call per partition, pipelined publishes), and
+//! acknowledges what they took in by one call at a time (the ids of every batch finished while
+//! a call is out go in the next). So the next read is on the wire while a batch is taken in,
+//! and a batch's results go out without waiting for the acknowledgement or the enqueue of the
+//! batch before; results and notifications each still go in stream order, batch after batch.
+//! Nodes share one consumer group.
 //!
 //! Invariant: an entry is acknowledged (and deleted) only after it is on the schedule, or its
 //! result published, or after it has been copied to the rejected stream with its reason;
@@ -22,7 +23,7 @@ pub mod batch;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{FuturesOrdered, StreamExt};
+use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -45,6 +46,11 @@ const READ_COUNT: usize = 512;
 const AHEAD: usize = 2;
 /// Most batches being taken in at once (their replies and acknowledgements overlap).
 const IN_FLIGHT: usize = 4;
+/// Most entry ids in one acknowledgement call (`intake_ack.lua` unpacks them: Lua's limit is
+/// about 8,000).
+const ACK_MAX: usize = 4096;
+/// How long shutdown waits for the last acknowledgement.
+const ACK_FLUSH: Duration = Duration::from_secs(2);
 /// How long one blocking read waits for new entries.
 const BLOCK: Duration = Duration::from_secs(2);
 
@@ -136,42 +142,61 @@ pub async fn run(
     info!("intake consumer stopped");
 }
 
-/// The taker: up to [`IN_FLIGHT`] batches at once, each taken in and then acknowledged, so a
-/// batch's acknowledgement and its enqueue overlap the next batch's publishes; results and
-/// notifications each still go in batch after batch ([`batch::Turn`]). Returns at shutdown or
-/// when the reader is gone and every batch in flight has finished.
+/// The taker: up to [`IN_FLIGHT`] batches at once, so a batch's enqueue overlaps the next
+/// batch's publishes; results and notifications each still go in batch after batch
+/// ([`batch::Turn`]). Taken-in entries are acknowledged by one call at a time: the ids of every
+/// batch finished while a call is out go in the next one (at most [`ACK_MAX`]), so under load
+/// one `intake_ack.lua` call covers many small batches, and when idle each batch is
+/// acknowledged at once. Returns at shutdown (after one last acknowledgement of what was taken
+/// in, bounded by [`ACK_FLUSH`]) or when the reader is gone and everything in flight finished.
+// long: one select loop over batches, acknowledgements and the backoff reads best whole.
 async fn take_all(
     cx: &batch::Intake<'_>,
     mut incoming: mpsc::Receiver<Vec<Entry>>,
     shutdown: &CancellationToken,
 ) {
+    let redis = cx.store.redis();
     let mut in_flight = FuturesOrdered::new();
+    let mut acking = FuturesUnordered::new();
+    let mut to_ack: Vec<String> = Vec::new();
     let mut published: Option<oneshot::Receiver<()>> = None;
     let mut enqueued: Option<oneshot::Receiver<()>> = None;
     let mut failures = 0u32;
     let mut reader_gone = false;
-    // After a failed batch no new one starts until the backoff ends; the batches in flight
-    // are still driven meanwhile.
+    // After a failed batch or acknowledgement no new batch starts until the backoff ends; the
+    // batches in flight are still driven meanwhile.
     let mut paused_until: Option<tokio::time::Instant> = None;
+    let failed = |e: &StoreError, count: usize, what: &str, failures: &mut u32| {
+        // Left pending: reclaimed by XAUTOCLAIM once idle for a lease.
+        warn!(error = %e, count, "intake {what} failed; will retry");
+        cx.metrics.redis_errors.inc();
+        *failures += 1;
+        tokio::time::Instant::now() + crate::util::backoff(*failures)
+    };
     loop {
-        if reader_gone && in_flight.is_empty() {
+        if acking.is_empty() && !to_ack.is_empty() {
+            let ids: Vec<String> = to_ack.drain(..to_ack.len().min(ACK_MAX)).collect();
+            acking.push(async move { (ids.len(), batch::acknowledge(redis, &ids).await) });
+        }
+        if reader_gone && in_flight.is_empty() && acking.is_empty() {
             return;
         }
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return,
-            Some(outcome) = in_flight.next(), if !in_flight.is_empty() => {
-                let (count, outcome): (usize, Result<(), StoreError>) = outcome;
+            _ = shutdown.cancelled() => {
+                flush(redis, &mut acking, std::mem::take(&mut to_ack)).await;
+                return;
+            }
+            Some((count, outcome)) = acking.next(), if !acking.is_empty() => {
                 match outcome {
                     Ok(()) => failures = 0,
-                    Err(e) => {
-                        // Left pending: reclaimed by XAUTOCLAIM once idle for a lease.
-                        warn!(error = %e, count, "intake batch not acknowledged; will retry");
-                        cx.metrics.redis_errors.inc();
-                        failures += 1;
-                        paused_until =
-                            Some(tokio::time::Instant::now() + crate::util::backoff(failures));
-                    }
+                    Err(e) => paused_until = Some(failed(&e, count, "acknowledgement", &mut failures)),
+                }
+            }
+            Some((count, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                match outcome {
+                    Ok(ids) => to_ack.extend(ids),
+                    Err(e) => paused_until = Some(failed(&e, count, "batch", &mut failures)),
                 }
             }
             _ = tokio::time::sleep_until(paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused_until.is_some() => {
@@ -191,14 +216,31 @@ async fn take_all(
                     enqueue: step(&mut enqueued),
                 };
                 in_flight.push_back(async move {
-                    let outcome = async {
-                        let ack = batch::take(cx, &entries, turn).await?;
-                        batch::acknowledge(cx.store.redis(), &ack).await
-                    };
-                    (entries.len(), outcome.await)
+                    (entries.len(), batch::take(cx, &entries, turn).await)
                 });
             }
         }
+    }
+}
+
+/// At shutdown: waits for the acknowledgement in flight, then acknowledges `rest` (what was
+/// taken in since), within [`ACK_FLUSH`]. What is left unacknowledged is taken in again after a
+/// lease, by this node or another (an enqueue answers `exists`; a result is published again).
+async fn flush<F>(redis: &Redis, acking: &mut FuturesUnordered<F>, rest: Vec<String>)
+where
+    F: std::future::Future<Output = (usize, Result<(), StoreError>)>,
+{
+    let last = async {
+        while acking.next().await.is_some() {}
+        for ids in rest.chunks(ACK_MAX) {
+            if let Err(e) = batch::acknowledge(redis, ids).await {
+                warn!(error = %e, count = ids.len(), "intake acknowledgement at shutdown failed; the entries will be taken in again");
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(ACK_FLUSH, last).await.is_err() {
+        warn!("intake acknowledgement at shutdown timed out; the entries will be taken in again");
     }
 }
 
