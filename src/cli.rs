@@ -30,8 +30,8 @@ pub struct Cli {
     #[arg(long, env = "PAYNOTIFY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
     /// Threads of the async runtime. Default: the CPUs this process may use (its cgroup's CPU
-    /// quota included). Set it lower when several processes share few cores (two nodes and
-    /// Redis on one 2-core machine spend a fifth of their CPU on waking each other's threads).
+    /// quota included). Set it to give a node fewer threads than the machine has cores, e.g.
+    /// when it shares the machine with other nodes or with Redis.
     #[arg(long, env = "PAYNOTIFY_WORKER_THREADS", global = true, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
     #[command(subcommand)]
