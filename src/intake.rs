@@ -6,8 +6,8 @@
 //! own, and every `--lease` an `XAUTOCLAIM` of entries a stalled consumer left pending) and hands
 //! them over a channel of [`AHEAD`] batches, and a taker that takes up to [`IN_FLIGHT`] batches
 //! in at once ([`batch::take`]: one enqueue call per partition, pipelined publishes), and
-//! acknowledges what they took in by one call at a time (the ids of every batch finished while
-//! a call is out go in the next). So the next read is on the wire while a batch is taken in,
+//! acknowledges what they took in by one call at a time, a few milliseconds after (one call
+//! covers the batches of those milliseconds). So the next read is on the wire while a batch is taken in,
 //! and a batch's results go out without waiting for the acknowledgement or the enqueue of the
 //! batch before; results and notifications each still go in stream order, batch after batch.
 //! Nodes share one consumer group.
@@ -49,6 +49,10 @@ const IN_FLIGHT: usize = 4;
 /// Most entry ids in one acknowledgement call (`intake_ack.lua` unpacks them: Lua's limit is
 /// about 8,000).
 const ACK_MAX: usize = 4096;
+/// How long a taken-in entry may wait for its acknowledgement, so that one call covers the
+/// batches of a few milliseconds (an acknowledgement is off the results' path: only the
+/// stream's length and the pending count see the wait).
+const ACK_DELAY: Duration = Duration::from_millis(5);
 /// How long shutdown waits for the last acknowledgement.
 const ACK_FLUSH: Duration = Duration::from_secs(2);
 /// How long one blocking read waits for new entries.
@@ -144,11 +148,12 @@ pub async fn run(
 
 /// The taker: up to [`IN_FLIGHT`] batches at once, so a batch's enqueue overlaps the next
 /// batch's publishes; results and notifications each still go in batch after batch
-/// ([`batch::Turn`]). Taken-in entries are acknowledged by one call at a time: the ids of every
-/// batch finished while a call is out go in the next one (at most [`ACK_MAX`]), so under load
-/// one `intake_ack.lua` call covers many small batches, and when idle each batch is
-/// acknowledged at once. Returns at shutdown (after one last acknowledgement of what was taken
-/// in, bounded by [`ACK_FLUSH`]) or when the reader is gone and everything in flight finished.
+/// ([`batch::Turn`]). Taken-in entries are acknowledged by one call at a time, [`ACK_DELAY`]
+/// after the oldest of them was taken in (at once past [`ACK_MAX`] ids, or once the reader is
+/// gone): so one `intake_ack.lua` call covers every batch of those milliseconds instead of a
+/// call per batch. Returns at shutdown (after the batches in flight have finished and what
+/// they took in is acknowledged, within [`ACK_FLUSH`]) or when the reader is gone and
+/// everything in flight finished.
 // long: one select loop over batches, acknowledgements and the backoff reads best whole.
 async fn take_all(
     cx: &batch::Intake<'_>,
@@ -159,6 +164,8 @@ async fn take_all(
     let mut in_flight = FuturesOrdered::new();
     let mut acking = FuturesUnordered::new();
     let mut to_ack: Vec<String> = Vec::new();
+    // When the oldest id in `to_ack` is due for acknowledgement.
+    let mut ack_at: Option<tokio::time::Instant> = None;
     let mut published: Option<oneshot::Receiver<()>> = None;
     let mut enqueued: Option<oneshot::Receiver<()>> = None;
     let mut failures = 0u32;
@@ -174,17 +181,20 @@ async fn take_all(
         tokio::time::Instant::now() + crate::util::backoff(*failures)
     };
     loop {
-        if acking.is_empty() && !to_ack.is_empty() {
+        let now = tokio::time::Instant::now();
+        let ack_due = ack_at.is_some_and(|at| at <= now) || to_ack.len() >= ACK_MAX || reader_gone;
+        if acking.is_empty() && !to_ack.is_empty() && ack_due {
             let ids: Vec<String> = to_ack.drain(..to_ack.len().min(ACK_MAX)).collect();
             acking.push(async move { (ids.len(), batch::acknowledge(redis, &ids).await) });
+            ack_at = (!to_ack.is_empty()).then_some(now);
         }
-        if reader_gone && in_flight.is_empty() && acking.is_empty() {
+        if reader_gone && in_flight.is_empty() && acking.is_empty() && to_ack.is_empty() {
             return;
         }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
-                flush(redis, &mut acking, std::mem::take(&mut to_ack)).await;
+                flush(redis, &mut in_flight, &mut acking, std::mem::take(&mut to_ack)).await;
                 return;
             }
             Some((count, outcome)) = acking.next(), if !acking.is_empty() => {
@@ -195,10 +205,17 @@ async fn take_all(
             }
             Some((count, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
                 match outcome {
-                    Ok(ids) => to_ack.extend(ids),
+                    Ok(ids) => {
+                        let ids: Vec<String> = ids;
+                        if to_ack.is_empty() && !ids.is_empty() {
+                            ack_at = Some(tokio::time::Instant::now() + ACK_DELAY);
+                        }
+                        to_ack.extend(ids);
+                    }
                     Err(e) => paused_until = Some(failed(&e, count, "batch", &mut failures)),
                 }
             }
+            _ = tokio::time::sleep_until(ack_at.unwrap_or_else(tokio::time::Instant::now)), if ack_at.is_some() && acking.is_empty() => {}
             _ = tokio::time::sleep_until(paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused_until.is_some() => {
                 paused_until = None;
             }
@@ -223,14 +240,25 @@ async fn take_all(
     }
 }
 
-/// At shutdown: waits for the acknowledgement in flight, then acknowledges `rest` (what was
-/// taken in since), within [`ACK_FLUSH`]. What is left unacknowledged is taken in again after a
-/// lease, by this node or another (an enqueue answers `exists`; a result is published again).
-async fn flush<F>(redis: &Redis, acking: &mut FuturesUnordered<F>, rest: Vec<String>)
-where
-    F: std::future::Future<Output = (usize, Result<(), StoreError>)>,
+/// At shutdown: lets the batches in flight finish, waits for the acknowledgement out, then
+/// acknowledges what was taken in since (`rest` and what the batches return), all within
+/// [`ACK_FLUSH`]. What is left unacknowledged is taken in again after a lease, by this node or
+/// another (an enqueue answers `exists`; a result is published again).
+async fn flush<B, A>(
+    redis: &Redis,
+    in_flight: &mut FuturesOrdered<B>,
+    acking: &mut FuturesUnordered<A>,
+    mut rest: Vec<String>,
+) where
+    B: std::future::Future<Output = (usize, Result<Vec<String>, StoreError>)>,
+    A: std::future::Future<Output = (usize, Result<(), StoreError>)>,
 {
     let last = async {
+        while let Some((_, outcome)) = in_flight.next().await {
+            if let Ok(ids) = outcome {
+                rest.extend(ids);
+            }
+        }
         while acking.next().await.is_some() {}
         for ids in rest.chunks(ACK_MAX) {
             if let Err(e) = batch::acknowledge(redis, ids).await {

@@ -393,3 +393,41 @@ async fn an_id_the_schema_refuses_is_refused_by_the_store_and_nothing_is_stored(
     let shown = store.show("ok-1").await.unwrap().unwrap();
     assert_eq!(shown["state"], "scheduled", "{shown}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_right_after_taking_entries_in_leaves_none_of_them_pending() {
+    // Acknowledgements wait a few milliseconds to cover several batches; a shutdown in that
+    // window must still acknowledge what was taken in, or it would be taken in again later.
+    let redis = RedisServer::start().unwrap();
+    let node = node_with(&redis, |_| {}).await;
+    let mut conn = redis_conn(&redis).await;
+    let mut pipe = redis::pipe();
+    for i in 0..300 {
+        let doc = json!({"order_id": format!("stop-{i}"), "status": "paid"});
+        pipe.cmd("XADD")
+            .arg("paynotify:intake")
+            .arg("*")
+            .arg("result")
+            .arg(doc.to_string())
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
+    let results = results(&redis);
+    // A tight loop, not wait_until's polling: the node must be stopped within the few
+    // milliseconds its acknowledgement waits.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while results.read("stop-299").await.unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stop-299 never published"
+        );
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    node.stop().await;
+    assert_eq!(pending(&mut conn).await, 0);
+    assert_eq!(xlen(&mut conn, "paynotify:intake").await, 0);
+    for i in [0, 150, 299] {
+        let (seq, _) = results.read(&format!("stop-{i}")).await.unwrap().unwrap();
+        assert_eq!(seq, 1, "stop-{i} was published once");
+    }
+}
