@@ -17,6 +17,9 @@
 //!   `/proc/<pid>/stat`). In the same run, as the peer, the direct path: N more notifications
 //!   by `POST /v1/notifications` (512 in flight, keep-alive) to the same nodes.
 //!
+//!   With BENCH_BULLMQ=1 the same schedule then runs as BullMQ delayed jobs on the same sink
+//!   (`benches/peers/bullmq`, `npm ci` there first), and its lateness is printed beside.
+//!
 //! Environment: BENCH_N, BENCH_RATE, BENCH_SECONDS, BENCH_WORKERS, BENCH_PARTITIONS,
 //! BENCH_RETENTION, BENCH_SIGN (hmac, ed25519 or both: the workers sign every attempt;
 //! merchant: every notification names a registered merchant and is signed with its secret).
@@ -417,6 +420,68 @@ async fn steady(rate: u64, seconds: u64, worker_count: u64, partitions: u64) {
     for p in &mut procs {
         let _ = p.kill();
         let _ = p.wait();
+    }
+    if std::env::var("BENCH_BULLMQ").as_deref() == Ok("1") {
+        bullmq_steady(&redis, &stats, sink, rate, total).await;
+    }
+}
+
+/// The peer of `steady`, in the same run on the same sink: BullMQ delayed jobs falling due at
+/// the same `rate` (`benches/peers/bullmq/drain.js --rate`, a Worker at concurrency 64 on
+/// Redis db 1; `npm ci --prefix benches/peers/bullmq` first). Prints its sink receipt - due.
+async fn bullmq_steady(
+    redis: &RedisServer,
+    stats: &SinkStats,
+    sink: std::net::SocketAddr,
+    rate: u64,
+    total: u64,
+) {
+    use tokio::io::AsyncBufReadExt;
+    stats.received.store(0, Ordering::Relaxed);
+    stats.lateness.lock().unwrap().clear();
+    let t0 = paynotify::now_ms() + 5000 + total as i64 / 10; // BullMQ adds about 25,000/s here
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/bullmq/drain.js");
+    let mut child = tokio::process::Command::new("node")
+        .arg(&script)
+        .args(["--redis", &format!("{}/1", redis.url())])
+        .args(["--sink", &format!("http://{sink}/notify")])
+        .args(["--n", &total.to_string(), "--concurrency", "64"])
+        .args(["--rate", &rate.to_string(), "--start", &t0.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node is needed for BENCH_BULLMQ=1 (and npm ci --prefix benches/peers/bullmq)");
+    let stdin = child.stdin.take();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let enqueued = lines.next_line().await.unwrap().unwrap_or_default();
+    let lead = t0 - paynotify::now_ms();
+    println!("  bullmq: {enqueued}; first job due in {lead} ms");
+    assert!(
+        lead > 500,
+        "BullMQ's enqueue took too long; lower BENCH_RATE or BENCH_SECONDS"
+    );
+    let last_due = t0 + (total.saturating_sub(1) * 1000 / rate) as i64;
+    while stats.received.load(Ordering::Relaxed) < total {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if paynotify::now_ms() > last_due + 30_000 {
+            println!("  bullmq: gave up");
+            break;
+        }
+    }
+    println!(
+        "  bullmq: received {}",
+        stats.received.load(Ordering::Relaxed)
+    );
+    let late = stats.lateness.lock().unwrap().clone();
+    summary("BullMQ sink receipt - due", late);
+    drop(stdin);
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
     }
 }
 

@@ -10,6 +10,10 @@
 // 3. When every job has completed or failed, prints {"event":"done", ...}, then waits for its
 //    standard input to close (so the harness can read this process's CPU time) and exits.
 //
+// With --rate R and --start T (ms since the epoch), the jobs are delayed jobs instead: job i
+// falls due at T + i * 1000 / R (the steady peer of `cargo bench --bench engine -- steady`,
+// BENCH_BULLMQ=1), and its body is "<due ms>:q<i>" so the sink measures receipt - due.
+//
 // Output: one JSON object per line on stdout; diagnostics on stderr.
 
 "use strict";
@@ -18,7 +22,7 @@ const http = require("node:http");
 const { Queue, Worker } = require("bullmq");
 
 function args() {
-  const out = { redis: "redis://127.0.0.1:6379/1", prefix: "bullbench", sink: "", n: 50000, concurrency: 64 };
+  const out = { redis: "redis://127.0.0.1:6379/1", prefix: "bullbench", sink: "", n: 50000, concurrency: 64, rate: 0, start: 0 };
   const argv = process.argv.slice(2);
   for (let i = 0; i < argv.length; i += 2) {
     const key = argv[i].replace(/^--/, "");
@@ -52,8 +56,14 @@ async function main() {
   const chunk = 1000;
   for (let base = 0; base < opt.n; base += chunk) {
     const jobs = [];
+    const now = Date.now();
     for (let i = base; i < Math.min(base + chunk, opt.n); i++) {
-      jobs.push({ name: "notify", data: { body: `0:q${i}` } });
+      if (opt.rate > 0) {
+        const due = opt.start + Math.floor((i * 1000) / opt.rate);
+        jobs.push({ name: "notify", data: { body: `${due}:q${i}` }, opts: { delay: Math.max(0, due - now) } });
+      } else {
+        jobs.push({ name: "notify", data: { body: `0:q${i}` } });
+      }
     }
     await queue.addBulk(jobs);
   }
