@@ -361,22 +361,13 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
         )
         .await;
     lane.finish(slot, &result);
-    let rec = json!({
-        "attempt": c.attempt,
-        "started_at": result.started_ms,
-        "due_at": c.due_ms,
-        "status": result.status,
-        "latency_ms": result.latency_ms,
-        "error": result.error,
-        "response": result.excerpt,
-        "node": shared.config.node_id,
-    })
-    .to_string();
+    let delivered = result.verdict == Verdict::Delivered;
     if let Some(m) = &spec.merchant {
-        let ok = result.verdict == Verdict::Delivered;
-        super::health::note(shared, m, result.started_ms, result.latency_ms, ok);
+        super::health::note(shared, m, result.started_ms, result.latency_ms, delivered);
     }
-    let summary = result.status.map(|status| {
+    // A delivered entry is compacted: settled with its summary, not the full record (which is
+    // then not built at all: the common case pays for no JSON document).
+    let summary = result.status.filter(|_| delivered).map(|status| {
         crate::delivery::meta::delivered_summary(
             status,
             result.latency_ms,
@@ -385,12 +376,20 @@ async fn deliver_one(shared: &Shared, c: Claimed) -> Report {
             &spec.url,
         )
     });
+    let rec = summary.unwrap_or_else(|| {
+        json!({
+            "attempt": c.attempt,
+            "started_at": result.started_ms,
+            "due_at": c.due_ms,
+            "status": result.status,
+            "latency_ms": result.latency_ms,
+            "error": result.error,
+            "response": result.excerpt,
+            "node": shared.config.node_id,
+        })
+        .to_string()
+    });
     let (verdict, next_ms, reason) = outcome(&spec, &c, result);
-    // A delivered entry is compacted: settled with its summary, not the full record.
-    let rec = match (verdict, summary) {
-        (Settled::Delivered, Some(summary)) => summary,
-        _ => rec,
-    };
     if verdict == Settled::Dead {
         super::health::dead(shared, &c.id, spec.merchant.as_deref(), &reason);
     }
