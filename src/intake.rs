@@ -7,10 +7,10 @@
 //! them over a channel of [`AHEAD`] batches, and a taker that takes up to [`IN_FLIGHT`] batches
 //! in at once ([`batch::take`]: one enqueue call per partition, pipelined publishes), and
 //! acknowledges what they took in by one call at a time, a few milliseconds after (one call
-//! covers the batches of those milliseconds). So the next read is on the wire while a batch is taken in,
-//! and a batch's results go out without waiting for the acknowledgement or the enqueue of the
-//! batch before; results and notifications each still go in stream order, batch after batch.
-//! Nodes share one consumer group.
+//! covers the batches of those milliseconds). So the next read is on the wire while a batch is
+//! taken in, and a batch's results go out without waiting for the acknowledgement or the
+//! enqueue of the batch before; results and notifications each still go in stream order, batch
+//! after batch. Nodes share one consumer group.
 //!
 //! Invariant: an entry is acknowledged (and deleted) only after it is on the schedule, or its
 //! result published, or after it has been copied to the rejected stream with its reason;
@@ -53,7 +53,7 @@ const ACK_MAX: usize = 4096;
 /// batches of a few milliseconds (an acknowledgement is off the results' path: only the
 /// stream's length and the pending count see the wait).
 const ACK_DELAY: Duration = Duration::from_millis(5);
-/// How long shutdown waits for the last acknowledgement.
+/// How long shutdown waits for the batches in flight and the last acknowledgements.
 const ACK_FLUSH: Duration = Duration::from_secs(2);
 /// How long one blocking read waits for new entries.
 const BLOCK: Duration = Duration::from_secs(2);
@@ -151,9 +151,9 @@ pub async fn run(
 /// ([`batch::Turn`]). Taken-in entries are acknowledged by one call at a time, [`ACK_DELAY`]
 /// after the oldest of them was taken in (at once past [`ACK_MAX`] ids, or once the reader is
 /// gone): so one `intake_ack.lua` call covers every batch of those milliseconds instead of a
-/// call per batch. Returns at shutdown (after the batches in flight have finished and what
-/// they took in is acknowledged, within [`ACK_FLUSH`]) or when the reader is gone and
-/// everything in flight finished.
+/// call per batch. At shutdown it takes no new batch, and returns once the batches in flight
+/// have finished and what they took in is acknowledged (or after [`ACK_FLUSH`]: the rest is
+/// taken in again after a lease); else when the reader is gone and everything has finished.
 // long: one select loop over batches, acknowledgements and the backoff reads best whole.
 async fn take_all(
     cx: &batch::Intake<'_>,
@@ -169,7 +169,10 @@ async fn take_all(
     let mut published: Option<oneshot::Receiver<()>> = None;
     let mut enqueued: Option<oneshot::Receiver<()>> = None;
     let mut failures = 0u32;
+    // No more batches are taken: the reader is gone, or shutdown came (then what is in flight
+    // finishes and is acknowledged until `stop_by`).
     let mut reader_gone = false;
+    let mut stop_by: Option<tokio::time::Instant> = None;
     // After a failed batch or acknowledgement no new batch starts until the backoff ends; the
     // batches in flight are still driven meanwhile.
     let mut paused_until: Option<tokio::time::Instant> = None;
@@ -193,8 +196,16 @@ async fn take_all(
         }
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => {
-                flush(redis, &mut in_flight, &mut acking, std::mem::take(&mut to_ack)).await;
+            _ = shutdown.cancelled(), if stop_by.is_none() => {
+                reader_gone = true;
+                stop_by = Some(tokio::time::Instant::now() + ACK_FLUSH);
+            }
+            _ = tokio::time::sleep_until(stop_by.unwrap_or_else(tokio::time::Instant::now)), if stop_by.is_some() => {
+                warn!(
+                    count = to_ack.len(),
+                    in_flight = in_flight.len(),
+                    "intake acknowledgement at shutdown timed out; these entries will be taken in again"
+                );
                 return;
             }
             Some((count, outcome)) = acking.next(), if !acking.is_empty() => {
@@ -206,11 +217,11 @@ async fn take_all(
             Some((count, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
                 match outcome {
                     Ok(ids) => {
-                        let ids: Vec<String> = ids;
-                        if to_ack.is_empty() && !ids.is_empty() {
+                        let was_empty = to_ack.is_empty();
+                        to_ack.extend(ids);
+                        if was_empty && !to_ack.is_empty() {
                             ack_at = Some(tokio::time::Instant::now() + ACK_DELAY);
                         }
-                        to_ack.extend(ids);
                     }
                     Err(e) => paused_until = Some(failed(&e, count, "batch", &mut failures)),
                 }
@@ -237,38 +248,6 @@ async fn take_all(
                 });
             }
         }
-    }
-}
-
-/// At shutdown: lets the batches in flight finish, waits for the acknowledgement out, then
-/// acknowledges what was taken in since (`rest` and what the batches return), all within
-/// [`ACK_FLUSH`]. What is left unacknowledged is taken in again after a lease, by this node or
-/// another (an enqueue answers `exists`; a result is published again).
-async fn flush<B, A>(
-    redis: &Redis,
-    in_flight: &mut FuturesOrdered<B>,
-    acking: &mut FuturesUnordered<A>,
-    mut rest: Vec<String>,
-) where
-    B: std::future::Future<Output = (usize, Result<Vec<String>, StoreError>)>,
-    A: std::future::Future<Output = (usize, Result<(), StoreError>)>,
-{
-    let last = async {
-        while let Some((_, outcome)) = in_flight.next().await {
-            if let Ok(ids) = outcome {
-                rest.extend(ids);
-            }
-        }
-        while acking.next().await.is_some() {}
-        for ids in rest.chunks(ACK_MAX) {
-            if let Err(e) = batch::acknowledge(redis, ids).await {
-                warn!(error = %e, count = ids.len(), "intake acknowledgement at shutdown failed; the entries will be taken in again");
-                return;
-            }
-        }
-    };
-    if tokio::time::timeout(ACK_FLUSH, last).await.is_err() {
-        warn!("intake acknowledgement at shutdown timed out; the entries will be taken in again");
     }
 }
 
