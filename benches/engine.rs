@@ -18,7 +18,8 @@
 //!   by `POST /v1/notifications` (512 in flight, keep-alive) to the same nodes.
 //!
 //!   With BENCH_BULLMQ=1 the same schedule then runs as BullMQ delayed jobs on the same sink
-//!   (`benches/peers/bullmq`, `npm ci` there first), and its lateness is printed beside.
+//!   (`benches/peers/bullmq`, installed with `npm ci` when missing), and its lateness is
+//!   printed beside.
 //!
 //! Environment: BENCH_N, BENCH_RATE, BENCH_SECONDS, BENCH_WORKERS, BENCH_PARTITIONS,
 //! BENCH_RETENTION, BENCH_SIGN (hmac, ed25519 or both: the workers sign every attempt;
@@ -428,7 +429,7 @@ async fn steady(rate: u64, seconds: u64, worker_count: u64, partitions: u64) {
 
 /// The peer of `steady`, in the same run on the same sink: BullMQ delayed jobs falling due at
 /// the same `rate` (`benches/peers/bullmq/drain.js --rate`, a Worker at concurrency 64 on
-/// Redis db 1; `npm ci --prefix benches/peers/bullmq` first). Prints its sink receipt - due.
+/// Redis db 1, `npm ci` run when missing). Prints its sink receipt - due.
 async fn bullmq_steady(
     redis: &RedisServer,
     stats: &SinkStats,
@@ -440,8 +441,9 @@ async fn bullmq_steady(
     stats.received.store(0, Ordering::Relaxed);
     stats.lateness.lock().unwrap().clear();
     let t0 = paynotify::now_ms() + 5000 + total as i64 / 10; // BullMQ adds about 25,000/s here
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/bullmq/drain.js");
+    let peer = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/bullmq");
+    paynotify_testkit::ensure_npm_peer(&peer, "bullmq");
+    let script = peer.join("drain.js");
     let mut child = tokio::process::Command::new("node")
         .arg(&script)
         .args(["--redis", &format!("{}/1", redis.url())])
@@ -452,7 +454,7 @@ async fn bullmq_steady(
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("node is needed for BENCH_BULLMQ=1 (and npm ci --prefix benches/peers/bullmq)");
+        .expect("node (Node.js) is needed for BENCH_BULLMQ=1");
     let stdin = child.stdin.take();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let enqueued = lines.next_line().await.unwrap().unwrap_or_default();

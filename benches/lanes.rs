@@ -426,24 +426,6 @@ fn bullmq_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/peers/bullmq")
 }
 
-/// `npm ci` the BullMQ peer if its node_modules is missing.
-fn ensure_bullmq() {
-    let dir = bullmq_dir();
-    if dir.join("node_modules/bullmq").exists() {
-        return;
-    }
-    eprintln!(
-        "  installing the BullMQ peer: npm ci --prefix {}",
-        dir.display()
-    );
-    let status = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--prefix"])
-        .arg(&dir)
-        .status()
-        .expect("npm (Node.js) is needed for the BullMQ peer; or set BENCH_NO_BULLMQ=1");
-    assert!(status.success(), "npm ci --prefix {} failed", dir.display());
-}
-
 /// BullMQ (benches/peers/bullmq/drain.js) drains `n` jobs into the fast sink at `concurrency`.
 async fn bullmq_drain(
     label: &str,
@@ -510,7 +492,7 @@ async fn fast(n: u64, repeat: u64) {
         paynotify_bin()
     );
     if with_bullmq {
-        ensure_bullmq();
+        paynotify_testkit::ensure_npm_peer(&bullmq_dir(), "bullmq");
     }
     let redis = RedisServer::start().unwrap();
     let stats = Arc::new(PortStats::default());

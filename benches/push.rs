@@ -11,8 +11,9 @@
 //! - `direct`: the same script the API uses (`publish.lua`), called from this process;
 //! - `intake`: `XADD paynotify:intake * result <json>`, as an app server in any language does;
 //! - `socketio` (in `all`, with `direct` and `intake`): the peer, socket.io 4 servers with the
-//!   Redis adapter and the socket.io Redis emitter (`npm ci --prefix benches/peers/socketio`),
-//!   BENCH_CONNS sockets of its own, on the same Redis, set up once and measured in turn.
+//!   Redis adapter and the socket.io Redis emitter (`benches/peers/socketio`, `npm ci` run when
+//!   missing), BENCH_CONNS sockets of its own, on the same Redis, set up once and measured in
+//!   turn.
 //!
 //! The direct and intake publishers run on a thread and a runtime of their own, beside the one
 //! that holds the client sockets. Reports per path results lost and publish-to-client latency
@@ -384,9 +385,9 @@ async fn publish_for(
     published
 }
 
-/// The socket.io peer (`benches/peers/socketio`, `npm ci` there first): two socket.io servers
-/// with the Redis adapter on the same Redis, and one socket.io-client process holding `conns`
-/// websockets split over them, each in the room of its order; results are sent with the
+/// The socket.io peer (`benches/peers/socketio`, `npm ci` run when missing): two socket.io
+/// servers with the Redis adapter on the same Redis, and one socket.io-client process holding
+/// `conns` websockets split over them, each in the room of its order; results are sent with the
 /// socket.io Redis emitter, paced like the other paths. Its processes are killed on drop.
 struct SocketIo {
     servers: Vec<std::process::Child>,
@@ -429,6 +430,7 @@ fn wait_line(lines: &std::sync::mpsc::Receiver<String>, want: &str, timeout: Dur
 
 impl SocketIo {
     fn start(redis_url: &str, conns: u64) -> Self {
+        paynotify_testkit::ensure_npm_peer(std::path::Path::new(PEER_DIR), "socket.io");
         let node = |args: &[&str]| {
             std::process::Command::new("node")
                 .current_dir(PEER_DIR)

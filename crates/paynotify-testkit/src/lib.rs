@@ -46,6 +46,24 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (t(11) + t(12)) / 100.0
 }
 
+/// `npm ci` in the benchmark peer directory `dir` (e.g. `benches/peers/bullmq`) when its
+/// `node_modules/<package>` is missing; panics with what to run when it fails.
+pub fn ensure_npm_peer(dir: &std::path::Path, package: &str) {
+    if dir.join("node_modules").join(package).exists() {
+        return;
+    }
+    eprintln!(
+        "  installing the {package} peer: npm ci --prefix {}",
+        dir.display()
+    );
+    let status = std::process::Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+        .arg(dir)
+        .status()
+        .expect("npm (Node.js) is needed for the benchmark peers");
+    assert!(status.success(), "npm ci --prefix {} failed", dir.display());
+}
+
 /// A token for `id` of `kind` (an order for a browser, a device), valid for ten minutes, signed
 /// with [`TOKEN_SECRET`].
 pub fn mint_token(kind: paynotify::token::Kind, id: &str) -> String {
