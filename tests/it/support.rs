@@ -227,6 +227,11 @@ impl Proc {
     /// Starts `paynotify serve` on `127.0.0.1:0` and learns the port it bound from `/proc`
     /// (no free port picked beforehand that another process could take first).
     pub fn serve(redis_url: &str, extra: &[&str]) -> Proc {
+        Self::serve_with_env(redis_url, extra, &[])
+    }
+
+    /// [`Proc::serve`] with these environment variables set for the child.
+    pub fn serve_with_env(redis_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_paynotify"))
             .arg("serve")
             .args([
@@ -242,6 +247,7 @@ impl Proc {
             .arg("--allow-private-targets")
             .args(extra)
             .env("PAYNOTIFY_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
