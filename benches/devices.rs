@@ -4,7 +4,8 @@
 //! simulated devices (default 10,000, in two `paynotify simulate-devices` processes) plus one
 //! black-holed device;
 //! node B (`--roles api`) takes BENCH_RATE calls per second (default 5,000) for BENCH_SECONDS
-//! (default 10), each to a random healthy device, over HTTP; meanwhile 10 calls per second go to
+//! (default 10), each to a random healthy device, over HTTP (BENCH_CONNECTIONS keep-alive
+//! connections, default 64: `devices/caller.rs`); meanwhile 10 calls per second go to
 //! the black-holed device (deadline 1 s). Reports the healthy calls' latency and failures.
 //! Then BENCH_BURST_ROUNDS (20) bursts of BENCH_BURST (200; 0 skips it) concurrent calls to one
 //! device, with the same bursts of `GET /readyz` as the HTTP floor.
@@ -21,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use paynotify_testkit::RedisServer;
 
+#[path = "devices/caller.rs"]
+mod caller;
 #[path = "devices/mqtt.rs"]
 mod mqtt;
 
@@ -247,6 +250,15 @@ async fn run() {
         .unwrap();
     let hole_client = reqwest::Client::new();
     let url = |id: &str| format!("http://127.0.0.1:{b_http}/v1/devices/{id}/call");
+    let connections = env("BENCH_CONNECTIONS", 64) as usize;
+    let caller = caller::Caller::connect(
+        b_http,
+        connections,
+        &format!("Bearer {KEY}"),
+        r#"{"method":"amount_due","params":{"lane":1},"timeout_ms":3000}"#,
+    )
+    .await;
+    println!("  healthy calls over {connections} keep-alive HTTP/1.1 connections to node B");
     // CPU time of every process over the load phase: where the cores go, per call.
     let pids: Vec<(&str, u32)> = vec![
         ("node A (gateway)", nodes[0].id()),
@@ -266,20 +278,8 @@ async fn run() {
         .drive(
             &pids,
             |id| {
-                let (client, target) = (client.clone(), url(&id));
-                async move {
-                    let r = client
-                        .post(target)
-                        .bearer_auth(KEY)
-                        .json(&serde_json::json!({"method": "amount_due", "params": {"lane": 1}, "timeout_ms": 3000}))
-                        .send()
-                        .await;
-                    let status = r.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
-                    if let Ok(r) = r {
-                        let _ = r.bytes().await;
-                    }
-                    status
-                }
+                let caller = caller.clone();
+                async move { caller.call(format!("/v1/devices/{id}/call")).await }
             },
             || {
                 // Its own client: the black hole's stuck requests must not take connections
