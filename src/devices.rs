@@ -91,6 +91,10 @@ struct Inner {
     /// channel's task, which is awaited on shutdown.
     replies: tokio::sync::mpsc::UnboundedSender<(String, String)>,
     replies_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>>>,
+    /// Call ids: this node's random prefix (so ids from two nodes never meet on one device)
+    /// and a counter (one random draw per node, not one system call per call).
+    call_prefix: String,
+    next_call: std::sync::atomic::AtomicU64,
 }
 
 /// The node's device registry and call router. Cheap to clone.
@@ -112,6 +116,8 @@ impl Devices {
                 presence_cache: Mutex::new(HashMap::new()),
                 replies,
                 replies_rx: Mutex::new(Some(replies_rx)),
+                call_prefix: uuid::Uuid::new_v4().simple().to_string(),
+                next_call: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }

@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, warn};
 
 use super::session::{CallSlot, DeviceCall};
 use super::{
@@ -218,7 +219,11 @@ impl Devices {
         ask: Ask,
         deadline: Instant,
     ) -> Result<CallOutcome, StoreError> {
-        let call_id = uuid::Uuid::new_v4().simple().to_string();
+        let n = self
+            .inner
+            .next_call
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let call_id = format!("{}-{n:x}", self.inner.call_prefix);
         let (tx, rx) = oneshot::channel();
         // Removed when this future ends or is dropped (the HTTP caller went away), whether or
         // not a reply ever comes.
@@ -272,37 +277,34 @@ impl Devices {
 
     /// Publishes replies as they are queued, concurrently, until `stop`; then publishes what is
     /// left (the "offline" answers of connections that ended in the drain) and waits for all.
+    /// The publishes are futures of this task, not a task each: they share one connection, so
+    /// those queued together go out in one write.
     async fn publish_replies(
         &self,
         mut queued: mpsc::UnboundedReceiver<(String, String)>,
         stop: &CancellationToken,
     ) {
-        let mut sending = tokio::task::JoinSet::new();
-        let send = |sending: &mut tokio::task::JoinSet<()>, (node, text): (String, String)| {
-            let presence = self.inner.presence.clone();
-            sending.spawn(
-                async move {
-                    if let Err(e) = presence.publish_to_node(&node, &text).await {
-                        warn!(error = %e, "could not send a call reply");
-                    }
-                }
-                .instrument(info_span!("reply")),
-            );
+        let presence = &self.inner.presence;
+        let mut sending = FuturesUnordered::new();
+        let send = |(node, text): (String, String)| async move {
+            if let Err(e) = presence.publish_to_node(&node, &text).await {
+                warn!(error = %e, "could not send a call reply");
+            }
         };
         loop {
             tokio::select! {
                 next = queued.recv() => match next {
-                    Some(reply) => send(&mut sending, reply),
+                    Some(reply) => sending.push(send(reply)),
                     None => break,
                 },
-                Some(_) = sending.join_next() => {}
+                Some(()) = sending.next(), if !sending.is_empty() => {}
                 _ = stop.cancelled() => break,
             }
         }
         while let Ok(reply) = queued.try_recv() {
-            send(&mut sending, reply);
+            sending.push(send(reply));
         }
-        while sending.join_next().await.is_some() {}
+        while sending.next().await.is_some() {}
     }
 
     fn on_node_message(&self, text: &str) {
