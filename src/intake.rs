@@ -3,8 +3,8 @@
 //! Redis client, and this consumer moves each entry onto the schedule or publishes it.
 //!
 //! Two tasks per node: a reader that reads batches (`XREADGROUP … BLOCK` on a connection of its
-//! own, no more often than every [`READ_PACE`] unless batches come full, and every `--lease` an
-//! `XAUTOCLAIM` of entries a stalled consumer left pending) and hands them over a channel of [`AHEAD`] batches, and a taker that takes up to [`IN_FLIGHT`] batches
+//! own, and every `--lease` an `XAUTOCLAIM` of entries a stalled consumer left pending) and hands
+//! them over a channel of [`AHEAD`] batches, and a taker that takes up to [`IN_FLIGHT`] batches
 //! in at once ([`batch::take`]: one enqueue call per partition, pipelined publishes), and
 //! acknowledges what they took in by one call at a time, a few milliseconds after (one call
 //! covers the batches of those milliseconds). So the next read is on the wire while a batch is
@@ -57,13 +57,6 @@ const ACK_DELAY: Duration = Duration::from_millis(5);
 const ACK_FLUSH: Duration = Duration::from_secs(2);
 /// How long one blocking read waits for new entries.
 const BLOCK: Duration = Duration::from_secs(2);
-/// After a read that came back with less than a full batch, the next one starts no sooner
-/// than this after it: entries arriving meanwhile wait at most this long and then come as one
-/// batch (one read, one acknowledgement, their publishes in one write) instead of a read, a
-/// wake-up and a write each. A reader that waits blocked on an idle stream is woken at once,
-/// so at low rates nothing waits; at 10,000 results/s over two nodes it cut the intake's CPU
-/// per result by 15–20% (BENCHMARKS.md).
-const READ_PACE: Duration = Duration::from_millis(1);
 
 /// Most bytes in one entry, field names and values together: a notification document at its
 /// limit plus a result at its limit, with room for names.
@@ -320,7 +313,6 @@ async fn read(
                 .arg(&stream)
                 .arg(">");
             loop {
-                let started = tokio::time::Instant::now();
                 let reply: StreamReadReply = blocking.query(&read).await?;
                 let entries: Vec<Entry> = reply
                     .keys
@@ -328,15 +320,11 @@ async fn read(
                     .flat_map(|k| k.ids)
                     .map(|e| (e.id, fields_of(e.map)))
                     .collect();
-                let full = entries.len() >= READ_COUNT;
                 if !send(entries).await
                     || shutdown.is_cancelled()
                     || last_autoclaim.elapsed() >= config.lease
                 {
                     return Ok::<(), StoreError>(());
-                }
-                if !full {
-                    tokio::time::sleep_until(started + READ_PACE).await;
                 }
             }
         };
