@@ -197,6 +197,48 @@ async fn a_device_that_reconnects_to_another_node_takes_its_calls_along() {
     new.abort();
 }
 
+/// A caller trusts its cache of where a device is for 30 s: after the device moves, the node
+/// the cache names answers "offline" and the call is retried on fresh presence, so it reaches
+/// the device's new connection, not a 404.
+#[tokio::test]
+async fn a_caller_whose_cache_names_a_devices_old_node_follows_it_to_the_new_one() {
+    let redis = RedisServer::start().unwrap();
+    let a = device_node_with(&redis, |c| c.node_id = "node-a".into()).await;
+    let b = device_node_with(&redis, |c| c.node_id = "node-b".into()).await;
+    let tagged = |via: &'static str| {
+        move |frame: &Value| {
+            (frame["type"] == "call")
+                .then(|| json!({"type": "reply", "id": frame["id"], "result": {"via": via}}))
+        }
+    };
+    let old = DeviceClient::online(a.device_addr.unwrap(), "roamer")
+        .await
+        .serve(None, tagged("old"));
+    // Through b: b now caches "node-a" for the device.
+    let (status, body) = call(&b, "roamer", "where", 3000).await;
+    assert_eq!(
+        (status, &body["result"]["via"]),
+        (200, &json!("old")),
+        "{body}"
+    );
+    let new = DeviceClient::online(b.device_addr.unwrap(), "roamer")
+        .await
+        .serve(None, tagged("new"));
+    // Node a has let the old connection go: it no longer holds the device.
+    wait_until(Duration::from_secs(10), || async {
+        metric(&a, "devices_online").await == 0.0
+    })
+    .await;
+    let (status, body) = call(&b, "roamer", "where", 3000).await;
+    assert_eq!(
+        (status, &body["result"]["via"]),
+        (200, &json!("new")),
+        "{body}"
+    );
+    old.abort();
+    new.abort();
+}
+
 #[tokio::test]
 async fn bad_tokens_oversized_frames_and_garbage_are_refused() {
     let redis = RedisServer::start().unwrap();
