@@ -277,8 +277,8 @@ impl Devices {
 
     /// Publishes replies as they are queued, concurrently, until `stop`; then publishes what is
     /// left (the "offline" answers of connections that ended in the drain) and waits for all.
-    /// The publishes are futures of this task, not a task each: they share one connection, so
-    /// those queued together go out in one write.
+    /// The publishes are futures of this task (on its one shared connection), not a spawned
+    /// task and span each.
     async fn publish_replies(
         &self,
         mut queued: mpsc::UnboundedReceiver<(String, String)>,
