@@ -44,6 +44,11 @@ impl Caller {
             let (queue, body, authorization) = (queue.clone(), body.clone(), authorization.clone());
             tokio::spawn(async move {
                 loop {
+                    // Ready before taking a call: a connection between two exchanges (or gone)
+                    // must not take a call it cannot send.
+                    if send.ready().await.is_err() {
+                        return;
+                    }
                     let next = queue.lock().await.recv().await;
                     let Some((path, reply)) = next else { return };
                     let request = http::Request::post(path)
@@ -64,7 +69,7 @@ impl Caller {
                     };
                     let _ = reply.send(status);
                     if status == 0 {
-                        // The connection is gone: its calls go to the others.
+                        // The connection is gone: the next calls go to the others.
                         return;
                     }
                 }
